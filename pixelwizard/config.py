@@ -1,0 +1,115 @@
+"""Architecture configs of the three pretrained networks, one schema for real and tiny models.
+
+The real values are Wan2.2-TI2V-5B's. A checkpoint directory carries them in `config.json` (DiT) or, for the
+`.pth` files that carry none, in an optional json beside the file (`vae_config.json`, `t5_config.json`); tiny
+checkpoints use the very same fields with small numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot describe a model."""
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """`WanModel` hyper-parameters; field names follow the published `config.json`."""
+
+    dim: int = 3072
+    ffn_dim: int = 14336
+    freq_dim: int = 256
+    in_dim: int = 48
+    out_dim: int = 48
+    num_heads: int = 24
+    num_layers: int = 30
+    text_len: int = 512
+    eps: float = 1e-6
+    # Absent from the published config.json (the original hard-codes them); honoured when present.
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    text_dim: int = 4096
+    window_size: tuple[int, int] = (-1, -1)
+    model_type: str = "ti2v"
+
+    def __post_init__(self) -> None:
+        _require(self.dim % self.num_heads == 0, f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        head_dim = self.dim // self.num_heads
+        _require(head_dim % 2 == 0 and head_dim >= 6, f"head_dim {head_dim} must be even and >= 6 for 3D RoPE")
+        _require(tuple(self.window_size) == (-1, -1), f"window_size {self.window_size}: only global attention is supported")
+        _require(self.model_type in ("t2v", "ti2v"), f"model_type {self.model_type!r}: only t2v/ti2v are supported")
+        _require(len(self.patch_size) == 3, f"patch_size {self.patch_size} must have 3 entries")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Wan2.2 VAE widths (`Wan2_2_VAE` / `WanVAE_` defaults)."""
+
+    dim: int = 160  # encoder base width (`c_dim`)
+    dec_dim: int = 256  # decoder base width
+    z_dim: int = 48
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temperal_downsample: tuple[bool, ...] = (False, True, True)  # sic: the original's spelling
+
+    def __post_init__(self) -> None:
+        _require(len(self.temperal_downsample) == len(self.dim_mult) - 1,
+                 "temperal_downsample needs one entry per down stage (len(dim_mult) - 1)")
+
+
+@dataclass(frozen=True)
+class T5Config:
+    """umT5-XXL encoder hyper-parameters, in the original `T5Encoder` naming."""
+
+    vocab_size: int = 256384
+    dim: int = 4096
+    dim_attn: int = 4096
+    dim_ffn: int = 10240
+    num_heads: int = 64
+    num_layers: int = 24
+    num_buckets: int = 32
+    max_distance: int = 128
+    eps: float = 1e-6
+    text_len: int = 512
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _coerce(cls: type[C], values: dict[str, Any], source: str) -> C:
+    """Build a config dataclass from a json dict: unknown keys are ignored, lists become tuples."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ConfigError) as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def config_from_json(cls: type[C], path: Path) -> C:
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid json ({err})") from None
+    return _coerce(cls, values, str(path))
+
+
+def config_to_json(config: Any, path: Path, **extra: Any) -> None:
+    Path(path).write_text(json.dumps({**extra, **dataclasses.asdict(config)}, indent=2) + "\n")
