@@ -1,0 +1,303 @@
+"""The Wan2.2 diffusion transformer (the original's `WanModel`), with its exact state-dict keys and shapes.
+
+Data flow for a latent x [B, C, T, H, W] and timesteps t:
+
+    tokens  = patchify(x)                                   [B, L, D], L = T'·H'·W' in (t, h, w) raster order
+    e       = time_embedding(sinusoid(t)) (+ e_extra)       [B, 1|L, D]     one row per sample, or per token
+    e0      = time_projection(e)                            [B, 1|L, 6, D]  (shift, scale, gate) x (attn, ffn)
+    context = text_embedding(context zero-padded to text_len rows)
+    tokens  = blocks(tokens, e0, context, 3D RoPE)          adaLN self-attn, plain cross-attn, adaLN FFN
+    out     = unpatchify(head(tokens, e))                   [B, C_out, T, H, W] float32
+
+Precision: the residual stream and the time path are float32. `cast_for_inference(bf16)` lowers the big
+Linear/Conv weights; every Linear casts its input to its own weight dtype, so their matmuls then run in bf16
+while the float32 islands (see `WanDiT.keeps_float32`) keep the original's autocast(float32) regions exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from pixelwizard.attention import attention
+from pixelwizard.config import DiTConfig
+
+SINUSOID_BASE = 10000.0
+ROPE_THETA = 10000.0
+NUM_MODULATIONS = 6  # shift, scale, gate for self-attention, then for the FFN
+DEFAULT_FFN_CHUNK_TOKENS = 32768
+FP32_NORMS = ("norm3", "norm_q", "norm_k")
+
+
+def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
+    """t [...] -> [..., dim] float32: cos(t·w_k) for k < dim/2, then sin(t·w_k); w_k = 10000^(-2k/dim), in float64."""
+    half = dim // 2
+    freqs = torch.pow(SINUSOID_BASE, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = t.to(torch.float64)[..., None] * freqs
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Real channels per head given to the (time, height, width) axes, in that order."""
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
+def rope_factors(positions: Tensor, head_dim: int) -> Tensor:
+    """Integer (t, h, w) positions [L, 3] -> unit rotations [L, head_dim // 2] (complex64).
+
+    Each axis with n channels rotates its n/2 pairs by position · 10000^(-2j/n): the frequency denominator is
+    the axis width, not head_dim. Angles are evaluated in float64.
+    """
+    parts = []
+    for axis, n in enumerate(rope_split(head_dim)):
+        inv_freq = 1.0 / torch.pow(ROPE_THETA, torch.arange(0, n, 2, dtype=torch.float64, device=positions.device) / n)
+        angles = positions[:, axis, None].to(torch.float64) * inv_freq
+        parts.append(torch.polar(torch.ones_like(angles), angles))
+    return torch.cat(parts, dim=-1).to(torch.complex64)
+
+
+def grid_positions(grid: tuple[int, int, int], device: torch.device | None = None) -> Tensor:
+    """[T'·H'·W', 3] (t, h, w) indices of every token, in the patch tokens' raster order."""
+    return torch.cartesian_prod(*(torch.arange(n, device=device) for n in grid))
+
+
+@lru_cache(maxsize=8)
+def rope_for_grid(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> Tensor:
+    """RoPE rotations [L, head_dim // 2] for a whole token grid; a sequence shard can slice its rows."""
+    return rope_factors(grid_positions(grid, device), head_dim)
+
+
+def apply_rope(x: Tensor, rotations: Tensor) -> Tensor:
+    """Rotate adjacent channel pairs (2j, 2j+1) of x [B, L, N, D] by rotations [L, D // 2]; float32 maths,
+    result in x's dtype. (a, b) -> (a·cos - b·sin, a·sin + b·cos), the same for every head."""
+    pairs = torch.view_as_complex(rearrange(x.float().contiguous(), "b l n (c two) -> b l n c two", two=2))
+    rotated = torch.view_as_real(pairs * rotations[:, None])
+    return rearrange(rotated, "b l n c two -> b l n (c two)").to(x.dtype)
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose input is cast to the weight dtype, so the layer's weights pick the matmul precision."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.to(self.weight.dtype))
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed and returned in float32, whatever the dtype of input and affine parameters."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim (for q/k: all heads together), float32 statistics, result in x's dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with q/k RMSNorm across heads: self-attention with RoPE when `context` is None,
+    otherwise unmasked cross-attention from x to every context row."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = Linear(dim, dim)
+        self.k = Linear(dim, dim)
+        self.v = Linear(dim, dim)
+        self.o = Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: Tensor, context: Tensor | None = None, rope: Tensor | None = None) -> Tensor:
+        source = x if context is None else context
+        q = rearrange(self.norm_q(self.q(x)), "b l (n d) -> b l n d", n=self.num_heads)
+        k = rearrange(self.norm_k(self.k(source)), "b l (n d) -> b l n d", n=self.num_heads)
+        v = rearrange(self.v(source), "b l (n d) -> b l n d", n=self.num_heads)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return self.o(rearrange(attention(q, k, v), "b l n d -> b l (n d)"))
+
+
+class Block(nn.Module):
+    """x += gate·SelfAttn(adaLN(x)); x += CrossAttn(norm3(x), context); x += gate·FFN(adaLN(x)).
+
+    The six adaLN vectors are `modulation + e0`; e0 is [B, 1, 6, D] (one timestep per sample) or
+    [B, L, 6, D] (per token), and each vector is formed only when used, for the rows being processed.
+    """
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.modulation = nn.Parameter(torch.randn(1, NUM_MODULATIONS, dim) / dim**0.5)
+        self.norm1 = LayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = Attention(dim, config.num_heads, config.qk_norm, eps)
+        self.norm3 = LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
+        self.cross_attn = Attention(dim, config.num_heads, config.qk_norm, eps)
+        self.norm2 = LayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), Linear(config.ffn_dim, dim))
+
+    def adaln(self, e0: Tensor, index: int, rows: slice) -> Tensor:
+        """Modulation vector `index` for the token rows `rows`: [B, 1, D] or [B, len(rows), D], float32."""
+        e = e0[:, :, index] if e0.shape[1] == 1 else e0[:, rows, index]
+        return self.modulation[:, index] + e
+
+    def forward(self, x: Tensor, e0: Tensor, context: Tensor, rope: Tensor, ffn_chunk_tokens: int) -> Tensor:
+        every = slice(None)
+        shift, scale, gate = (self.adaln(e0, i, every) for i in range(3))
+        x = x + self.self_attn(self.norm1(x) * (1 + scale) + shift, rope=rope) * gate
+        x = x + self.cross_attn(self.norm3(x), context)
+        return self.ffn_residual(x, e0, ffn_chunk_tokens)
+
+    def ffn_residual(self, x: Tensor, e0: Tensor, chunk: int) -> Tensor:
+        """x + gate·FFN(adaLN(x)), token chunk by token chunk: every op is per token, so `chunk` changes the
+        result only by matmul rounding, while the [B, chunk, ffn_dim] hidden activation stays bounded."""
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[1], chunk):
+            rows = slice(start, start + chunk)
+            shift, scale, gate = (self.adaln(e0, i, rows) for i in range(3, 6))
+            out[:, rows] = x[:, rows] + self.ffn(self.norm2(x[:, rows]) * (1 + scale) + shift) * gate
+        return out
+
+
+class Head(nn.Module):
+    """Final adaLN (shift, scale from `modulation + e`, no gate) and projection to patch pixels."""
+
+    def __init__(self, dim: int, out_features: int, eps: float):
+        super().__init__()
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.norm = LayerNorm(dim, eps, elementwise_affine=False)
+        self.head = Linear(dim, out_features)
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        shift, scale = self.modulation[:, 0] + e, self.modulation[:, 1] + e
+        return self.head(self.norm(x) * (1 + scale) + shift)
+
+
+class WanDiT(nn.Module):
+    """Wan2.2 DiT; `state_dict()` equals the original WanModel's key for key, shape for shape."""
+
+    # Top-level modules kept float32 by `cast_for_inference` (subclasses append theirs).
+    fp32_modules: tuple[str, ...] = ("time_embedding", "time_projection", "head")
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.text_embedding = nn.Sequential(Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), Linear(dim, dim))
+        self.time_embedding = nn.Sequential(Linear(config.freq_dim, dim), nn.SiLU(), Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), Linear(dim, NUM_MODULATIONS * dim))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.head = Head(dim, math.prod(config.patch_size) * config.out_dim, config.eps)
+        self.ffn_chunk_tokens = DEFAULT_FFN_CHUNK_TOKENS
+
+    def keeps_float32(self, key: str) -> bool:
+        """Whether `cast_for_inference` keeps this state-dict entry in float32: the time path, the head, the
+        adaLN modulations and the (tiny) norm weights. The original runs these under autocast(float32) or in
+        float32 by construction; everything else (patch/text embeddings, attention, FFN) may go to bf16."""
+        owner, _, name = key.rpartition(".")
+        return (
+            key.partition(".")[0] in self.fp32_modules
+            or name == "modulation"
+            or owner.rpartition(".")[2] in FP32_NORMS
+        )
+
+    def cast_for_inference(self, dtype: torch.dtype) -> WanDiT:
+        """Cast every parameter to `dtype` except the float32 islands of `keeps_float32`. Call it on float32
+        weights: an island already rounded to bf16 cannot be recovered."""
+        for key, param in self.named_parameters():
+            param.data = param.data.to(torch.float32 if self.keeps_float32(key) else dtype)
+        return self
+
+    def embed_time(self, t: Tensor) -> Tensor:
+        """Timesteps [...] -> e = time_embedding(sinusoid(t)) [..., D], float32."""
+        return self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim)).float()
+
+    def condition_time(self, t: Tensor, num_tokens: int, e_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """t [B] or [B, L] -> (e [B, 1|L, D], e0 [B, 1|L, 6, D]), float32.
+
+        A per-token t whose rows are each constant collapses to one timestep per sample, so e0 is only
+        materialised per token when timesteps really differ within a sample (e.g. a clean first frame).
+        """
+        if t.ndim == 1:
+            t = t[:, None]
+        elif t.ndim != 2 or t.shape[1] != num_tokens:
+            raise ValueError(f"t {tuple(t.shape)}: expected [B] or [B, {num_tokens}] (one timestep per token)")
+        elif torch.equal(t, t[:, :1].expand_as(t)):
+            t = t[:, :1]
+        e = self.embed_time(t)
+        if e_extra is not None:
+            e = e + e_extra
+        e0 = rearrange(self.time_projection(e).float(), "b l (k d) -> b l k d", k=NUM_MODULATIONS)
+        return e, e0
+
+    def embed_text(self, context: Tensor | Sequence[Tensor]) -> Tensor:
+        """[B, Lc, text_dim] or a list of [L_i, text_dim] -> [B, text_len, D]. Rows are zero-padded to
+        text_len before the projection (padding rows become a constant vector) and all are attended to."""
+        text_len = self.config.text_len
+        rows = [context.shape[1]] if isinstance(context, Tensor) else [c.shape[0] for c in context]
+        if max(rows) > text_len:
+            raise ValueError(f"context has {max(rows)} rows, more than text_len {text_len}")
+        if isinstance(context, Tensor):
+            padded = F.pad(context, (0, 0, 0, text_len - context.shape[1]))
+        else:
+            padded = torch.stack([F.pad(c, (0, 0, 0, text_len - c.shape[0])) for c in context])
+        return self.text_embedding(padded)
+
+    def patchify(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+        """[B, C, T, H, W] -> (tokens [B, L, D] float32, token grid (T', H', W'))."""
+        if any(size % p for size, p in zip(x.shape[2:], self.config.patch_size)):
+            raise ValueError(f"latent {tuple(x.shape)}: T, H, W must be multiples of patch {self.config.patch_size}")
+        tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
+        grid = tuple(tokens.shape[2:])
+        return rearrange(tokens, "b d t h w -> b (t h w) d").float(), grid
+
+    def unpatchify(self, tokens: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """[B, L, p·q·r·C] -> [B, C, T'·p, H'·q, W'·r] float32; channels are the fastest index of a patch row."""
+        (t, h, w), (p, q, r) = grid, self.config.patch_size
+        pattern = "b (t h w) (p q r c) -> b c (t p) (h q) (w r)"
+        return rearrange(tokens, pattern, t=t, h=h, w=w, p=p, q=q, r=r).float()
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        context: Tensor | Sequence[Tensor],
+        *,
+        e_extra: Tensor | None = None,
+        block_residuals: Mapping[int, Tensor] | None = None,
+    ) -> Tensor:
+        """x [B, in_dim, T, H, W], t [B] or [B, L], context [B, Lc, text_dim] or B x [L_i, text_dim]
+        -> velocity [B, out_dim, T, H, W] float32.
+
+        e_extra [B, 1|L, D] is added to the time embedding e (before time_projection and the head);
+        block_residuals[i] [B, L, D] is added to the residual stream at the input of block i.
+        """
+        residuals = dict(block_residuals or {})
+        if not set(residuals) <= set(range(len(self.blocks))):
+            raise ValueError(f"block_residuals keys {sorted(residuals)} must be block indices < {len(self.blocks)}")
+        tokens, grid = self.patchify(x)
+        e, e0 = self.condition_time(t, tokens.shape[1], e_extra)
+        context = self.embed_text(context)
+        rope = rope_for_grid(grid, self.config.head_dim, tokens.device)
+        for i, block in enumerate(self.blocks):
+            if i in residuals:
+                tokens = tokens + residuals[i]
+            tokens = block(tokens, e0, context, rope, self.ffn_chunk_tokens)
+        return self.unpatchify(self.head(tokens, e), grid)
