@@ -73,23 +73,26 @@ def assign_state_dict(
     shapes: Mapping[str, torch.Size] | None = None,
     source: Path | str,
     layout: str,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | Callable[[str], torch.dtype] | None = None,
     device: torch.device | str | None = None,
 ) -> nn.Module:
     """Fill `module` (usually built on `meta`) with the checkpoint's tensors, strictly.
 
     `tensors` is a mapping, or a getter called once per key (lazy sources such as safetensors shards); then
-    `shapes` lists the source's keys and shapes for the check. Floating tensors are cast to `dtype` when given,
-    one tensor at a time; integer/bool tensors keep theirs.
+    `shapes` lists the source's keys and shapes for the check. Floating tensors are cast to `dtype` when given
+    (a dtype, or a function of the key for mixed-precision modules), one tensor at a time; integer/bool tensors
+    keep theirs.
     """
     if shapes is None:
         assert isinstance(tensors, Mapping)
         shapes = {k: v.shape for k, v in tensors.items()}
     check_state_dict(expected_shapes(module), shapes, source=source, layout=layout)
     get = tensors.__getitem__ if isinstance(tensors, Mapping) else tensors
+    dtype_of = dtype if callable(dtype) else lambda _key: dtype
     converted = {}
     for key in shapes:
         t = get(key)
-        converted[key] = t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+        target = dtype_of(key) if t.is_floating_point() else None
+        converted[key] = t.to(device=device, dtype=target or t.dtype)
     module.load_state_dict(converted, strict=True, assign=True)
     return module
