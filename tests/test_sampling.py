@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from pixelwizard import weights
+from pixelwizard.hr_model import HRDiT
+from pixelwizard.presets import PresetError, get_preset
+from pixelwizard.sampling import Conditioning, make_schedule, sample_hr, sample_lr
+from pixelwizard.schedules import shortcut_dt
+from pixelwizard.seeds import prompt_seed
+from pixelwizard.tiny import TINY_DIT, randomize_
+
+
+@pytest.mark.parametrize("preset, t, dt", [
+    ("2k", [999, 942, 845, 646], [56, 96, 198, 646]),
+    ("4k", [999, 945, 852, 658], [54, 92, 194, 658]),
+])
+def test_hr_tables_come_from_the_presets(preset, t, dt):
+    p = get_preset(preset)
+    schedule = make_schedule(p.hr_solver, p.hr_steps, p.hr_shift)
+    assert list(schedule.timesteps) == t
+    assert shortcut_dt(schedule.timesteps) == dt
+
+
+def test_presets_validate_and_override():
+    assert get_preset("4k", hr_steps=5).hr_steps == 5
+    assert get_preset("2k", hr_steps=None).hr_steps == 4
+    with pytest.raises(PresetError, match="frames=120: must be 4n\\+1"):
+        get_preset("2k", frames=120)
+    with pytest.raises(PresetError, match="width=2500: must be a positive multiple of 32"):
+        get_preset("2k", width=2500)
+    with pytest.raises(PresetError, match="hr_solver='heun'"):
+        get_preset("tiny", hr_solver="heun")
+    with pytest.raises(PresetError, match="unknown setting"):
+        get_preset("tiny", steps=3)
+
+
+def test_seeds_depend_on_prompt_id_not_position():
+    assert prompt_seed(0, "fox", "hr") == prompt_seed(0, "fox", "hr")
+    assert len({prompt_seed(0, "fox", "hr"), prompt_seed(0, "fox", "lr"), prompt_seed(1, "fox", "hr"),
+                prompt_seed(0, "cat", "hr")}) == 4
+
+
+@pytest.fixture(scope="module")
+def models(tiny_ckpt):
+    encoder = weights.load_text_encoder(tiny_ckpt, dtype=torch.float32)
+    lr_model = weights.load_dit(tiny_ckpt)
+    hr_model = randomize_(HRDiT(TINY_DIT), seed=7).eval()
+    return encoder, lr_model, hr_model
+
+
+def generate(models, prompt_id, text, preset):
+    encoder, lr_model, hr_model = models
+    prompt, negative = encoder.encode([text, preset.negative_prompt])
+    cond = Conditioning(prompt=prompt, uncond=negative)
+    lr = sample_lr(lr_model, cond, preset, prompt_seed(preset.seed, prompt_id, "lr"))
+    hr = sample_hr(hr_model, cond, lr, preset, prompt_seed(preset.seed, prompt_id, "hr"))
+    return lr, hr
+
+
+def test_end_to_end_is_deterministic_and_independent_of_the_batch(models):
+    preset = get_preset("tiny")
+    lr_alone, hr_alone = generate(models, "fox", "a fox in the snow", preset)
+    assert lr_alone.shape == (48, 3, 4, 8) and hr_alone.shape == (48, 3, 10, 16)
+    assert torch.isfinite(hr_alone).all() and hr_alone.std() > 0
+    generate(models, "cat", "a cat on a roof", preset)  # another prompt first: no state may leak
+    lr_again, hr_again = generate(models, "fox", "a fox in the snow", preset)
+    assert torch.equal(lr_alone, lr_again) and torch.equal(hr_alone, hr_again)
+    _, hr_other_seed = generate(models, "fox", "a fox in the snow", preset.override(seed=1))
+    assert not torch.equal(hr_alone, hr_other_seed)
+
+
+def test_adapter_backbone_runs_once_per_video(models):
+    _, _, hr_model = models
+    calls = []
+    handle = hr_model.spatial_adapter.backbone.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        preset = get_preset("tiny")
+        cond = Conditioning(prompt=torch.randn(6, TINY_DIT.text_dim), uncond=torch.randn(9, TINY_DIT.text_dim))
+        lr = torch.randn(48, 3, 4, 8)
+        sample_hr(hr_model, cond, lr, preset, seed=0)
+        assert len(calls) == 1  # 4 steps x 2 CFG branches = 8 model calls, one backbone pass
+        sample_hr(hr_model, cond, lr, preset.override(uncond_anchor="zero"), seed=0)
+        assert len(calls) == 3  # plus the zero anchor's, once
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpm++"])
+def test_alternative_solvers_and_uncond_options_change_the_result(models, solver):
+    _, _, hr_model = models
+    preset = get_preset("tiny")
+    cond = Conditioning(prompt=torch.randn(6, TINY_DIT.text_dim), uncond=torch.randn(9, TINY_DIT.text_dim))
+    lr = torch.randn(48, 3, 4, 8)
+    reference = sample_hr(hr_model, cond, lr, preset, seed=0)
+    other = sample_hr(hr_model, cond, lr, preset.override(hr_solver=solver), seed=0)
+    zero_anchor = sample_hr(hr_model, cond, lr, preset.override(uncond_anchor="zero"), seed=0)
+    assert other.shape == reference.shape and not torch.allclose(other, reference)
+    assert not torch.allclose(zero_anchor, reference)
