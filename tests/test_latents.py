@@ -1,0 +1,201 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import zarr
+
+from pixelwizard.latents import (
+    FORMAT_VERSION,
+    IncompleteStoreError,
+    provenance_digest,
+    read_store,
+    remove_stale_temps,
+    store_attrs,
+    write_store,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _temps(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".tmp-" in p.name]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:  # compare floats by bit pattern: NaN == NaN, -0.0 != 0.0
+    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16}.get(t.dtype, t.dtype))
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    arrays = {
+        "latent": torch.randn(48, 3, 4, 6) * 1e3,
+        "latent_bf16": torch.randn(48, 3, 4, 6).to(torch.bfloat16),
+        "context": torch.randn(7, 16),
+        "special": torch.tensor([float("nan"), float("inf"), -0.0, 1e-40]),
+        "tokens": torch.arange(12, dtype=torch.int64).reshape(3, 4),
+        "mask": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+    }
+    path = tmp_path / "p0.zarr"
+    write_store(path, arrays, {"prompt": "a fox", "seed": 7, "size": [256, 448]})
+
+    tensors, attrs = read_store(path)
+    assert set(tensors) == set(arrays)
+    for name, tensor in arrays.items():
+        assert tensors[name].dtype == tensor.dtype and torch.equal(_bits(tensors[name]), _bits(tensor)), name
+    expected = {"prompt": "a fox", "seed": 7, "size": [256, 448], "complete": True, "format_version": FORMAT_VERSION}
+    assert attrs == expected
+    assert store_attrs(path) == attrs
+    only, _ = read_store(path, ["latent_bf16"])
+    assert list(only) == ["latent_bf16"] and only["latent_bf16"].dtype == torch.bfloat16
+    with pytest.raises(KeyError, match="missing"):
+        read_store(path, ["missing"])
+    assert _temps(tmp_path) == []
+
+
+def test_layout_chunks_and_bf16_bits(tmp_path):
+    path = tmp_path / "p.zarr"
+    write_store(path, {"lat": torch.zeros(48, 5, 6, 7, dtype=torch.bfloat16), "ctx": torch.ones(9, 4)}, {})
+    group = zarr.open_group(path, mode="r")
+    assert group["lat"].chunks == (48, 1, 6, 7)
+    assert group["lat"].dtype == "uint16" and group["lat"].attrs["logical_dtype"] == "bfloat16"
+    assert group["ctx"].chunks == (9, 4) and group["ctx"].dtype == "float32"
+    codecs = json.loads((path / "lat" / "zarr.json").read_text())["codecs"]
+    assert {"name": "zstd", "configuration": {"level": 3, "checksum": False}} in codecs
+
+
+def test_incomplete_or_missing_store_is_never_returned(tmp_path):
+    missing = tmp_path / "missing.zarr"
+    with pytest.raises(FileNotFoundError, match="missing.zarr"):
+        read_store(missing)
+    assert store_attrs(missing) is None
+
+    half = tmp_path / "half.zarr"  # what a writer that skips the completion attr would leave
+    group = zarr.open_group(half, mode="w", zarr_format=3)
+    group.create_array("lat", shape=(2, 2), dtype="float32").__setitem__(..., 1.0)
+    group.attrs.update({"seed": 1})
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    for path in (half, empty):
+        with pytest.raises(IncompleteStoreError, match=f"{path.name}.*re-run"):
+            read_store(path)
+        assert store_attrs(path) is None
+
+
+def test_replace_swaps_in_the_new_store(tmp_path):
+    path = tmp_path / "p.zarr"
+    write_store(path, {"x": torch.zeros(3), "stale": torch.zeros(1)}, {"run": "old"})
+    write_store(path, {"x": torch.ones(3)}, {"run": "new"})
+    tensors, attrs = read_store(path)
+    assert list(tensors) == ["x"] and torch.equal(tensors["x"], torch.ones(3)) and attrs["run"] == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr"]
+
+
+@pytest.mark.parametrize("arrays, attrs, error", [
+    ({"x": torch.ones(4)}, {"run": "new", "device": torch.device("cpu")}, TypeError),
+    # the meta tensor cannot be copied to the CPU, after "x" was already written into the temp store
+    ({"x": torch.ones(4), "y": torch.empty(4, device="meta")}, {"run": "new"}, NotImplementedError),
+])
+def test_failed_replace_keeps_old_store_and_no_temps(tmp_path, arrays, attrs, error):
+    path = tmp_path / "p.zarr"
+    write_store(path, {"x": torch.arange(4.0)}, {"run": "old"})
+    with pytest.raises(error):
+        write_store(path, arrays, attrs)
+    tensors, old_attrs = read_store(path)
+    assert torch.equal(tensors["x"], torch.arange(4.0)) and old_attrs["run"] == "old"
+    assert _temps(tmp_path) == []
+
+
+@pytest.mark.parametrize("key, value", [("ids", {1, 2}), ("dtype", torch.float32), ("scale", float("nan"))])
+def test_attrs_must_be_json(tmp_path, key, value):
+    with pytest.raises(TypeError, match=repr(key)):
+        write_store(tmp_path / "p.zarr", {"x": torch.ones(1)}, {"seed": 1, key: value})
+    with pytest.raises(ValueError, match="reserved"):
+        write_store(tmp_path / "p.zarr", {"x": torch.ones(1)}, {"complete": False})
+    assert list(tmp_path.iterdir()) == []
+
+
+_STALLING_WRITER = textwrap.dedent("""
+    import sys, time
+    from collections.abc import Mapping
+    from pathlib import Path
+    import torch
+    from pixelwizard.latents import write_store
+
+    class Stalls(Mapping):  # hands over one real tensor, then blocks: the writer is mid-store when it is killed
+        def __iter__(self):
+            return iter(["first", "second"])
+        def __len__(self):
+            return 2
+        def __getitem__(self, key):
+            if key == "first":
+                return torch.full((4, 3, 5, 6), 9.0)
+            print("stalled", flush=True)
+            time.sleep(120)
+
+    write_store(Path(sys.argv[1]), Stalls(), {"run": "new"})
+""")
+
+
+def test_sigkilled_writer_leaves_old_store_and_a_collectable_temp(tmp_path):
+    path = tmp_path / "p.zarr"
+    write_store(path, {"x": torch.arange(3.0)}, {"run": "old"})
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-c", _STALLING_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout.readline().strip() == "stalled"
+        (temp,) = [tmp_path / name for name in _temps(tmp_path)]
+        assert (temp / "first" / "zarr.json").is_file()
+        # the killed writer's half store is neither visible at the path nor readable
+        with pytest.raises(IncompleteStoreError):
+            read_store(temp)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    tensors, attrs = read_store(path)
+    assert torch.equal(tensors["x"], torch.arange(3.0)) and attrs["run"] == "old"
+    assert remove_stale_temps(tmp_path) == 0  # too young under the default age guard
+    assert remove_stale_temps(tmp_path, min_age_s=0) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr"]
+
+
+def test_remove_stale_temps_spares_live_writers_and_other_entries(tmp_path):
+    live = tmp_path / f".p.zarr.tmp-{os.getpid()}-abcd1234"
+    live.mkdir()
+    dead = tmp_path / ".q.zarr.tmp-999999999-00ff00ff"  # above any pid_max
+    dead.mkdir()
+    young = tmp_path / ".s.zarr.tmp-999999999-0000aaaa"
+    young.mkdir()
+    old = time.time() - 7200
+    for temp in (live, dead):
+        os.utime(temp, (old, old))
+    (tmp_path / "r.zarr").mkdir()
+    (tmp_path / ".notes.tmp-1").mkdir()
+    assert remove_stale_temps(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp-1", live.name, young.name, "r.zarr"]
+    assert remove_stale_temps(tmp_path / "absent") == 0
+
+
+def test_provenance_digest():
+    base = {"seed": 7, "stage": "lr", "model": {"ckpt": "a.pt", "steps": 50}, "size": [448, 256]}
+    digest = provenance_digest(base)
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    reordered = {"size": [448, 256], "model": {"steps": 50, "ckpt": "a.pt"}, "stage": "lr", "seed": 7}
+    assert provenance_digest(reordered) == digest
+    variants = [
+        {**base, "seed": 8},
+        {**base, "stage": "hr"},
+        {**base, "model": {"ckpt": "a.pt", "steps": 51}},
+        {**base, "size": [256, 448]},
+        {**base, "extra": None},
+        {**base, "seed": 7.0},
+    ]
+    assert len({provenance_digest(v) for v in variants} | {digest}) == len(variants) + 1
