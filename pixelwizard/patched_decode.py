@@ -1,0 +1,120 @@
+"""Spatially patched VAE decode: split the latent along W or H, decode each patch as its own stream, blend.
+
+A 2K/4K frame does not fit the VAE's activations in one piece, so the latent is cut into `num_patches` strips
+that overlap by `overlap` latent columns on inner edges. Each strip is decoded by its own `StreamDecoder`, all
+advanced one latent frame at a time, and every chunk (1, then 4 pixel frames) is blended and yielded at once:
+memory scales with one chunk, never with the clip.
+
+Blend masks follow the PixelWizard original: a patch has weight 1 except on its inner edges, where a half-cosine
+ramp of overlap * 16 px rises from 0 (leading edge) or falls to 0 (trailing edge). Neighbours share 2 * overlap
+latent columns; the left patch fades out over the right half of that band, the right patch fades in over the
+left half, and the result is normalised by the summed weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from pixelwizard.vae import WanVAE
+
+WEIGHT_FLOOR = 1e-6  # the original's max(sum(mask), 1e-6)
+
+
+def patch_ranges(size: int, num_patches: int, overlap: int) -> list[tuple[int, int]]:
+    """Half-open latent ranges [start, end) of each patch along one axis of length `size`.
+
+    Patch i owns [base*i, base*(i+1)) with base = size // num_patches (the last patch owns the remainder) and
+    is widened by `overlap` on each inner edge, clipped to [0, size).
+    """
+    if num_patches < 1:
+        raise ValueError(f"num_patches must be >= 1, got {num_patches}")
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0 latent units, got {overlap}")
+    if size < num_patches:
+        raise ValueError(f"cannot split {size} latent units into {num_patches} patches at least 1 unit wide")
+    base = size // num_patches
+    ranges = []
+    for i in range(num_patches):
+        first, last = i == 0, i == num_patches - 1
+        start = base * i - (0 if first else overlap)
+        end = size if last else base * (i + 1) + overlap
+        ranges.append((max(0, start), min(size, end)))
+    return ranges
+
+
+def cosine_ramp(length: int) -> Tensor:
+    """0.5 - 0.5 cos(pi u) on u = linspace(0, 1, length): rises from exactly 0 to 1 ([0] when length is 1)."""
+    return 0.5 - 0.5 * torch.cos(math.pi * torch.linspace(0.0, 1.0, length))
+
+
+def blend_weights(ranges: list[tuple[int, int]], size: int, overlap: int, scale: int = 16) -> list[Tensor]:
+    """Per-patch 1-D pixel weights along the split axis (length = patch width * scale), float32.
+
+    Inner edges (not touching 0 or `size`) carry a cosine ramp of overlap * scale px; outer borders stay 1.
+    """
+    ramp_px = overlap * scale
+    ramp = cosine_ramp(ramp_px)
+    weights = []
+    for start, end in ranges:
+        w = torch.ones((end - start) * scale)
+        if ramp_px:
+            if start > 0:
+                w[:ramp_px] *= ramp
+            if end < size:
+                w[-ramp_px:] *= ramp.flip(0)
+        weights.append(w)
+    return weights
+
+
+def decode_patched(
+    vae: WanVAE,
+    z: Tensor,
+    *,
+    num_patches: int,
+    patch_dim: Literal["w", "h"],
+    overlap: int,
+    device: torch.device | str | None = None,
+) -> Iterator[Tensor]:
+    """Decode a normalised latent [C, T, h, w] chunk by chunk: yields [3, f, 16h, 16w] float32 in [-1, 1].
+
+    f is 1 for latent frame 0 and 4 after. The chunks are blended on `device` (default: the VAE's device);
+    moving them to the CPU is the caller's job. num_patches = 1 reproduces `vae.decode` exactly.
+    """
+    if z.ndim != 4:
+        raise ValueError(f"latent must be [C, T, h, w], got {tuple(z.shape)}")
+    if patch_dim not in ("w", "h"):
+        raise ValueError(f"patch_dim must be 'w' or 'h', got {patch_dim!r}")
+    device = torch.device(device) if device is not None else vae.conv2.weight.device
+    _, t, h, w = z.shape
+    scale = vae.space_factor
+    axis = -1 if patch_dim == "w" else -2  # the split axis of [.., H, W] tensors
+    size = w if patch_dim == "w" else h
+    ranges = patch_ranges(size, num_patches, overlap)
+
+    # Normalise the masks once: sum_i(x_i m_i) / max(sum m, floor) == sum_i x_i (m_i / max(sum m, floor)).
+    masks = blend_weights(ranges, size, overlap, scale)
+    total = torch.zeros(size * scale)
+    for (start, _), m in zip(ranges, masks):
+        total[start * scale:start * scale + m.numel()] += m
+    total.clamp_(min=WEIGHT_FLOOR)
+    weights = []
+    for (start, _), m in zip(ranges, masks):
+        m = (m / total[start * scale:start * scale + m.numel()]).to(device)
+        weights.append(m if patch_dim == "w" else m[:, None])  # broadcast over [3, f, H, W]: [w_px] or [h_px, 1]
+
+    streams = [vae.stream_decoder() for _ in ranges]
+    for i in range(t):
+        frame = z[None, :, i:i + 1]  # [1, C, 1, h, w]
+        chunk: Tensor | None = None
+        for (start, end), stream, weight in zip(ranges, streams, weights):
+            pixels = stream.push(frame.narrow(axis, start, end - start))[0].to(device, torch.float32)
+            if chunk is None:
+                f = pixels.shape[1]
+                chunk = torch.zeros(3, f, h * scale, w * scale, device=device)
+            chunk.narrow(axis, start * scale, pixels.shape[axis]).addcmul_(pixels, weight)
+        yield chunk

@@ -1,0 +1,178 @@
+"""MP4 output: float chunks -> uint8 frames -> H.264 yuv420p, streamed frame by frame, plus a contact sheet.
+
+The encoder gets rgb24 frames and converts them to yuv420p itself (swscale, BT.601 matrix like ffmpeg's
+default): measured at 1280x704, crf 18, on 2 cores, that is as fast as calling `frame.reformat("yuv420p")`
+first (24.6 vs 23.7 fps with preset medium), so the simpler path is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+import av
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+from torch import Tensor
+
+
+def check_frame_size(width: int, height: int) -> None:
+    """yuv420p halves both chroma axes, so H.264 in yuv420p needs an even width and height."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"video frame size {width}x{height} (width x height) must be positive")
+    if width % 2 or height % 2:
+        raise ValueError(
+            f"video frame size {width}x{height} (width x height) is not supported: H.264 in yuv420p needs an even "
+            f"width and height; crop or pad the frames to {width - width % 2}x{height - height % 2} or "
+            f"{width + width % 2}x{height + height % 2}"
+        )
+
+
+def to_uint8(chunk: Tensor) -> np.ndarray:
+    """[3, f, H, W] in [-1, 1] -> [f, H, W, 3] uint8 on the CPU, as the original: (x + 1) / 2 * 255, clamped.
+
+    The float -> uint8 cast truncates (floor for these non-negative values), so only x = 1 maps to 255; the
+    conversion runs on the chunk's device and only the uint8 frames are copied to the CPU.
+    """
+    if chunk.ndim != 4 or chunk.shape[0] != 3:
+        raise ValueError(f"chunk must be [3, f, H, W], got {tuple(chunk.shape)}")
+    pixels = chunk.float().add(1.0).mul_(127.5).clamp_(0.0, 255.0).to(torch.uint8)
+    return rearrange(pixels, "c f h w -> f h w c").contiguous().cpu().numpy()
+
+
+class ContactSheet:
+    """Collects `count` evenly spaced frames of a `total_frames` clip as thumbnails and tiles them in a grid.
+
+    Thumbnails are `thumb_width` px wide (the frame width if smaller), aspect ratio kept.
+    """
+
+    def __init__(self, total_frames: int, count: int = 8, columns: int = 4, thumb_width: int = 256) -> None:
+        if total_frames < 1 or count < 1 or columns < 1 or thumb_width < 1:
+            raise ValueError("total_frames, count, columns and thumb_width must all be >= 1")
+        self.picks = frozenset(round(i * (total_frames - 1) / max(count - 1, 1)) for i in range(count))
+        self.columns, self.thumb_width = columns, thumb_width
+        self.thumbs: list[Image.Image] = []
+        self.seen = 0
+
+    def add(self, frames: np.ndarray) -> None:
+        """Offer the next frames [f, H, W, 3] uint8 of the clip; the picked ones are kept as thumbnails."""
+        for frame in frames:
+            if self.seen in self.picks:
+                h, w = frame.shape[:2]
+                tw = min(self.thumb_width, w)  # never upscale
+                size = (tw, max(1, round(h * tw / w)))
+                self.thumbs.append(Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS))
+            self.seen += 1
+
+    def image(self) -> Image.Image:
+        """The thumbnails so far, row-major in `columns` columns (fewer if there are fewer thumbnails)."""
+        if not self.thumbs:
+            raise ValueError("no frames were collected for the contact sheet")
+        tw, th = self.thumbs[0].size
+        cols = min(self.columns, len(self.thumbs))
+        sheet = Image.new("RGB", (cols * tw, math.ceil(len(self.thumbs) / cols) * th))
+        for i, thumb in enumerate(self.thumbs):
+            sheet.paste(thumb, ((i % cols) * tw, (i // cols) * th))
+        return sheet
+
+
+class VideoWriter:
+    """Context manager writing an H.264 yuv420p MP4 (moov atom first) one chunk at a time.
+
+    Frames go to a temporary file beside `path`, renamed into place only when the `with` block exits cleanly;
+    an exception removes it, so `path` never holds a partial video. With `total_frames`, `sheet_frames` evenly
+    spaced frames are kept for `contact_sheet()`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: int = 24, crf: int = 18,
+                 preset: str = "medium", codec: str = "libx264", total_frames: int | None = None,
+                 sheet_frames: int = 8) -> None:
+        check_frame_size(width, height)
+        self.path = Path(path)
+        self.width, self.height = width, height
+        self.fps, self.crf, self.preset, self.codec = fps, crf, preset, codec
+        self.sheet = ContactSheet(total_frames, sheet_frames) if total_frames is not None else None
+        self.frames_written = 0
+        self._tmp: Path | None = None
+        self._container: av.container.OutputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
+
+    def __enter__(self) -> VideoWriter:
+        # A hidden, unique name in the same directory (so the rename is atomic); created by the muxer itself so
+        # the final file gets the usual umask permissions.
+        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.part")
+        try:
+            self._container = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
+            stream = self._container.add_stream(self.codec, rate=self.fps)
+            stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
+            stream.options = {"crf": str(self.crf), "preset": self.preset}
+            self._stream = stream
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def write(self, chunk: Tensor) -> None:
+        """Encode a decoded chunk [3, f, H, W] in [-1, 1] (any device)."""
+        if self._stream is None:
+            raise RuntimeError("VideoWriter.write() outside its `with` block")
+        if tuple(chunk.shape[-2:]) != (self.height, self.width):
+            raise ValueError(f"chunk frames are {chunk.shape[-1]}x{chunk.shape[-2]}, the video is "
+                             f"{self.width}x{self.height}")
+        frames = to_uint8(chunk)
+        for frame in frames:
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                self._container.mux(packet)
+        if self.sheet is not None:
+            self.sheet.add(frames)
+        self.frames_written += len(frames)
+
+    def contact_sheet(self) -> Image.Image:
+        if self.sheet is None:
+            raise ValueError("VideoWriter was created without total_frames, so it kept no contact-sheet frames")
+        return self.sheet.image()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        if self.frames_written == 0:
+            self._abort()
+            raise ValueError(f"no frames were written, so {self.path} was not created")
+        try:
+            for packet in self._stream.encode():  # flush the encoder's delayed frames
+                self._container.mux(packet)
+            self._container.close()
+        except BaseException:
+            self._abort()
+            raise
+        os.replace(self._tmp, self.path)
+        self._container = self._stream = self._tmp = None
+
+    def _abort(self) -> None:
+        """Drop the partial output: close the container quietly and delete the temporary file."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - the original error is the one worth raising
+                pass
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        self._container = self._stream = self._tmp = None
+
+
+def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
+    """Decode an MP4 back to RGB frames [F, H, W, 3] uint8 and its frame rate (for tests and status)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate)
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    if not frames:
+        raise ValueError(f"{path} holds no video frames")
+    return np.stack(frames), fps
