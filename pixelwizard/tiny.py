@@ -15,6 +15,8 @@ from torch import nn
 from pixelwizard import text_encoder, weights
 from pixelwizard.config import DiTConfig, T5Config, VAEConfig, config_to_json
 from pixelwizard.dit import WanDiT
+from pixelwizard.hr_model import HRDiT
+from pixelwizard.trainer_checkpoint import save_trainer_checkpoint
 from pixelwizard.vae import WanVAE
 
 TINY_T5 = T5Config(vocab_size=384, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
@@ -59,3 +61,22 @@ def write_tiny_checkpoint(
     config_to_json(t5, ckpt_dir / weights.T5_CONFIG)
     text_encoder.write_tiny_tokenizer(ckpt_dir / weights.TOKENIZER_DIR, t5.vocab_size)
     return ckpt_dir
+
+
+def write_tiny_weights(directory: Path, *, seed: int = 0) -> dict[str, Path]:
+    """The full set a run needs, laid out like the real downloads:
+
+        DIR/Wan2.2-TI2V-5B/             the Wan2.2 checkpoint directory (tiny)
+        DIR/PixelWizard/lr/model.pt     a "fine-tuned" LR DiT in the trainer layout
+        DIR/PixelWizard/tiny/model.pt   the HR shortcut model (DiT + dt embedding + spatial adapter)
+    """
+    directory = Path(directory)
+    paths = {
+        "ckpt_dir": directory / "Wan2.2-TI2V-5B",
+        "lr_ckpt": directory / "PixelWizard" / "lr" / "model.pt",
+        "hr_ckpt": directory / "PixelWizard" / "tiny" / "model.pt",
+    }
+    write_tiny_checkpoint(paths["ckpt_dir"], seed=seed)
+    save_trainer_checkpoint(randomize_(WanDiT(TINY_DIT), seed + 3), paths["lr_ckpt"])
+    save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), seed + 4), paths["hr_ckpt"])
+    return paths

@@ -136,3 +136,19 @@ def load_text_encoder(
     config = _optional_config(T5Config, ckpt_dir / T5_CONFIG)
     return TextEncoder.load(_require_file(ckpt_dir / T5_FILE), _require_file(ckpt_dir / TOKENIZER_DIR), config,
                             device=device, dtype=dtype)
+
+
+def dit_files(ckpt_dir: Path) -> list[Path]:
+    """Every file the base DiT is read from (config, index, shards): what its provenance fingerprints."""
+    ckpt_dir = Path(ckpt_dir)
+    return [ckpt_dir / DIT_CONFIG, *sorted(set(_dit_shards(ckpt_dir).values()))]
+
+
+def check_checkpoint_dir(ckpt_dir: Path) -> None:
+    """Fail fast, before any long run, if a file of the layout is missing (contents are checked at load)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{ckpt_dir}: not a directory; expected {LAYOUT}")
+    for name in (DIT_CONFIG, VAE_FILE, T5_FILE, TOKENIZER_DIR):
+        _require_file(ckpt_dir / name)
+    _dit_shards(ckpt_dir)

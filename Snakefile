@@ -1,0 +1,102 @@
+"""PixelWizard: text -> LR anchor -> HR shortcut -> patched decode, as resumable Snakemake stages.
+
+Each rule is one job per shard of prompts (models load once per job) and writes per-prompt outputs
+atomically; its Snakemake output is the shard's marker under OUT/.done/. A job skips prompts whose outputs
+already carry the same provenance digest, so a rerun recomputes exactly what is missing or outdated.
+
+    pixelwizard generate ...                        # the usual entry point (writes OUT/pixelwizard.yaml)
+    snakemake --cores 2 --configfile OUT/pixelwizard.yaml
+"""
+
+import sys
+from pathlib import Path
+
+from pixelwizard.run_config import RunConfig
+from pixelwizard.workflow import Plan, decode_tag
+
+
+configfile: str(Path(workflow.basedir) / "config.yaml")
+
+
+RUN = RunConfig.from_mapping(config)
+PLAN = Plan.from_run(RUN)
+LAYOUT = PLAN.layout
+SHARDS = list(PLAN.shards)
+DECODE = f"decode-{decode_tag(RUN.resolved_preset())}"
+STAGES = Path(workflow.basedir) / "stages"
+PYTHON = sys.executable
+
+
+def done(marker, shard="{shard}"):
+    return str(LAYOUT.done(marker, shard))
+
+
+def log_path(marker):
+    return str(LAYOUT.log(marker, "{shard}"))
+
+
+def run_stage(stage, shard, log, launcher=""):
+    """Write the job's spec (ids, texts, settings) and run the stage script on it, logging to `log`."""
+    spec_path = PLAN.spec(stage, shard).save()
+    shell(f"{launcher or PYTHON} {STAGES / STAGE_SCRIPTS[stage]} {spec_path} > {log} 2>&1")
+
+
+STAGE_SCRIPTS = {
+    "uncond": "encode_text.py", "text": "encode_text.py", "lr": "lr_anchor.py", "lr_preview": "lr_preview.py",
+    "hr": "hr_shortcut.py", "decode": "decode.py",
+}
+
+
+rule all:
+    input:
+        expand(done(DECODE), shard=SHARDS),
+        expand(done("lr_preview"), shard=SHARDS) if RUN.lr_preview else [],
+
+
+rule encode_uncond:
+    output: done("uncond", "run")
+    params: spec=lambda wc: PLAN.params("uncond", "run")
+    log: str(LAYOUT.log("uncond", "run"))
+    run: run_stage("uncond", "run", log)
+
+
+rule encode_text:
+    output: done("text")
+    params: spec=lambda wc: PLAN.params("text", wc.shard)
+    log: log_path("text")
+    run: run_stage("text", wildcards.shard, log)
+
+
+rule lr_anchor:
+    input: done("text"), done("uncond", "run")
+    output: done("lr")
+    params: spec=lambda wc: PLAN.params("lr", wc.shard)
+    log: log_path("lr")
+    run: run_stage("lr", wildcards.shard, log)
+
+
+rule lr_preview:
+    input: done("lr")
+    output: done("lr_preview")
+    params: spec=lambda wc: PLAN.params("lr_preview", wc.shard)
+    log: log_path("lr_preview")
+    run: run_stage("lr_preview", wildcards.shard, log)
+
+
+rule hr_shortcut:
+    input: done("lr"), done("text"), done("uncond", "run")
+    output: done("hr")
+    params: spec=lambda wc: PLAN.params("hr", wc.shard)
+    log: log_path("hr")
+    resources: gpu=RUN.hr_gpus
+    run:
+        run_stage("hr", wildcards.shard, log,
+                  launcher=f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {resources.gpu}")
+
+
+rule decode:
+    input: done("hr")
+    output: done(DECODE)
+    params: spec=lambda wc: PLAN.params("decode", wc.shard)
+    log: log_path(DECODE)
+    run: run_stage("decode", wildcards.shard, log)
