@@ -19,8 +19,12 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+demo: $(STAMP)
+	$(BIN)/pixelwizard demo --out demo-out
+
 bench: $(STAMP)
 	$(BIN)/python bench/dit_forward.py
+	$(BIN)/python bench/dry_run_10k.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache demo-out

@@ -71,7 +71,7 @@ def run_workflow(
         cmd += ["--quiet", "progress"]
     cmd += list(targets)
     with exclusive(out):
-        if not dry_run:
+        if not dry_run and any((out / ".snakemake" / "locks").glob("*")):
             # After a SIGKILL Snakemake leaves its lock behind; ours being free proves nobody holds it.
             subprocess.run([*base, "--unlock"], capture_output=True, check=False)
         return subprocess.run(cmd, check=False).returncode

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -22,8 +23,10 @@ from safetensors.torch import save_file
 from pixelwizard.checkpoint import CheckpointError, assign_state_dict, read_torch_file
 from pixelwizard.config import DiTConfig, T5Config, VAEConfig, config_from_json, config_to_json
 from pixelwizard.dit import WanDiT
-from pixelwizard.text_encoder import TextEncoder
 from pixelwizard.vae import WanVAE
+
+if TYPE_CHECKING:  # transformers takes ~2 s to import: only the text stage pays for it
+    from pixelwizard.text_encoder import TextEncoder
 
 DIT_CONFIG = "config.json"
 DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
@@ -132,6 +135,8 @@ def save_vae(model: WanVAE, ckpt_dir: Path) -> None:
 def load_text_encoder(
     ckpt_dir: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16
 ) -> TextEncoder:
+    from pixelwizard.text_encoder import TextEncoder
+
     ckpt_dir = Path(ckpt_dir)
     config = _optional_config(T5Config, ckpt_dir / T5_CONFIG)
     return TextEncoder.load(_require_file(ckpt_dir / T5_FILE), _require_file(ckpt_dir / TOKENIZER_DIR), config,
