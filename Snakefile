@@ -11,6 +11,7 @@ already carry the same provenance digest, so a rerun recomputes exactly what is 
 import sys
 from pathlib import Path
 
+from pixelwizard.gpus import gpu_lease
 from pixelwizard.run_config import RunConfig
 from pixelwizard.workflow import Plan, decode_tag
 
@@ -35,10 +36,13 @@ def log_path(marker):
     return str(LAYOUT.log(marker, "{shard}"))
 
 
-def run_stage(stage, shard, log, launcher=""):
-    """Write the job's spec (ids, texts, settings) and run the stage script on it, logging to `log`."""
+def run_stage(stage, shard, log, gpus, launcher=""):
+    """Write the job's spec (ids, texts, settings), lease `gpus` GPUs (none on a CPU machine) and run the
+    stage script on it, logging to `log`."""
     spec_path = PLAN.spec(stage, shard).save()
-    shell(f"{launcher or PYTHON} {STAGES / STAGE_SCRIPTS[stage]} {spec_path} > {log} 2>&1")
+    with gpu_lease(gpus) as env:
+        assign = "".join(f"{key}={value} " for key, value in env.items())
+        shell(f"{assign}{launcher or PYTHON} {STAGES / STAGE_SCRIPTS[stage]} {spec_path} > {log} 2>&1")
 
 
 STAGE_SCRIPTS = {
@@ -57,14 +61,16 @@ rule encode_uncond:
     output: done("uncond", "run")
     params: spec=lambda wc: PLAN.params("uncond", "run")
     log: str(LAYOUT.log("uncond", "run"))
-    run: run_stage("uncond", "run", log)
+    resources: gpu=1
+    run: run_stage("uncond", "run", log, resources.gpu)
 
 
 rule encode_text:
     output: done("text")
     params: spec=lambda wc: PLAN.params("text", wc.shard)
     log: log_path("text")
-    run: run_stage("text", wildcards.shard, log)
+    resources: gpu=1
+    run: run_stage("text", wildcards.shard, log, resources.gpu)
 
 
 rule lr_anchor:
@@ -72,7 +78,8 @@ rule lr_anchor:
     output: done("lr")
     params: spec=lambda wc: PLAN.params("lr", wc.shard)
     log: log_path("lr")
-    run: run_stage("lr", wildcards.shard, log)
+    resources: gpu=1
+    run: run_stage("lr", wildcards.shard, log, resources.gpu)
 
 
 rule lr_preview:
@@ -80,7 +87,8 @@ rule lr_preview:
     output: done("lr_preview")
     params: spec=lambda wc: PLAN.params("lr_preview", wc.shard)
     log: log_path("lr_preview")
-    run: run_stage("lr_preview", wildcards.shard, log)
+    resources: gpu=1
+    run: run_stage("lr_preview", wildcards.shard, log, resources.gpu)
 
 
 rule hr_shortcut:
@@ -90,7 +98,7 @@ rule hr_shortcut:
     log: log_path("hr")
     resources: gpu=RUN.hr_gpus
     run:
-        run_stage("hr", wildcards.shard, log,
+        run_stage("hr", wildcards.shard, log, resources.gpu,
                   launcher=f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {resources.gpu}")
 
 
@@ -99,4 +107,5 @@ rule decode:
     output: done(DECODE)
     params: spec=lambda wc: PLAN.params("decode", wc.shard)
     log: log_path(DECODE)
-    run: run_stage("decode", wildcards.shard, log)
+    resources: gpu=1
+    run: run_stage("decode", wildcards.shard, log, resources.gpu)

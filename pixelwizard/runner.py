@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from pixelwizard.gpus import visible_gpus
 from pixelwizard.workflow import RUN_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,9 @@ def run_workflow(
     out = Path(out).resolve()
     base = snakemake_command(out, profile)
     cmd = [*base, "--cores", str(cores)]
+    gpus = visible_gpus()
+    if profile == "local" and gpus:
+        cmd += ["--resources", f"gpu={len(gpus)}"]  # jobs lease whole GPUs; this bounds how many at once
     if jobs:
         cmd += ["--jobs", str(jobs)]
     if dry_run:

@@ -1,0 +1,49 @@
+import multiprocessing
+
+import pytest
+
+from pixelwizard import gpus
+
+
+@pytest.fixture
+def four_gpus(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.setattr(gpus, "LOCK_DIR", tmp_path)
+    monkeypatch.setattr(gpus, "POLL_S", 0.01)
+
+
+def hold(count, ready, release, lock_dir):
+    gpus.LOCK_DIR = lock_dir
+    with gpus.gpu_lease(count) as env:
+        ready.put(env["CUDA_VISIBLE_DEVICES"])
+        release.wait(10)
+
+
+def test_leases_are_disjoint_and_released_by_a_dead_holder(four_gpus, tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Queue(), ctx.Event()
+    holder = ctx.Process(target=hold, args=(3, ready, release, tmp_path))
+    holder.start()
+    held = ready.get(timeout=10).split(",")
+    assert held == ["0", "1", "2"]
+    with gpus.gpu_lease(1) as env:
+        assert env == {"CUDA_VISIBLE_DEVICES": "3"}
+    with pytest.raises(TimeoutError):
+        with gpus.gpu_lease(2, timeout_s=0.1):
+            pass
+    holder.kill()  # SIGKILL: the kernel drops its locks
+    holder.join()
+    with gpus.gpu_lease(4) as env:
+        assert env == {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+
+
+def test_no_gpus_means_no_environment_change(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with gpus.gpu_lease(2) as env:
+        assert env == {}
+
+
+def test_asking_for_more_than_visible(four_gpus):
+    with pytest.raises(RuntimeError, match="needs 5 GPUs but only 4 are visible"):
+        with gpus.gpu_lease(5):
+            pass
