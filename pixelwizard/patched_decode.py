@@ -9,6 +9,10 @@ Blend masks follow the PixelWizard original: a patch has weight 1 except on its 
 ramp of overlap * 16 px rises from 0 (leading edge) or falls to 0 (trailing edge). Neighbours share 2 * overlap
 latent columns; the left patch fades out over the right half of that band, the right patch fades in over the
 left half, and the result is normalised by the summed weights.
+
+Across GPUs the patches are independent: with a process group, rank r decodes patches r, r + P, ... into a
+partial chunk and the partial chunks are summed onto rank 0 (one reduce per chunk), which alone gets the
+blended video.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from pixelwizard.vae import WanVAE
@@ -79,11 +84,13 @@ def decode_patched(
     patch_dim: Literal["w", "h"],
     overlap: int,
     device: torch.device | str | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> Iterator[Tensor]:
     """Decode a normalised latent [C, T, h, w] chunk by chunk: yields [3, f, 16h, 16w] float32 in [-1, 1].
 
     f is 1 for latent frame 0 and 4 after. The chunks are blended on `device` (default: the VAE's device);
-    moving them to the CPU is the caller's job. num_patches = 1 reproduces `vae.decode` exactly.
+    moving them to the CPU is the caller's job. num_patches = 1 reproduces `vae.decode` exactly. With a process
+    `group`, every rank must call this with the same arguments; only rank 0's chunks are the blended video.
     """
     if z.ndim != 4:
         raise ValueError(f"latent must be [C, T, h, w], got {tuple(z.shape)}")
@@ -107,14 +114,16 @@ def decode_patched(
         m = (m / total[start * scale:start * scale + m.numel()]).to(device)
         weights.append(m if patch_dim == "w" else m[:, None])  # broadcast over [3, f, H, W]: [w_px] or [h_px, 1]
 
-    streams = [vae.stream_decoder() for _ in ranges]
+    rank, world = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
+    mine = [(r, weight) for i, (r, weight) in enumerate(zip(ranges, weights)) if i % world == rank]
+    streams = [vae.stream_decoder() for _ in mine]
     for i in range(t):
         frame = z[None, :, i:i + 1]  # [1, C, 1, h, w]
-        chunk: Tensor | None = None
-        for (start, end), stream, weight in zip(ranges, streams, weights):
+        frames = 1 if i == 0 else vae.time_factor
+        chunk = torch.zeros(3, frames, h * scale, w * scale, device=device)
+        for ((start, end), weight), stream in zip(mine, streams):
             pixels = stream.push(frame.narrow(axis, start, end - start))[0].to(device, torch.float32)
-            if chunk is None:
-                f = pixels.shape[1]
-                chunk = torch.zeros(3, f, h * scale, w * scale, device=device)
             chunk.narrow(axis, start * scale, pixels.shape[axis]).addcmul_(pixels, weight)
+        if world > 1:
+            dist.reduce(chunk, dst=dist.get_global_rank(group, 0), group=group)
         yield chunk
