@@ -12,13 +12,17 @@ Data flow for a latent x [B, C, T, H, W] and timesteps t:
 Precision: the residual stream and the time path are float32. `cast_for_inference(bf16)` lowers the big
 Linear/Conv weights; every Linear casts its input to its own weight dtype, so their matmuls then run in bf16
 while the float32 islands (see `WanDiT.keeps_float32`) keep the original's autocast(float32) regions exact.
+
+Multi-process: with `use_sequence_parallel` the blocks and head run on one sequence shard per rank (Ulysses,
+see pixelwizard/distributed.py); e/e0 stay one row per sample, computed on every rank.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache, partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +32,16 @@ from torch import Tensor, nn
 from pixelwizard.attention import attention
 from pixelwizard.config import DiTConfig
 
+if TYPE_CHECKING:  # torch.distributed's FSDP imports cost half a second; single-process runs never need them
+    from pixelwizard.distributed import SequenceParallel
+
 SINUSOID_BASE = 10000.0
 ROPE_THETA = 10000.0
 NUM_MODULATIONS = 6  # shift, scale, gate for self-attention, then for the FFN
 DEFAULT_FFN_CHUNK_TOKENS = 32768
 FP32_NORMS = ("norm3", "norm_q", "norm_k")
+
+Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # q, k, v [B, L, N, D] -> [B, Lq, N, D]
 
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
@@ -124,14 +133,16 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: Tensor, context: Tensor | None = None, rope: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, rope: Tensor | None = None, attend: Attend = attention
+    ) -> Tensor:
         source = x if context is None else context
         q = rearrange(self.norm_q(self.q(x)), "b l (n d) -> b l n d", n=self.num_heads)
         k = rearrange(self.norm_k(self.k(source)), "b l (n d) -> b l n d", n=self.num_heads)
         v = rearrange(self.v(source), "b l (n d) -> b l n d", n=self.num_heads)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        return self.o(rearrange(attention(q, k, v), "b l n d -> b l (n d)"))
+        return self.o(rearrange(attend(q, k, v), "b l n d -> b l (n d)"))
 
 
 class Block(nn.Module):
@@ -157,10 +168,13 @@ class Block(nn.Module):
         e = e0[:, :, index] if e0.shape[1] == 1 else e0[:, rows, index]
         return self.modulation[:, index] + e
 
-    def forward(self, x: Tensor, e0: Tensor, context: Tensor, rope: Tensor, ffn_chunk_tokens: int) -> Tensor:
+    def forward(
+        self, x: Tensor, e0: Tensor, context: Tensor, rope: Tensor, ffn_chunk_tokens: int, attend: Attend = attention
+    ) -> Tensor:
+        """`attend` is the self-attention kernel: plain, or Ulysses over a sequence shard."""
         every = slice(None)
         shift, scale, gate = (self.adaln(e0, i, every) for i in range(3))
-        x = x + self.self_attn(self.norm1(x) * (1 + scale) + shift, rope=rope) * gate
+        x = x + self.self_attn(self.norm1(x) * (1 + scale) + shift, rope=rope, attend=attend) * gate
         x = x + self.cross_attn(self.norm3(x), context)
         return self.ffn_residual(x, e0, ffn_chunk_tokens)
 
@@ -206,6 +220,14 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.head = Head(dim, math.prod(config.patch_size) * config.out_dim, config.eps)
         self.ffn_chunk_tokens = DEFAULT_FFN_CHUNK_TOKENS
+        self.sequence_parallel: SequenceParallel | None = None
+
+    def use_sequence_parallel(self, sp: SequenceParallel | None) -> WanDiT:
+        """Run later forwards Ulysses-parallel over `sp`'s ranks (None: back to one process)."""
+        if sp is not None:
+            sp.check_heads(self.config.num_heads)
+        self.sequence_parallel = sp
+        return self
 
     def keeps_float32(self, key: str) -> bool:
         """Whether `cast_for_inference` keeps this state-dict entry in float32: the time path, the head, the
@@ -288,16 +310,31 @@ class WanDiT(nn.Module):
 
         e_extra [B, 1|L, D] is added to the time embedding e (before time_projection and the head);
         block_residuals[i] [B, L, D] is added to the residual stream at the input of block i.
+
+        With `sequence_parallel` set, every rank passes the same inputs and gets the same full output; the
+        blocks and the head run on this rank's token rows only (RoPE padding rows rotate by 1), and
+        block_residuals must already be this rank's rows, `sequence_parallel.split(residual)`.
         """
         residuals = dict(block_residuals or {})
         if not set(residuals) <= set(range(len(self.blocks))):
             raise ValueError(f"block_residuals keys {sorted(residuals)} must be block indices < {len(self.blocks)}")
         tokens, grid = self.patchify(x)
-        e, e0 = self.condition_time(t, tokens.shape[1], e_extra)
+        length = tokens.shape[1]
+        e, e0 = self.condition_time(t, length, e_extra)
         context = self.embed_text(context)
         rope = rope_for_grid(grid, self.config.head_dim, tokens.device)
+        attend: Attend = attention
+        sp = self.sequence_parallel
+        if sp is not None:
+            tokens, rope = sp.split(tokens), sp.split(rope, dim=0, pad_value=1)
+            if e.shape[1] > 1:  # per-token timesteps
+                e, e0 = sp.split(e), sp.split(e0)
+            attend = partial(sp.attention, true_len=length)
         for i, block in enumerate(self.blocks):
             if i in residuals:
                 tokens = tokens + residuals[i]
-            tokens = block(tokens, e0, context, rope, self.ffn_chunk_tokens)
-        return self.unpatchify(self.head(tokens, e), grid)
+            tokens = block(tokens, e0, context, rope, self.ffn_chunk_tokens, attend)
+        out = self.head(tokens, e)
+        if sp is not None:
+            out = sp.gather(out, length)
+        return self.unpatchify(out, grid)

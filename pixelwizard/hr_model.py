@@ -93,7 +93,8 @@ class HRDiT(WanDiT):
         context: torch.Tensor | list[torch.Tensor],
         anchor_features: torch.Tensor,
     ) -> torch.Tensor:
-        """x [B, C, T, H, W], t and dt [B] (timestep units), anchor_features [B, L, D] from `anchor_features`."""
+        """x [B, C, T, H, W], t and dt [B] (timestep units), anchor_features [B, L, D] from `anchor_features`.
+        Under sequence parallelism the adapter runs on this rank's rows of the feature, like the DiT's tokens."""
         pt, ph, pw = self.config.patch_size
         tokens = (x.shape[2] // pt) * (x.shape[3] // ph) * (x.shape[4] // pw)
         if anchor_features.shape[1] != tokens:
@@ -101,6 +102,8 @@ class HRDiT(WanDiT):
                 f"anchor feature has {anchor_features.shape[1]} tokens but the HR latent {tuple(x.shape)} has "
                 f"{tokens}; build it with HRDiT.anchor_features for this latent shape"
             )
+        if self.sequence_parallel is not None:
+            anchor_features = self.sequence_parallel.split(anchor_features)  # this rank's token rows
         t_freq = sinusoidal_embedding(t, self.config.freq_dim)
         dt_freq = sinusoidal_embedding(dt, self.config.freq_dim)
         controls = self.spatial_adapter(anchor_features, t_freq, dt_freq)

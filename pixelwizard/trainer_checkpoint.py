@@ -12,6 +12,8 @@ import hashlib
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from pixelwizard.checkpoint import CheckpointError, assign_state_dict, read_torch_file
@@ -19,6 +21,9 @@ from pixelwizard.config import DiTConfig
 from pixelwizard.dit import WanDiT
 from pixelwizard.hr_model import HRDiT
 from pixelwizard.weights import dit_dtypes
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 WRAPPER_SUBSTRINGS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 FINGERPRINT_BYTES = 1 << 20  # hash the first and last MiB: cheap on a 20 GB file, catches a changed file
@@ -59,13 +64,26 @@ def load_lr_model(path: Path, config: DiTConfig, *, dtype=torch.float32, device=
     return model.eval().requires_grad_(False)
 
 
-def load_hr_model(path: Path, config: DiTConfig, *, dtype=torch.float32, device="cpu", use_ema=False) -> HRDiT:
-    """The HR shortcut model: base DiT + `dt_embedding.*` + `spatial_adapter.*`, all required."""
+def load_hr_model(
+    path: Path, config: DiTConfig, *, dtype=torch.float32, device="cpu", use_ema=False, mesh: DeviceMesh | None = None
+) -> HRDiT:
+    """The HR shortcut model: base DiT + `dt_embedding.*` + `spatial_adapter.*`, all required.
+
+    With a device `mesh` (every rank calls this) the DiT is FSDP2-sharded over it and only rank 0 reads the
+    file; the spatial adapter, small and used outside forward, stays whole on every rank.
+    """
     with torch.device("meta"):
         model = HRDiT(config)
-    assign_state_dict(model, generator_state_dict(path, use_ema=use_ema), source=path,
-                      layout="the PixelWizard HR model (Wan DiT + dt_embedding + spatial_adapter)",
-                      dtype=dit_dtypes(model, dtype), device=device)
+    layout = "the PixelWizard HR model (Wan DiT + dt_embedding + spatial_adapter)"
+    if mesh is None:
+        assign_state_dict(model, generator_state_dict(path, use_ema=use_ema), source=path, layout=layout,
+                          dtype=dit_dtypes(model, dtype), device=device)
+    else:
+        from pixelwizard.distributed import load_sharded  # FSDP's imports: only multi-process runs pay for them
+
+        load_sharded(model, lambda: generator_state_dict(path, use_ema=use_ema), source=path, layout=layout,
+                     dtype=dit_dtypes(model, dtype), device=torch.device(device), mesh=mesh,
+                     replicated=(model.spatial_adapter,))
     return model.eval().requires_grad_(False)
 
 

@@ -1,18 +1,25 @@
 """Stage: LR anchor + text embeddings -> HR latent in a few shortcut steps, one zarr store per prompt.
-Launched through torchrun (the multi-GPU path on clusters); only rank 0 writes.
+Launched through torchrun with `hr_gpus` processes; only rank 0 writes.
 
     torchrun --standalone --nproc_per_node 1 stages/hr_shortcut.py OUT/.specs/hr/00000.json
+
+With N > 1 processes the DiT is FSDP2-sharded over them and runs Ulysses sequence-parallel over all N (the
+head count must be divisible by N). Every rank runs every prompt in lockstep with the same seed; what reads
+files (provenance, skip decisions, inputs) is decided on rank 0 and broadcast, so no rank can diverge.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
 from pathlib import Path
 
-from pixelwizard import weights
+import torch
+
+from pixelwizard import distributed, weights
 from pixelwizard.config import DiTConfig, config_from_json
 from pixelwizard.latents import write_store
 from pixelwizard.sampling import Conditioning, sample_hr
@@ -30,45 +37,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", type=Path)
     args = parser.parse_args(argv)
     setup_logging()
-    if int(os.environ.get("WORLD_SIZE", "1")) != 1:
-        raise SystemExit("hr_shortcut: multi-process HR runs are not supported yet; launch with --nproc_per_node 1")
-    is_writer = int(os.environ.get("RANK", "0")) == 0
     spec = StageSpec.load(args.spec)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and processes != spec.run.hr_gpus:
+        raise SystemExit(f"hr_shortcut: launched with {processes} processes but hr_gpus is {spec.run.hr_gpus}; "
+                         f"launch with --nproc_per_node {spec.run.hr_gpus}")
+    device = distributed.init_from_env(pick_device(spec.run.device))
+    try:
+        return run_shard(spec, device)
+    finally:
+        distributed.shutdown()
+
+
+def run_shard(spec: StageSpec, device: torch.device) -> int:
     run, layout, preset = spec.run, spec.layout, spec.preset
     ckpt_dir, hr_ckpt = Path(run.ckpt_dir), Path(run.hr_ckpt)
-    device = pick_device(run.device)
-    warn_if_resolution_mismatch(hr_ckpt, preset.name)
-    identity = {f.name: checkpoint_identity(f) for f in (hr_ckpt, ckpt_dir / weights.DIT_CONFIG)}
+    is_writer = distributed.is_writer()
+    parallel = distributed.world_size() > 1
+    if is_writer:
+        warn_if_resolution_mismatch(hr_ckpt, preset.name)
+    config = distributed.from_rank0(lambda: config_from_json(DiTConfig, ckpt_dir / weights.DIT_CONFIG))
+    sp = distributed.SequenceParallel() if parallel else None
+    if sp is not None:
+        sp.check_heads(config.num_heads)  # before loading anything
+    identity = distributed.from_rank0(
+        lambda: {f.name: checkpoint_identity(f) for f in (hr_ckpt, ckpt_dir / weights.DIT_CONFIG)})
     uncond_array = "negative" if preset.uncond_prompt == "negative" else "empty"
 
     @functools.cache
     def model():
-        config = config_from_json(DiTConfig, ckpt_dir / weights.DIT_CONFIG)
-        return load_hr_model(hr_ckpt, config, dtype=dit_dtype(run.dtype, device), device=device)
+        mesh = distributed.device_mesh(device) if parallel else None
+        hr = load_hr_model(hr_ckpt, config, dtype=dit_dtype(run.dtype, device), device=device, mesh=mesh)
+        return hr.use_sequence_parallel(sp)
 
     def provenance(prompt):
-        return {
+        return distributed.from_rank0(lambda: {
             "stage": "hr", "id": prompt.id, "seed": prompt_seed(preset.seed, prompt.id, "hr"),
             "settings": stage_settings("hr", preset), "dit": identity,
             "text": upstream_digest(layout.text(prompt.id), "text"),
             "uncond": upstream_digest(layout.text(UNCOND), "text"),
             "lr": upstream_digest(layout.lr(prompt.id), "lr"),
-        }
+        })
+
+    def is_done(prompt, digest):
+        return distributed.from_rank0(lambda: store_is_current(layout.hr(prompt.id), digest))
 
     def compute(prompt, attrs):
-        context = read_array(layout.text(prompt.id), "context")
-        uncond = read_array(layout.text(UNCOND), uncond_array)
-        lr_latent = read_array(layout.lr(prompt.id), "latent")
-        with progress(f"HR {prompt.id}", preset.hr_steps) as on_step:
+        context, uncond, lr_latent = distributed.from_rank0(lambda: (
+            read_array(layout.text(prompt.id), "context"),
+            read_array(layout.text(UNCOND), uncond_array),
+            read_array(layout.lr(prompt.id), "latent"),
+        ))
+        bar = progress(f"HR {prompt.id}", preset.hr_steps) if is_writer else contextlib.nullcontext()
+        with bar as on_step:
             latent = sample_hr(model(), Conditioning(context, uncond), lr_latent, preset,
                                attrs["provenance"]["seed"], on_step=on_step)
         if is_writer:
             write_store(layout.hr(prompt.id), {"latent": latent.cpu()}, attrs)
 
-    return run_prompts(
-        spec, provenance=provenance, compute=compute, write_outputs=is_writer,
-        is_done=lambda p, digest: store_is_current(layout.hr(p.id), digest),
-    )
+    return run_prompts(spec, provenance=provenance, compute=compute, write_outputs=is_writer, is_done=is_done)
 
 
 if __name__ == "__main__":
