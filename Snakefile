@@ -36,13 +36,17 @@ def log_path(marker):
     return str(LAYOUT.log(marker, "{shard}"))
 
 
-def run_stage(stage, shard, log, gpus, launcher=""):
+def run_stage(stage, shard, log, gpus, launch_all=False):
     """Write the job's spec (ids, texts, settings), lease `gpus` GPUs (none on a CPU machine) and run the
-    stage script on it, logging to `log`."""
+    stage script on it, logging to `log`: through torchrun with one process per GPU when `gpus` > 1, or
+    always with `launch_all` (the HR rule, so that the launch path is the same at every size)."""
     spec_path = PLAN.spec(stage, shard).save()
+    launcher = PYTHON
+    if gpus > 1 or launch_all:
+        launcher = f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {gpus}"
     with gpu_lease(gpus) as env:
         assign = "".join(f"{key}={value} " for key, value in env.items())
-        shell(f"{assign}{launcher or PYTHON} {STAGES / STAGE_SCRIPTS[stage]} {spec_path} > {log} 2>&1")
+        shell(f"{assign}{launcher} {STAGES / STAGE_SCRIPTS[stage]} {spec_path} > {log} 2>&1")
 
 
 STAGE_SCRIPTS = {
@@ -97,9 +101,7 @@ rule hr_shortcut:
     params: spec=lambda wc: PLAN.params("hr", wc.shard)
     log: log_path("hr")
     resources: gpu=RUN.hr_gpus
-    run:
-        run_stage("hr", wildcards.shard, log, resources.gpu,
-                  launcher=f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {resources.gpu}")
+    run: run_stage("hr", wildcards.shard, log, resources.gpu, launch_all=True)
 
 
 rule decode:
@@ -107,5 +109,5 @@ rule decode:
     output: done(DECODE)
     params: spec=lambda wc: PLAN.params("decode", wc.shard)
     log: log_path(DECODE)
-    resources: gpu=1
+    resources: gpu=RUN.decode_gpus
     run: run_stage("decode", wildcards.shard, log, resources.gpu)

@@ -63,6 +63,8 @@ def generate(
     device: str = typer.Option("auto", help="auto, cuda or cpu"),
     dtype: str = typer.Option("bfloat16", help="DiT weights on GPU: bfloat16 or float32"),
     lr_preview: bool = typer.Option(True, help="Write a 448x256 MP4 preview of each LR anchor"),
+    hr_gpus: int = typer.Option(1, help="GPUs (torchrun processes) per HR job: Ulysses + FSDP when > 1"),
+    decode_gpus: int = typer.Option(1, help="GPUs (torchrun processes) per decode job: patches spread over them"),
     seed: Optional[int] = typer.Option(None, help="Base seed (per-prompt seeds derive from it and the id)"),
     frames: Optional[int] = typer.Option(None, help="Frames, 4n+1"),
     fps: Optional[int] = typer.Option(None),
@@ -93,7 +95,8 @@ def generate(
             prompts=str(prompts.resolve()), out=str(out.resolve()), ckpt_dir=str(ckpt_dir.resolve()),
             hr_ckpt=str(hr_ckpt.resolve()), lr_ckpt=str(lr_ckpt.resolve()) if lr_ckpt else None, preset=preset,
             settings={k: v for k, v in settings.items() if v is not None}, shard_size=shard_size,
-            lr_preview=lr_preview, device=device, dtype=dtype,
+            lr_preview=lr_preview, device=device, dtype=dtype, hr_gpus=hr_gpus,
+            decode_gpus=decode_gpus,
         )
     except USER_ERRORS as err:
         fail(err, verbose)

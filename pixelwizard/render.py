@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from pixelwizard.patched_decode import decode_patched
 from pixelwizard.vae import WanVAE
@@ -24,13 +25,15 @@ def render_video(
     overlap: int = 0,
     sheet_path: Path | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> None:
     """Decode `latent` [C, T, h, w] chunk by chunk (never the whole clip in memory) into an MP4 at `path`;
-    both files appear only once complete."""
+    both files appear only once complete. With a process `group` this is rank 0's side of a decode whose
+    patches the other ranks share (they iterate `decode_patched` with the same arguments)."""
     c, t, h, w = latent.shape
     frames = 1 + vae.time_factor * (t - 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    chunks = decode_patched(vae, latent, num_patches=num_patches, patch_dim=patch_dim, overlap=overlap)
+    chunks = decode_patched(vae, latent, num_patches=num_patches, patch_dim=patch_dim, overlap=overlap, group=group)
     with VideoWriter(path, w * vae.space_factor, h * vae.space_factor, fps=fps, total_frames=frames) as writer:
         for i, chunk in enumerate(chunks):
             writer.write(chunk)

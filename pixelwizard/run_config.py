@@ -37,13 +37,15 @@ class RunConfig:
     lr_preview: bool = True
     device: str = "auto"
     dtype: str = "bfloat16"  # DiT weights on a GPU; the CPU always runs float32
-    hr_gpus: int = 1  # processes of the HR torchrun job
+    hr_gpus: int = 1  # processes (GPUs) of each HR torchrun job: FSDP + Ulysses when > 1
+    decode_gpus: int = 1  # processes (GPUs) of each decode job: the spatial patches spread over them
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise RunConfigError(f"shard_size={self.shard_size}: must be at least 1")
-        if self.hr_gpus < 1:
-            raise RunConfigError(f"hr_gpus={self.hr_gpus}: must be at least 1")
+        for name in ("hr_gpus", "decode_gpus"):
+            if getattr(self, name) < 1:
+                raise RunConfigError(f"{name}={getattr(self, name)}: must be at least 1")
         if self.device not in DEVICES:
             raise RunConfigError(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
