@@ -2,7 +2,7 @@
 CUDA_VISIBLE_DEVICES naming them. Locks vanish with their holder, so a killed job never strands a GPU.
 
 Snakemake's `gpu` resource bounds how many GPUs the running jobs hold together; the lease decides which. Under
-SLURM the allocation's CUDA_VISIBLE_DEVICES already names the job's GPUs, and the lease takes them.
+SLURM the allocation's CUDA_VISIBLE_DEVICES already names the job's GPUs and the lease leaves them alone.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def visible_gpus() -> list[str]:
 def gpu_lease(count: int, timeout_s: float = 24 * 3600) -> Iterator[dict[str, str]]:
     """Hold `count` free GPUs; yields the environment additions for the job (empty on a machine without GPUs)."""
     gpus = visible_gpus()
-    if not gpus or count == 0:
+    if not gpus or count == 0 or "SLURM_JOB_ID" in os.environ:
+        # Under SLURM the allocation owns its GPUs (often renumbered from 0 per job): nothing to share.
         yield {}
         return
     if count > len(gpus):

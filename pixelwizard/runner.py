@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -78,4 +79,20 @@ def run_workflow(
         if not dry_run and any((out / ".snakemake" / "locks").glob("*")):
             # After a SIGKILL Snakemake leaves its lock behind; ours being free proves nobody holds it.
             subprocess.run([*base, "--unlock"], capture_output=True, check=False)
-        return subprocess.run(cmd, check=False).returncode
+        return run_forwarding_signals(cmd)
+
+
+def run_forwarding_signals(cmd: list[str]) -> int:
+    """Run Snakemake, passing SIGTERM/SIGHUP on to it and waiting for it to stop: the run lock must not be
+    released while Snakemake (and its jobs) still work in the directory. Snakemake then stops its jobs; their
+    outputs are atomic, so a rerun resumes. Ctrl-C already reaches Snakemake (same process group): the CLI
+    only waits for it."""
+    child = subprocess.Popen(cmd)
+    handlers = {signal.SIGTERM: lambda number, _frame: child.send_signal(number), signal.SIGINT: signal.SIG_IGN}
+    handlers[signal.SIGHUP] = handlers[signal.SIGTERM]
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

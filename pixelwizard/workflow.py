@@ -35,7 +35,15 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
            "uncond_prompt", "uncond_anchor"),
     "decode": ("num_patches", "patch_dim", "overlap", "fps"),
 }
-SHARDED_STAGES = ("text", "lr", "lr_preview", "hr", "decode")
+# Each stage with the stages its outputs are made from (itself included).
+LINEAGE: dict[str, tuple[str, ...]] = {
+    "uncond": ("uncond",),
+    "text": ("text",),
+    "lr": ("uncond", "text", "lr"),
+    "lr_preview": ("uncond", "text", "lr", "lr_preview"),
+    "hr": ("uncond", "text", "lr", "hr"),
+    "decode": ("uncond", "text", "lr", "hr", "decode"),
+}
 
 
 def decode_tag(preset: Preset) -> str:
@@ -149,12 +157,14 @@ class Plan:
         return StageSpec(stage=stage, shard=shard_name, run=self.run, prompts=prompts)
 
     def params(self, stage: str, shard_name: str) -> str:
-        """What Snakemake compares between runs: the stage's own settings and the shard's prompts. The run
-        config's other fields (devices, shard size of other stages, decode settings for the HR job) are left
-        out, so changing them does not re-launch this stage."""
+        """What Snakemake compares between runs: the settings of the stage and of every stage upstream of it,
+        and the shard's prompts. Upstream settings matter even though an upstream change also re-runs this
+        stage through its inputs: if the upstream job fails, Snakemake deletes only the upstream marker, and
+        this stage's own marker must still read as outdated on the next run. Settings of unrelated stages
+        (decode settings for the HR job) are left out, so changing them does not re-launch this stage."""
         spec = self.spec(stage, shard_name)
         own = {
-            "settings": stage_settings(stage, spec.preset),
+            "settings": {name: stage_settings(name, spec.preset) for name in LINEAGE[stage]},
             "prompts": [[p.id, p.text] for p in spec.prompts],
             "checkpoints": {k: getattr(self.run, k) for k in ("ckpt_dir", "lr_ckpt", "hr_ckpt")},
         }

@@ -8,6 +8,7 @@ from pixelwizard import gpus
 @pytest.fixture
 def four_gpus(monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setattr(gpus, "LOCK_DIR", tmp_path)
     monkeypatch.setattr(gpus, "POLL_S", 0.01)
 
@@ -47,3 +48,9 @@ def test_asking_for_more_than_visible(four_gpus):
     with pytest.raises(RuntimeError, match="needs 5 GPUs but only 4 are visible"):
         with gpus.gpu_lease(5):
             pass
+
+
+def test_a_slurm_allocation_keeps_its_own_gpus(four_gpus, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    with gpus.gpu_lease(2) as first, gpus.gpu_lease(2) as second:  # no locks taken: the allocation owns them
+        assert first == second == {}
