@@ -3,6 +3,7 @@ digest), compute the rest, isolate failures, record events, and mark the shard d
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -134,6 +135,26 @@ def run_prompts(
     if write_outputs:
         write_json_atomic(layout.done(spec.marker, spec.shard), {"ids": [p.id for p in spec.prompts]})
     return 0
+
+
+def parse_spec(description: str, argv: list[str] | None = None) -> StageSpec:
+    """The command line of every stage script: one argument, the job spec the Snakefile wrote."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", type=Path, help="a job spec: OUT/.specs/<stage>/<shard>.json")
+    args = parser.parse_args(argv)
+    setup_logging()
+    return StageSpec.load(args.spec)
+
+
+def run_on_ranks(spec: StageSpec, run_shard: Callable[[StageSpec, torch.device], int]) -> int:
+    """Run a stage that may be launched by torchrun: join the process group (if any) on the right device."""
+    from pixelwizard import distributed
+
+    device = distributed.init_from_env(pick_device(spec.run.device))
+    try:
+        return run_shard(spec, device)
+    finally:
+        distributed.shutdown()
 
 
 def setup_logging(verbose: bool = False) -> None:

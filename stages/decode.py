@@ -11,7 +11,6 @@ files (provenance, skip decisions, the latent) is decided on rank 0 and broadcas
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -22,23 +21,22 @@ from pixelwizard import distributed, weights
 from pixelwizard.patched_decode import decode_patched
 from pixelwizard.render import render_video
 from pixelwizard.stage import (
-    checkpoint_identity, pick_device, progress, read_array, run_prompts, setup_logging, sidecar_is_current,
-    upstream_digest, write_json_atomic,
+    checkpoint_identity,
+    parse_spec,
+    progress,
+    read_array,
+    run_on_ranks,
+    run_prompts,
+    sidecar_is_current,
+    upstream_digest,
+    write_json_atomic,
 )
 from pixelwizard.workflow import StageSpec, decode_tag, stage_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", type=Path)
-    args = parser.parse_args(argv)
-    setup_logging()
-    spec = StageSpec.load(args.spec)
-    device = distributed.init_from_env(pick_device(spec.run.device))
-    try:
-        return run_shard(spec, device)
-    finally:
-        distributed.shutdown()
+    spec = parse_spec(__doc__, argv)
+    return run_on_ranks(spec, run_shard)
 
 
 def run_shard(spec: StageSpec, device) -> int:

@@ -6,7 +6,6 @@ prompt, encoded once per run. The encoder loads once per job, and only if some p
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -14,17 +13,19 @@ from pathlib import Path
 from pixelwizard import weights
 from pixelwizard.latents import write_store
 from pixelwizard.stage import (
-    checkpoint_identity, output_attrs, pick_device, run_prompts, setup_logging, store_is_current, write_json_atomic,
+    checkpoint_identity,
+    output_attrs,
+    parse_spec,
+    pick_device,
+    run_prompts,
+    store_is_current,
+    write_json_atomic,
 )
-from pixelwizard.workflow import UNCOND, StageSpec, stage_settings
+from pixelwizard.workflow import UNCOND, stage_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", type=Path)
-    args = parser.parse_args(argv)
-    setup_logging()
-    spec = StageSpec.load(args.spec)
+    spec = parse_spec(__doc__, argv)
     run, layout, preset = spec.run, spec.layout, spec.preset
     ckpt_dir = Path(run.ckpt_dir)
     identity = checkpoint_identity(ckpt_dir / weights.T5_FILE)

@@ -10,7 +10,6 @@ files (provenance, skip decisions, inputs) is decided on rank 0 and broadcast, s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
@@ -25,7 +24,14 @@ from pixelwizard.latents import write_store
 from pixelwizard.sampling import Conditioning, sample_hr
 from pixelwizard.seeds import prompt_seed
 from pixelwizard.stage import (
-    checkpoint_identity, dit_dtype, pick_device, progress, read_array, run_prompts, setup_logging, store_is_current,
+    checkpoint_identity,
+    dit_dtype,
+    parse_spec,
+    progress,
+    read_array,
+    run_on_ranks,
+    run_prompts,
+    store_is_current,
     upstream_digest,
 )
 from pixelwizard.trainer_checkpoint import load_hr_model, warn_if_resolution_mismatch
@@ -33,20 +39,12 @@ from pixelwizard.workflow import UNCOND, StageSpec, stage_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", type=Path)
-    args = parser.parse_args(argv)
-    setup_logging()
-    spec = StageSpec.load(args.spec)
+    spec = parse_spec(__doc__, argv)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1 and processes != spec.run.hr_gpus:
         raise SystemExit(f"hr_shortcut: launched with {processes} processes but hr_gpus is {spec.run.hr_gpus}; "
                          f"launch with --nproc_per_node {spec.run.hr_gpus}")
-    device = distributed.init_from_env(pick_device(spec.run.device))
-    try:
-        return run_shard(spec, device)
-    finally:
-        distributed.shutdown()
+    return run_on_ranks(spec, run_shard)
 
 
 def run_shard(spec: StageSpec, device: torch.device) -> int:

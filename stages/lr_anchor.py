@@ -6,7 +6,6 @@ prompt), one zarr store per prompt. The DiT (base, or the fine-tuned `lr/model.p
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -17,19 +16,22 @@ from pixelwizard.latents import write_store
 from pixelwizard.sampling import Conditioning, sample_lr
 from pixelwizard.seeds import prompt_seed
 from pixelwizard.stage import (
-    checkpoint_identity, dit_dtype, pick_device, progress, read_array, run_prompts, setup_logging, store_is_current,
+    checkpoint_identity,
+    dit_dtype,
+    parse_spec,
+    pick_device,
+    progress,
+    read_array,
+    run_prompts,
+    store_is_current,
     upstream_digest,
 )
 from pixelwizard.trainer_checkpoint import load_lr_model
-from pixelwizard.workflow import UNCOND, StageSpec, stage_settings
+from pixelwizard.workflow import UNCOND, stage_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", type=Path)
-    args = parser.parse_args(argv)
-    setup_logging()
-    spec = StageSpec.load(args.spec)
+    spec = parse_spec(__doc__, argv)
     run, layout, preset = spec.run, spec.layout, spec.preset
     ckpt_dir = Path(run.ckpt_dir)
     device = pick_device(run.device)

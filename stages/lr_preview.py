@@ -6,7 +6,6 @@ spending the HR stage on it (`pixelwizard generate ... --until lr`).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -14,18 +13,20 @@ from pathlib import Path
 from pixelwizard import weights
 from pixelwizard.render import render_video
 from pixelwizard.stage import (
-    checkpoint_identity, pick_device, read_array, run_prompts, setup_logging, sidecar_is_current, upstream_digest,
+    checkpoint_identity,
+    parse_spec,
+    pick_device,
+    read_array,
+    run_prompts,
+    sidecar_is_current,
+    upstream_digest,
     write_json_atomic,
 )
-from pixelwizard.workflow import StageSpec, stage_settings
+from pixelwizard.workflow import stage_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", type=Path)
-    args = parser.parse_args(argv)
-    setup_logging()
-    spec = StageSpec.load(args.spec)
+    spec = parse_spec(__doc__, argv)
     run, layout, preset = spec.run, spec.layout, spec.preset
     ckpt_dir = Path(run.ckpt_dir)
     identity = checkpoint_identity(ckpt_dir / weights.VAE_FILE)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from distributed_worker import CONFIG, SETTINGS, load, outputs, write_run
+
 from pixelwizard.distributed import check_ulysses_size, local_parameter_bytes
 from pixelwizard.latents import read_store, write_store
 from pixelwizard.prompts import Prompt

@@ -10,7 +10,11 @@ from pixelwizard.config import DiTConfig
 from pixelwizard.hr_model import AnchorMismatchError, HRDiT, resize_anchor
 from pixelwizard.tiny import TINY_DIT, randomize_
 from pixelwizard.trainer_checkpoint import (
-    fingerprint, generator_state_dict, load_hr_model, load_lr_model, save_trainer_checkpoint,
+    fingerprint,
+    generator_state_dict,
+    load_hr_model,
+    load_lr_model,
+    save_trainer_checkpoint,
     warn_if_resolution_mismatch,
 )
 
