@@ -103,7 +103,7 @@ def generate(
     launch(run, profile=profile, cores=cores, jobs=jobs, dry_run=dry_run, until=until, quiet=quiet, verbose=verbose)
 
 
-STOP_AFTER = {"lr": ["lr_anchor", "lr_preview"]}
+STOP_AFTER = {"lr": ("lr", "lr_preview")}  # --until: the stages whose shard markers become the targets
 
 
 def launch(run: RunConfig, *, profile: str, cores: int, jobs: int | None, dry_run: bool, until: str | None,
@@ -116,8 +116,13 @@ def launch(run: RunConfig, *, profile: str, cores: int, jobs: int | None, dry_ru
         check_inputs(run)
         out.mkdir(parents=True, exist_ok=True)
         run.save(out / RUN_CONFIG)
-        code = run_workflow(out, profile=profile, cores=cores, jobs=jobs, dry_run=dry_run,
-                            until=STOP_AFTER.get(until, []), quiet=quiet)
+        targets = []
+        if until is not None:
+            plan = Plan.from_run(run)
+            stages = [s for s in STOP_AFTER[until] if s != "lr_preview" or run.lr_preview]
+            targets = [str(plan.layout.done(stage, shard)) for stage in stages for shard in plan.shards]
+        code = run_workflow(out, profile=profile, cores=cores, jobs=jobs, dry_run=dry_run, targets=targets,
+                            quiet=quiet)
     except USER_ERRORS as err:
         fail(err, verbose)
     if code == 0 and not dry_run:

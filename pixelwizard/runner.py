@@ -52,7 +52,6 @@ def run_workflow(
     cores: int = 1,
     jobs: int | None = None,
     dry_run: bool = False,
-    until: Sequence[str] = (),
     targets: Sequence[str] = (),
     allowed_rules: Sequence[str] = (),
     quiet: bool = False,
@@ -60,7 +59,7 @@ def run_workflow(
     """Run (or dry-run) the workflow for `out`; returns Snakemake's exit code."""
     out = Path(out).resolve()
     base = snakemake_command(out, profile)
-    cmd = [*base, "--cores", str(cores)]
+    cmd = [*base, *targets, "--cores", str(cores)]  # targets first: several options below take lists
     gpus = visible_gpus()
     if profile == "local" and gpus:
         cmd += ["--resources", f"gpu={len(gpus)}"]  # jobs lease whole GPUs; this bounds how many at once
@@ -68,13 +67,10 @@ def run_workflow(
         cmd += ["--jobs", str(jobs)]
     if dry_run:
         cmd.append("--dry-run")
-    if until:
-        cmd += ["--until", *until]
     if allowed_rules:
         cmd += ["--allowed-rules", *allowed_rules]
     if quiet:
         cmd += ["--quiet", "progress"]
-    cmd += list(targets)
     with exclusive(out):
         if not dry_run and any((out / ".snakemake" / "locks").glob("*")):
             # After a SIGKILL Snakemake leaves its lock behind; ours being free proves nobody holds it.

@@ -134,18 +134,27 @@ def test_sigkill_mid_stage_then_resume_is_bit_identical(reference, weights_dir, 
         assert ours.equal(theirs)
 
 
-def test_edits_additions_and_settings_rerun_exactly_what_changed(weights_dir, tmp_path):
+def test_review_lr_then_edits_additions_and_settings_rerun_exactly_what_changed(weights_dir, tmp_path):
     prompts_path = tmp_path / "prompts.jsonl"
     out = tmp_path / "out"
     write_prompts(prompts_path, PROMPTS[:3])
-    run_cli(command(weights_dir, prompts_path, out))
 
-    # Edit one prompt's text and add one prompt: only those two are computed, through every stage.
-    edited = [PROMPTS[0], ("waves", "Waves crash onto a rocky shore at sunset."), PROMPTS[2], PROMPTS[3]]
+    # --until lr: text, LR anchors and their previews only.
+    run_cli(command(weights_dir, prompts_path, out, "--until", "lr"))
+    assert computed(out) == Counter({(s, p): 1 for s in ("text", "lr", "lr_preview") for p, _ in PROMPTS[:3]})
+    assert read_video(out / "lr" / "market.mp4")[0].shape == (9, 64, 128, 3)
+    assert not (out / "hr").exists() and not (out / "videos").exists()
+
+    # After the review: drop one prompt, edit one, add one. HR and decode run for what is left; text and LR
+    # only for the edited and the new prompt.
+    edited = [PROMPTS[0], ("waves", "Waves crash onto a rocky shore at sunset."), PROMPTS[3]]
     write_prompts(prompts_path, edited)
     before = len(events(out))
     run_cli(command(weights_dir, prompts_path, out))
-    assert computed(out, before) == Counter({(s, p): 1 for s in STAGES for p in ("waves", "owl")})
+    expected = {(s, p): 1 for s in ("text", "lr", "lr_preview") for p in ("waves", "owl")}
+    expected.update({(s, p): 1 for s in ("hr", "decode") for p, _ in edited})
+    assert computed(out, before) == Counter(expected)
+    assert not (out / "hr" / "market.zarr").exists()
 
     # An HR setting re-runs HR and decode for everyone, and nothing upstream.
     before = len(events(out))
