@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pixelwizard import __version__
-from pixelwizard.latents import provenance_digest, read_store, store_attrs
+from pixelwizard.latents import provenance_digest, read_store, remove_stale_temps, store_attrs
 from pixelwizard.prompts import Prompt
 from pixelwizard.trainer_checkpoint import fingerprint
 from pixelwizard.workflow import StageSpec
@@ -100,14 +100,20 @@ def run_prompts(
     is_done: Callable[[Prompt, str], bool],
     compute: Callable[[Prompt, dict[str, Any]], None],
     write_outputs: bool = True,
+    store_dir: Path | None = None,
 ) -> int:
     """Process the shard; returns the process exit code (1 when any prompt failed).
 
     `compute(prompt, attrs)` writes the prompt's outputs atomically; `attrs` carries the provenance, its
     digest and the library version for the output's metadata. Ranks other than 0 pass write_outputs=False:
-    they take part in the computation but record nothing.
+    they take part in the computation but record nothing. `store_dir`: where the stage's zarr stores live;
+    temp stores that killed writers left there (over an hour old, writer gone) are removed first.
     """
     layout = spec.layout
+    if write_outputs and store_dir is not None:
+        removed = remove_stale_temps(store_dir)
+        if removed:
+            log.info("removed %d temp store(s) left in %s by killed writers", removed, store_dir)
     failed = []
     for prompt in spec.prompts:
         event = {"stage": spec.stage, "id": prompt.id, "shard": spec.shard}

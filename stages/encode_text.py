@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         write_store(layout.text(prompt.id), {"context": context}, attrs)
 
     return run_prompts(
-        spec,
+        spec, store_dir=layout.out / "text",
         provenance=lambda p: {"stage": "text", "id": p.id, "text_hash": p.text_hash, "t5": identity},
         is_done=lambda p, digest: store_is_current(layout.text(p.id), digest),
         compute=compute,

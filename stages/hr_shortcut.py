@@ -93,7 +93,8 @@ def run_shard(spec: StageSpec, device: torch.device) -> int:
         if is_writer:
             write_store(layout.hr(prompt.id), {"latent": latent.cpu()}, attrs)
 
-    return run_prompts(spec, provenance=provenance, compute=compute, write_outputs=is_writer, is_done=is_done)
+    return run_prompts(spec, provenance=provenance, compute=compute, write_outputs=is_writer, is_done=is_done,
+                       store_dir=layout.out / "hr")
 
 
 if __name__ == "__main__":

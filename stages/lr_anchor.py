@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         write_store(layout.lr(prompt.id), {"latent": latent.cpu()}, attrs)
 
     return run_prompts(
-        spec, provenance=provenance, compute=compute,
+        spec, store_dir=layout.out / "lr", provenance=provenance, compute=compute,
         is_done=lambda p, digest: store_is_current(layout.lr(p.id), digest),
     )
 

@@ -42,3 +42,31 @@ def test_status_counts_done_missing_and_failed(tmp_path):
                            text=True, check=True).stdout
     lr_line = next(line for line in shown.splitlines() if line.startswith("│ lr "))
     assert [cell.strip() for cell in lr_line.strip("│").split("│")] == ["lr", "1", "1", "1", "b"]
+
+
+def test_a_stage_job_clears_temp_stores_of_killed_writers(tmp_path):
+    import os
+    import time
+
+    from pixelwizard.prompts import Prompt
+    from pixelwizard.stage import run_prompts
+    from pixelwizard.workflow import StageSpec
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a\n")
+    run = RunConfig(prompts=str(prompts), out=str(tmp_path / "out"), ckpt_dir="unused", hr_ckpt="unused",
+                    preset="tiny")
+    spec = StageSpec(stage="lr", shard="00000", run=run, prompts=(Prompt("a", "a"),))
+    store_dir = tmp_path / "out" / "lr"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = store_dir / f".a.zarr.tmp-{dead.pid}-0badc0de"
+    fresh = store_dir / f".b.zarr.tmp-{dead.pid}-0badc0df"
+    stale.mkdir(parents=True)
+    fresh.mkdir()
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    code = run_prompts(spec, provenance=lambda p: {"id": p.id}, is_done=lambda p, d: True,
+                       compute=lambda p, a: None, store_dir=store_dir)
+    assert code == 0
+    assert not stale.exists() and fresh.exists()  # young temps may belong to a writer on another node
