@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from report import report
 
 from pixelwizard import distributed
 from pixelwizard.config import DiTConfig, config_from_json, config_to_json
@@ -103,11 +104,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                    __file__, "--worker", str(ckpt_dir)]
             stdout = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-            line = next(s for s in stdout.splitlines() if s.startswith("{"))
-            print(line, flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(line + "\n")
+            report(next(s for s in stdout.splitlines() if s.startswith("{")), args.out)
 
 
 if __name__ == "__main__":

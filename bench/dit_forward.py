@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+from report import report
 
 RESOLUTIONS = {"lr": (448, 256), "2k": (2560, 1440), "4k": (3840, 2144)}
 SMALL = dict(dim=256, ffn_dim=1024, num_heads=2, num_layers=2, text_dim=256)  # head_dim 128 as the real model
@@ -85,11 +86,8 @@ def main() -> None:
     for name in RESOLUTIONS:
         cmd = [sys.executable, __file__, "--resolution", name, "--device", args.device, "--frames", str(args.frames),
                "--repeats", str(args.repeats)] + (["--full"] if args.full else [])
-        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        stdout = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        report(stdout.strip().splitlines()[-1], args.out)
 
 
 if __name__ == "__main__":
