@@ -120,7 +120,7 @@ def launch(run: RunConfig, *, profile: str, cores: int, jobs: int | None, dry_ru
         if until is not None:
             plan = Plan.from_run(run)
             stages = [s for s in STOP_AFTER[until] if s != "lr_preview" or run.lr_preview]
-            targets = [str(plan.layout.done(stage, shard)) for stage in stages for shard in plan.shards]
+            targets = [marker for stage in stages for marker in plan.markers(stage)]
         code = run_workflow(out, profile=profile, cores=cores, jobs=jobs, dry_run=dry_run, targets=targets,
                             quiet=quiet)
     except USER_ERRORS as err:
@@ -162,7 +162,7 @@ def decode(
         run.save(out / RUN_CONFIG)
         plan = Plan.from_run(run)
         marker = f"decode-{decode_tag(run.resolved_preset())}"
-        targets = [str(plan.layout.done(marker, shard)) for shard in plan.shards]
+        targets = plan.markers(marker)
         code = run_workflow(out, profile=profile, cores=cores, targets=targets, allowed_rules=["decode"])
     except USER_ERRORS as err:
         fail(err, verbose)

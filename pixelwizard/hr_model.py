@@ -76,7 +76,7 @@ class HRDiT(WanDiT):
     def anchor_features(self, lr_latent: torch.Tensor, hr_latent_shape: tuple[int, ...]) -> torch.Tensor:
         """The adapter's per-video feature for an LR latent [B, C, T, h, w] and an HR latent shape
         [B, C, T, H, W]; checks that it lines up with the HR token grid, token for token."""
-        _, pt, ph, pw = (None, *self.config.patch_size)
+        pt, ph, pw = self.config.patch_size
         t, h, w = hr_latent_shape[-3:]
         if lr_latent.shape[-3] != t or t % pt or h % ph or w % pw:
             raise AnchorMismatchError(

@@ -7,7 +7,7 @@ on-disk layout that the Snakefile, the stage scripts, `pixelwizard status` and t
     OUT/hr/<id>.zarr                          HR latent
     OUT/videos/<decode tag>/<id>.{mp4,png,json}   video, contact sheet, provenance
     OUT/.done/<stage>/<shard>.json            shard markers (the Snakemake outputs)
-    OUT/.specs/<stage>/<shard>.json           what a stage job processes (ids, texts, settings)
+    OUT/.specs/<stage>/<shard>.json           what a stage job processes (ids, texts, run configuration)
     OUT/logs/<stage>/<shard>.log, OUT/logs/events.jsonl
 """
 
@@ -113,7 +113,6 @@ class StageSpec:
     def to_json(self) -> str:
         return json.dumps({
             "stage": self.stage, "shard": self.shard, "run": self.run.to_mapping(),
-            "settings": stage_settings(self.stage, self.preset),  # makes the params trigger stage-specific
             "prompts": [{"id": p.id, "text": p.text} for p in self.prompts],
         }, ensure_ascii=False, sort_keys=True)
 
@@ -152,6 +151,10 @@ class Plan:
     def layout(self) -> Layout:
         return Layout(Path(self.run.out))
 
+    def markers(self, marker: str) -> list[str]:
+        """The shard markers of a stage (or of a decode's `decode-<tag>`) for every shard: Snakemake targets."""
+        return [str(self.layout.done(marker, shard)) for shard in self.shards]
+
     def spec(self, stage: str, shard_name: str) -> StageSpec:
         prompts = () if stage == "uncond" else self.shards[shard_name]
         return StageSpec(stage=stage, shard=shard_name, run=self.run, prompts=prompts)
@@ -163,8 +166,9 @@ class Plan:
         this stage's own marker must still read as outdated on the next run. Settings of unrelated stages
         (decode settings for the HR job) are left out, so changing them does not re-launch this stage."""
         spec = self.spec(stage, shard_name)
+        preset = spec.preset
         own = {
-            "settings": {name: stage_settings(name, spec.preset) for name in LINEAGE[stage]},
+            "settings": {name: stage_settings(name, preset) for name in LINEAGE[stage]},
             "prompts": [[p.id, p.text] for p in spec.prompts],
             "checkpoints": {k: getattr(self.run, k) for k in ("ckpt_dir", "lr_ckpt", "hr_ckpt")},
         }
