@@ -11,9 +11,9 @@ already carry the same provenance digest, so a rerun recomputes exactly what is 
 import sys
 from pathlib import Path
 
-from pixelwizard.gpus import gpu_lease
-from pixelwizard.run_config import RunConfig
-from pixelwizard.workflow import Plan, decode_tag
+from pixelwizard.pipeline.gpu_lease import gpu_lease
+from pixelwizard.pipeline.run_config import RunConfig
+from pixelwizard.pipeline.plan import Plan, decode_tag
 
 
 configfile: str(Path(workflow.basedir) / "config.yaml")

@@ -10,12 +10,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from pixelwizard.checkpoint import CheckpointError
-from pixelwizard.presets import PRESETS
-from pixelwizard.prompts import PromptFileError, read_prompts
-from pixelwizard.run_config import RunConfig, RunConfigError
-from pixelwizard.runner import REPO, RunBusyError, run_workflow
-from pixelwizard.workflow import RUN_CONFIG, Plan, decode_tag
+from pixelwizard.checkpoints.strict import CheckpointError
+from pixelwizard.pipeline.plan import RUN_CONFIG, Plan, decode_tag
+from pixelwizard.pipeline.presets import PRESETS
+from pixelwizard.pipeline.prompts import PromptFileError, read_prompts
+from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
+from pixelwizard.pipeline.runner import REPO, RunBusyError, run_workflow
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
@@ -132,7 +132,7 @@ def launch(run: RunConfig, *, profile: str, cores: int, jobs: int | None, dry_ru
 
 def check_inputs(run: RunConfig) -> None:
     """Everything that can be checked in a second, checked before hours of sampling."""
-    from pixelwizard.weights import check_checkpoint_dir
+    from pixelwizard.checkpoints.wan import check_checkpoint_dir
 
     read_prompts(Path(run.prompts))
     check_checkpoint_dir(Path(run.ckpt_dir))
@@ -173,7 +173,7 @@ def decode(
 def status(out: Path = typer.Argument(..., help="Output directory of a generate run"),
            verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Per stage: done / missing / failed prompts, and the ids that failed."""
-    from pixelwizard.batch_status import stage_status
+    from pixelwizard.pipeline.status import stage_status
 
     try:
         run = RunConfig.load(out.resolve() / RUN_CONFIG)
@@ -193,7 +193,7 @@ def status(out: Path = typer.Argument(..., help="Output directory of a generate 
 def make_tiny_weights(directory: Path = typer.Argument(..., help="Where to write the tiny checkpoints"),
                       seed: int = typer.Option(0)) -> None:
     """Tiny random-weight checkpoints in the real layouts (Wan2.2 directory, PixelWizard lr/ and tiny/ model.pt)."""
-    from pixelwizard.tiny import write_tiny_weights
+    from pixelwizard.checkpoints.tiny import write_tiny_weights
 
     paths = write_tiny_weights(directory, seed=seed)
     for name, path in paths.items():
@@ -204,7 +204,7 @@ def make_tiny_weights(directory: Path = typer.Argument(..., help="Where to write
 def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o"), cores: int = typer.Option(2),
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """The whole pipeline on tiny random weights (CPU, a few minutes): MP4s and contact sheets in OUT/videos."""
-    from pixelwizard.tiny import write_tiny_weights
+    from pixelwizard.checkpoints.tiny import write_tiny_weights
 
     out = out.resolve()
     paths = write_tiny_weights(out / "weights", seed=0)

@@ -26,12 +26,12 @@ import torch.distributed as dist
 from report import report
 
 from pixelwizard import distributed
-from pixelwizard.config import DiTConfig, config_from_json, config_to_json
-from pixelwizard.hr_model import HRDiT
-from pixelwizard.presets import get_preset
-from pixelwizard.sampling import Conditioning, latent_shape, sample_hr
-from pixelwizard.tiny import randomize_
-from pixelwizard.trainer_checkpoint import load_hr_model, save_trainer_checkpoint
+from pixelwizard.checkpoints.tiny import randomize_
+from pixelwizard.checkpoints.trainer import load_hr_model, save_trainer_checkpoint
+from pixelwizard.models.config import DiTConfig, config_from_json, config_to_json
+from pixelwizard.models.hr_model import HRDiT
+from pixelwizard.pipeline.presets import get_preset
+from pixelwizard.sampling.samplers import Conditioning, latent_shape, sample_hr
 
 # head_dim 128 as in the real model; 4 heads divide over 1, 2 and 4 ranks; 16 thin blocks so that one gathered
 # block is a small part of the model, as one of the real 30 is.

@@ -24,8 +24,8 @@ SMALL = dict(dim=256, ffn_dim=1024, num_heads=2, num_layers=2, text_dim=256)  # 
 
 
 def run_one(args: argparse.Namespace) -> dict:
-    from pixelwizard.config import DiTConfig
-    from pixelwizard.dit import WanDiT
+    from pixelwizard.models.config import DiTConfig
+    from pixelwizard.models.dit import WanDiT
 
     config = DiTConfig() if args.full else DiTConfig(**SMALL)
     device = torch.device(args.device)

@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=10_000)
     parser.add_argument("--shard-size", type=int, default=8)
     args = parser.parse_args()
-    from pixelwizard.tiny import write_tiny_weights
+    from pixelwizard.checkpoints.tiny import write_tiny_weights
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -26,8 +26,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from pixelwizard.attention import attention
-from pixelwizard.checkpoint import check_state_dict, expected_shapes
+from pixelwizard.checkpoints.strict import check_state_dict, expected_shapes
+from pixelwizard.models.attention import attention
 
 T = TypeVar("T")
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from pixelwizard import distributed, weights
-from pixelwizard.patched_decode import decode_patched
-from pixelwizard.render import render_video
-from pixelwizard.stage import (
+from pixelwizard import distributed
+from pixelwizard.checkpoints import wan as weights
+from pixelwizard.io.patched_decode import decode_patched
+from pixelwizard.io.render import render_video
+from pixelwizard.pipeline.job import (
     checkpoint_identity,
     parse_spec,
     progress,
@@ -31,7 +32,7 @@ from pixelwizard.stage import (
     upstream_digest,
     write_json_atomic,
 )
-from pixelwizard.workflow import StageSpec, decode_tag, stage_settings
+from pixelwizard.pipeline.plan import StageSpec, decode_tag, stage_settings
 
 
 def main(argv: list[str] | None = None) -> int:

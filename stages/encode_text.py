@@ -10,9 +10,9 @@ import functools
 import sys
 from pathlib import Path
 
-from pixelwizard import weights
-from pixelwizard.latents import write_store
-from pixelwizard.stage import (
+from pixelwizard.checkpoints import wan as weights
+from pixelwizard.io.latent_store import write_store
+from pixelwizard.pipeline.job import (
     checkpoint_identity,
     output_attrs,
     parse_spec,
@@ -21,7 +21,7 @@ from pixelwizard.stage import (
     store_is_current,
     write_json_atomic,
 )
-from pixelwizard.workflow import UNCOND, stage_settings
+from pixelwizard.pipeline.plan import UNCOND, stage_settings
 
 
 def main(argv: list[str] | None = None) -> int:

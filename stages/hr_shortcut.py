@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from pixelwizard import distributed, weights
-from pixelwizard.config import DiTConfig, config_from_json
-from pixelwizard.latents import write_store
-from pixelwizard.sampling import Conditioning, sample_hr
-from pixelwizard.seeds import prompt_seed
-from pixelwizard.stage import (
+from pixelwizard import distributed
+from pixelwizard.checkpoints import wan as weights
+from pixelwizard.checkpoints.trainer import load_hr_model, warn_if_resolution_mismatch
+from pixelwizard.io.latent_store import write_store
+from pixelwizard.models.config import DiTConfig, config_from_json
+from pixelwizard.pipeline.job import (
     checkpoint_identity,
     dit_dtype,
     parse_spec,
@@ -34,8 +34,9 @@ from pixelwizard.stage import (
     store_is_current,
     upstream_digest,
 )
-from pixelwizard.trainer_checkpoint import load_hr_model, warn_if_resolution_mismatch
-from pixelwizard.workflow import UNCOND, StageSpec, stage_settings
+from pixelwizard.pipeline.plan import UNCOND, StageSpec, stage_settings
+from pixelwizard.sampling.samplers import Conditioning, sample_hr
+from pixelwizard.sampling.seeds import prompt_seed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,11 @@ import functools
 import sys
 from pathlib import Path
 
-from pixelwizard import weights
-from pixelwizard.config import DiTConfig, config_from_json
-from pixelwizard.latents import write_store
-from pixelwizard.sampling import Conditioning, sample_lr
-from pixelwizard.seeds import prompt_seed
-from pixelwizard.stage import (
+from pixelwizard.checkpoints import wan as weights
+from pixelwizard.checkpoints.trainer import load_lr_model
+from pixelwizard.io.latent_store import write_store
+from pixelwizard.models.config import DiTConfig, config_from_json
+from pixelwizard.pipeline.job import (
     checkpoint_identity,
     dit_dtype,
     parse_spec,
@@ -26,8 +25,9 @@ from pixelwizard.stage import (
     store_is_current,
     upstream_digest,
 )
-from pixelwizard.trainer_checkpoint import load_lr_model
-from pixelwizard.workflow import UNCOND, stage_settings
+from pixelwizard.pipeline.plan import UNCOND, stage_settings
+from pixelwizard.sampling.samplers import Conditioning, sample_lr
+from pixelwizard.sampling.seeds import prompt_seed
 
 
 def main(argv: list[str] | None = None) -> int:

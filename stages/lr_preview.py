@@ -10,9 +10,9 @@ import functools
 import sys
 from pathlib import Path
 
-from pixelwizard import weights
-from pixelwizard.render import render_video
-from pixelwizard.stage import (
+from pixelwizard.checkpoints import wan as weights
+from pixelwizard.io.render import render_video
+from pixelwizard.pipeline.job import (
     checkpoint_identity,
     parse_spec,
     pick_device,
@@ -22,7 +22,7 @@ from pixelwizard.stage import (
     upstream_digest,
     write_json_atomic,
 )
-from pixelwizard.workflow import stage_settings
+from pixelwizard.pipeline.plan import stage_settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 import pytest
 
-from pixelwizard.tiny import write_tiny_checkpoint
+from pixelwizard.checkpoints.tiny import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

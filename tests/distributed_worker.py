@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 
 from pixelwizard import distributed
-from pixelwizard.config import DiTConfig, config_from_json, config_to_json
-from pixelwizard.dit import WanDiT
-from pixelwizard.hr_model import HRDiT
-from pixelwizard.presets import get_preset
-from pixelwizard.sampling import Conditioning, latent_shape, sample_hr
-from pixelwizard.tiny import randomize_
-from pixelwizard.trainer_checkpoint import load_hr_model, save_trainer_checkpoint
+from pixelwizard.checkpoints.tiny import randomize_
+from pixelwizard.checkpoints.trainer import load_hr_model, save_trainer_checkpoint
+from pixelwizard.models.config import DiTConfig, config_from_json, config_to_json
+from pixelwizard.models.dit import WanDiT
+from pixelwizard.models.hr_model import HRDiT
+from pixelwizard.pipeline.presets import get_preset
+from pixelwizard.sampling.samplers import Conditioning, latent_shape, sample_hr
 
 # 6 heads: Ulysses over 2 or 3 ranks; dim 192 keeps the adapter's GroupNorm(16, dim / 4) valid.
 CONFIG = DiTConfig(dim=192, ffn_dim=384, freq_dim=32, num_heads=6, num_layers=2, text_dim=32, text_len=16)

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import torch
 
-from pixelwizard.batch_status import stage_status
-from pixelwizard.latents import write_store
-from pixelwizard.run_config import RunConfig
-from pixelwizard.stage import append_event
-from pixelwizard.workflow import RUN_CONFIG, Layout
+from pixelwizard.io.latent_store import write_store
+from pixelwizard.pipeline.job import append_event
+from pixelwizard.pipeline.plan import RUN_CONFIG, Layout
+from pixelwizard.pipeline.run_config import RunConfig
+from pixelwizard.pipeline.status import stage_status
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,9 +48,9 @@ def test_a_stage_job_clears_temp_stores_of_killed_writers(tmp_path):
     import os
     import time
 
-    from pixelwizard.prompts import Prompt
-    from pixelwizard.stage import run_prompts
-    from pixelwizard.workflow import StageSpec
+    from pixelwizard.pipeline.job import run_prompts
+    from pixelwizard.pipeline.plan import StageSpec
+    from pixelwizard.pipeline.prompts import Prompt
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a\n")

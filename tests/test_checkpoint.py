@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from pixelwizard.checkpoint import CheckpointError, assign_state_dict, read_torch_file
+from pixelwizard.checkpoints.strict import CheckpointError, assign_state_dict, read_torch_file
 
 
 def make_module() -> nn.Module:

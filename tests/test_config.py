@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pixelwizard.config import ConfigError, DiTConfig, config_from_json, config_to_json
+from pixelwizard.models.config import ConfigError, DiTConfig, config_from_json, config_to_json
 
 
 def test_published_config_json_takes_original_defaults(tmp_path):

@@ -6,9 +6,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pixelwizard.patched_decode import decode_patched
-from pixelwizard.tiny import TINY_VAE, randomize_
-from pixelwizard.vae import WanVAE
+from pixelwizard.checkpoints.tiny import TINY_VAE, randomize_
+from pixelwizard.io.patched_decode import decode_patched
+from pixelwizard.models.vae import WanVAE
 
 SETTINGS = dict(num_patches=3, patch_dim="w", overlap=2)
 

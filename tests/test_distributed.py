@@ -12,11 +12,11 @@ import torch
 from distributed_worker import CONFIG, SETTINGS, load, outputs, write_run
 
 from pixelwizard.distributed import check_ulysses_size, local_parameter_bytes
-from pixelwizard.latents import read_store, write_store
-from pixelwizard.prompts import Prompt
-from pixelwizard.run_config import RunConfig
-from pixelwizard.sampling import latent_shape
-from pixelwizard.workflow import UNCOND, Layout, StageSpec
+from pixelwizard.io.latent_store import read_store, write_store
+from pixelwizard.pipeline.plan import UNCOND, Layout, StageSpec
+from pixelwizard.pipeline.prompts import Prompt
+from pixelwizard.pipeline.run_config import RunConfig
+from pixelwizard.sampling.samplers import latent_shape
 
 REPO = Path(__file__).parents[1]
 WORKER = REPO / "tests" / "distributed_worker.py"

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixelwizard.attention import attention
-from pixelwizard.config import DiTConfig
-from pixelwizard.dit import WanDiT, apply_rope, grid_positions, rope_factors, rope_split, sinusoidal_embedding
+from pixelwizard.models.attention import attention
+from pixelwizard.models.config import DiTConfig
+from pixelwizard.models.dit import WanDiT, apply_rope, grid_positions, rope_factors, rope_split, sinusoidal_embedding
 
 MANIFEST = Path(__file__).parents[2] / "shared/reference/manifests/wan22_ti2v_5b_dit.json"
 CONFIG = DiTConfig(dim=64, ffn_dim=128, freq_dim=32, in_dim=8, out_dim=8, num_heads=4, num_layers=2,

@@ -2,7 +2,7 @@ import multiprocessing
 
 import pytest
 
-from pixelwizard import gpus
+from pixelwizard.pipeline import gpu_lease as gpus
 
 
 @pytest.fixture

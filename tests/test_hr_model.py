@@ -5,11 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixelwizard.checkpoint import CheckpointError
-from pixelwizard.config import DiTConfig
-from pixelwizard.hr_model import AnchorMismatchError, HRDiT, resize_anchor
-from pixelwizard.tiny import TINY_DIT, randomize_
-from pixelwizard.trainer_checkpoint import (
+from pixelwizard.checkpoints.strict import CheckpointError
+from pixelwizard.checkpoints.tiny import TINY_DIT, randomize_
+from pixelwizard.checkpoints.trainer import (
     fingerprint,
     generator_state_dict,
     load_hr_model,
@@ -17,6 +15,8 @@ from pixelwizard.trainer_checkpoint import (
     save_trainer_checkpoint,
     warn_if_resolution_mismatch,
 )
+from pixelwizard.models.config import DiTConfig
+from pixelwizard.models.hr_model import AnchorMismatchError, HRDiT, resize_anchor
 
 MANIFEST = Path(__file__).parents[2] / "shared/reference/manifests/pixelwizard_hr_dit.json"
 
@@ -80,7 +80,7 @@ def test_zero_dt_embedding_and_zero_control_reduce_to_the_base_dit():
 
 
 def weights_only_dit(hr: HRDiT):
-    from pixelwizard.dit import WanDiT
+    from pixelwizard.models.dit import WanDiT
 
     dit = WanDiT(hr.config)
     dit.load_state_dict({k: v for k, v in hr.state_dict().items() if k in dit.state_dict()})

@@ -11,7 +11,7 @@ import pytest
 import torch
 import zarr
 
-from pixelwizard.latents import (
+from pixelwizard.io.latent_store import (
     FORMAT_VERSION,
     IncompleteStoreError,
     provenance_digest,
@@ -127,7 +127,7 @@ _STALLING_WRITER = textwrap.dedent("""
     from collections.abc import Mapping
     from pathlib import Path
     import torch
-    from pixelwizard.latents import write_store
+    from pixelwizard.io.latent_store import write_store
 
     class Stalls(Mapping):  # hands over one real tensor, then blocks: the writer is mid-store when it is killed
         def __iter__(self):

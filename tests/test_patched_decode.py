@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from pixelwizard.patched_decode import blend_weights, decode_patched, patch_ranges
-from pixelwizard.tiny import TINY_VAE, randomize_
-from pixelwizard.vae import WanVAE
+from pixelwizard.checkpoints.tiny import TINY_VAE, randomize_
+from pixelwizard.io.patched_decode import blend_weights, decode_patched, patch_ranges
+from pixelwizard.models.vae import WanVAE
 
 C, T, H, W = 48, 3, 6, 24  # latent -> 9 frames of 96 x 384 px
 

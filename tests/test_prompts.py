@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from pixelwizard.prompts import Prompt, PromptFileError, read_prompts, shard
+from pixelwizard.pipeline.prompts import Prompt, PromptFileError, read_prompts, shard
 
 
 def _write(tmp_path, name, lines):

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from pixelwizard import weights
-from pixelwizard.hr_model import HRDiT
-from pixelwizard.presets import PresetError, get_preset
-from pixelwizard.sampling import Conditioning, make_schedule, sample_hr, sample_lr
-from pixelwizard.schedules import shortcut_dt
-from pixelwizard.seeds import prompt_seed
-from pixelwizard.tiny import TINY_DIT, randomize_
+from pixelwizard.checkpoints import wan as weights
+from pixelwizard.checkpoints.tiny import TINY_DIT, randomize_
+from pixelwizard.models.hr_model import HRDiT
+from pixelwizard.pipeline.presets import PresetError, get_preset
+from pixelwizard.sampling.samplers import Conditioning, make_schedule, sample_hr, sample_lr
+from pixelwizard.sampling.schedules import shortcut_dt
+from pixelwizard.sampling.seeds import prompt_seed
 
 
 @pytest.mark.parametrize("preset, t, dt", [

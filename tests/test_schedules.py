@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pixelwizard.schedules import Schedule, dpmpp_schedule, shift_sigmas, shortcut_dt, unipc_schedule
+from pixelwizard.sampling.schedules import Schedule, dpmpp_schedule, shift_sigmas, shortcut_dt, unipc_schedule
 
 # Wan2.2 LR stage: 50 UniPC steps at shift 5.0 (wan22.md 6.4)
 LR_UNIPC_T = [999, 995, 991, 987, 982, 978, 973, 968, 963, 957, 952, 946, 940, 934, 927, 920, 913, 906, 898, 890,

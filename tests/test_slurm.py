@@ -1,4 +1,4 @@
-"""The tiny pipeline on a real single-node SLURM cluster (pixelwizard/slurm_local.py) through `pixelwizard generate
+"""The tiny pipeline on a real single-node SLURM cluster (tests/slurm_local.py) through `pixelwizard generate
 --profile slurm`: every stage an sbatch job, the HR stage one multi-GPU torchrun job on fake GPUs; then an HR job
 cancelled with scancel mid-shard and a rerun that resumes it. Needs root (the cluster's daemons; apt-get installs
 slurm-wlm and munge when missing); skipped otherwise, or failed when PIXELWIZARD_REQUIRE_SLURM is set (CI).
@@ -16,11 +16,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from slurm_local import ACTIVE_STATES, LocalSlurm, SlurmUnavailable
 
-from pixelwizard.latents import read_store
-from pixelwizard.slurm_local import ACTIVE_STATES, LocalSlurm, SlurmUnavailable
-from pixelwizard.tiny import write_tiny_weights
-from pixelwizard.video import read_video
+from pixelwizard.checkpoints.tiny import write_tiny_weights
+from pixelwizard.io.latent_store import read_store
+from pixelwizard.io.video import read_video
 
 pytestmark = pytest.mark.slurm
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelwizard.schedules import Schedule, dpmpp_schedule, unipc_schedule
-from pixelwizard.solvers import SOLVERS, UniPC, make_solver
+from pixelwizard.sampling.schedules import Schedule, dpmpp_schedule, unipc_schedule
+from pixelwizard.sampling.solvers import SOLVERS, UniPC, make_solver
 
 SCHEDULES = [unipc_schedule(50, 5.0), unipc_schedule(4, 5.5), unipc_schedule(5, 5.8), dpmpp_schedule(4, 5.5)]
 

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixelwizard.checkpoint import CheckpointError
-from pixelwizard.config import T5Config
-from pixelwizard.text_encoder import (
+from pixelwizard.checkpoints.strict import CheckpointError
+from pixelwizard.checkpoints.tiny import write_tiny_tokenizer
+from pixelwizard.models.config import T5Config
+from pixelwizard.models.text_encoder import (
     TextEncoder,
     UMT5EncoderModel,
     clean_prompt,
@@ -19,7 +20,6 @@ from pixelwizard.text_encoder import (
     umt5_config,
     wan_key,
     wan_state_dict,
-    write_tiny_tokenizer,
 )
 
 VOCAB = 384

@@ -5,8 +5,8 @@ import hashlib
 import pytest
 import torch
 
-from pixelwizard.config import VAEConfig
-from pixelwizard.vae import CausalConv3d, FeatureCache, WanVAE
+from pixelwizard.models.config import VAEConfig
+from pixelwizard.models.vae import CausalConv3d, FeatureCache, WanVAE
 
 TINY = VAEConfig(dim=8, dec_dim=16, z_dim=48)
 H, W = 32, 48

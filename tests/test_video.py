@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelwizard.video import ContactSheet, VideoWriter, check_frame_size, read_video, to_uint8
+from pixelwizard.io.video import ContactSheet, VideoWriter, check_frame_size, read_video, to_uint8
 
 H, W = 96, 160
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pixelwizard import weights
-from pixelwizard.checkpoint import CheckpointError
-from pixelwizard.tiny import TINY_DIT, TINY_VAE, write_tiny_checkpoint
+from pixelwizard.checkpoints import wan as weights
+from pixelwizard.checkpoints.strict import CheckpointError
+from pixelwizard.checkpoints.tiny import TINY_DIT, TINY_VAE, write_tiny_checkpoint
 
 
 def test_tiny_checkpoint_has_the_published_layout(tiny_ckpt):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelwizard.latents import read_store
-from pixelwizard.tiny import write_tiny_weights
-from pixelwizard.video import read_video
+from pixelwizard.checkpoints.tiny import write_tiny_weights
+from pixelwizard.io.latent_store import read_store
+from pixelwizard.io.video import read_video
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [("fox", "A red fox trots through fresh snow at dawn."), ("waves", "Waves roll onto a black sand beach."),

@@ -10,10 +10,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from pixelwizard.gpus import visible_gpus
-from pixelwizard.workflow import RUN_CONFIG
+from pixelwizard.pipeline.gpu_lease import visible_gpus
+from pixelwizard.pipeline.plan import RUN_CONFIG
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "Snakefile"
 PROFILES = REPO / "profiles"
 

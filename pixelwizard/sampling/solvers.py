@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pixelwizard.schedules import Schedule
+from pixelwizard.sampling.schedules import Schedule
 
 
 def _lam(sigma: Tensor) -> Tensor:

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pixelwizard.patched_decode import decode_patched
-from pixelwizard.vae import WanVAE
-from pixelwizard.video import VideoWriter
+from pixelwizard.io.patched_decode import decode_patched
+from pixelwizard.io.video import VideoWriter
+from pixelwizard.models.vae import WanVAE
 
 
 def render_video(

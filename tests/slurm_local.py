@@ -5,9 +5,9 @@ Everything lives under one prefix (config, munge key and socket, state, logs, pi
 is written to /etc and the ports are not SLURM's defaults, so it stays clear of a real SLURM on the same host.
 Needs root and Debian/Ubuntu's `slurm-wlm` and `munge` packages (installed with apt-get when missing).
 
-    python -m pixelwizard.slurm_local up        # prints `export ...` lines: eval "$(python -m ... up)"
-    python -m pixelwizard.slurm_local status
-    python -m pixelwizard.slurm_local down
+    python tests/slurm_local.py up        # prints `export ...` lines: eval "$(python tests/slurm_local.py up)"
+    python tests/slurm_local.py status
+    python tests/slurm_local.py down
 
 Two things the cluster does on purpose:
 - The node declares production-sized resources (CPUs, memory, GPUs) whatever the hardware, with
@@ -169,7 +169,7 @@ class LocalSlurm:
         p = self.prefix
         gres = f" Gres=gpu:{self.gpus}" if self.gpus else ""
         return "\n".join([
-            "# written by pixelwizard/slurm_local.py",
+            "# written by tests/slurm_local.py",
             "ClusterName=pixelwizard",
             f"SlurmctldHost={self.node}",
             f"SlurmctldPort={self.ctld_port}",

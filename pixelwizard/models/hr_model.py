@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from pixelwizard.config import DiTConfig
-from pixelwizard.dit import WanDiT, sinusoidal_embedding
+from pixelwizard.models.config import DiTConfig
+from pixelwizard.models.dit import WanDiT, sinusoidal_embedding
 
 INJECTION_BLOCKS = (1,)  # the original's `spatial_control_blocks` default; no released model sets another
 

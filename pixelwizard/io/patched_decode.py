@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pixelwizard.vae import WanVAE
+from pixelwizard.models.vae import WanVAE
 
 WEIGHT_FLOOR = 1e-6  # the original's max(sum(mask), 1e-6)
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from pixelwizard.dit import WanDiT
-from pixelwizard.hr_model import HRDiT
-from pixelwizard.presets import Preset
-from pixelwizard.schedules import Schedule, dpmpp_schedule, shortcut_dt, unipc_schedule
-from pixelwizard.seeds import gaussian_noise
-from pixelwizard.solvers import make_solver
+from pixelwizard.models.dit import WanDiT
+from pixelwizard.models.hr_model import HRDiT
+from pixelwizard.pipeline.presets import Preset
+from pixelwizard.sampling.schedules import Schedule, dpmpp_schedule, shortcut_dt, unipc_schedule
+from pixelwizard.sampling.seeds import gaussian_noise
+from pixelwizard.sampling.solvers import make_solver
 
 VAE_STRIDE = (4, 16, 16)  # (T, H, W) compression of the Wan2.2 VAE
 

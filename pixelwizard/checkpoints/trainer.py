@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pixelwizard.checkpoint import CheckpointError, assign_state_dict, read_torch_file
-from pixelwizard.config import DiTConfig
-from pixelwizard.dit import WanDiT
-from pixelwizard.hr_model import HRDiT
-from pixelwizard.weights import dit_dtypes
+from pixelwizard.checkpoints.strict import CheckpointError, assign_state_dict, read_torch_file
+from pixelwizard.checkpoints.wan import dit_dtypes
+from pixelwizard.models.config import DiTConfig
+from pixelwizard.models.dit import WanDiT
+from pixelwizard.models.hr_model import HRDiT
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pixelwizard.presets import Preset, PresetError, get_preset
+from pixelwizard.pipeline.presets import Preset, PresetError, get_preset
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("bfloat16", "float32")

@@ -8,18 +8,15 @@ layouts, the strict meta-device loader, Wan's prompt cleaning and the per-prompt
 from __future__ import annotations
 
 import html
-import json
 import re
-import string
 from pathlib import Path
 
 import ftfy
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 
-from pixelwizard.checkpoint import CheckpointError, check_state_dict, expected_shapes, read_torch_file
-from pixelwizard.config import ConfigError, T5Config
+from pixelwizard.checkpoints.strict import CheckpointError, check_state_dict, expected_shapes, read_torch_file
+from pixelwizard.models.config import ConfigError, T5Config
 
 LAYOUT = "the Wan2.2 umT5-XXL encoder layout (models_t5_umt5-xxl-enc-bf16.pth)"
 
@@ -170,50 +167,3 @@ class TextEncoder:
         with torch.inference_mode():
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, text_len, dim]
         return [h[:n] for h, n in zip(hidden, mask.sum(dim=1).tolist())]
-
-
-# Tiny tokenizer: same file format and special ids as google/umt5-xxl, a small vocabulary built in code.
-_SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2
-_WORDS = (
-    "a", "an", "the", "of", "in", "on", "at", "with", "and", "is", "to", "by", "under", "over", "through",
-    "cat", "dog", "bird", "fish", "horse", "man", "woman", "child", "city", "street", "forest", "river", "sea",
-    "sky", "sun", "moon", "night", "day", "rain", "snow", "light", "water", "fire", "tree", "flower", "mountain",
-    "car", "boat", "red", "blue", "green", "white", "black", "golden", "small", "large", "slow", "fast",
-    "running", "walking", "flying", "swimming", "camera", "shot", "close", "wide", "view", "video", "cinematic",
-)
-
-
-def _tiny_vocab(vocab_size: int) -> list[tuple[str, float]]:
-    """Specials, every printable ASCII character, then whole words, then letter pairs, cut at `vocab_size`.
-
-    Unigram log-probabilities favour long pieces, so known words stay one token and anything ASCII still
-    tokenises without `<unk>`.
-    """
-    chars = [c for c in string.printable if not c.isspace()]
-    base = [(s, 0.0) for s in _SPECIALS] + [("\u2581", -6.0)] + [(c, -8.0) for c in chars]
-    if vocab_size < len(base):
-        raise ValueError(f"a tiny tokenizer needs vocab_size >= {len(base)}, got {vocab_size}")
-    extra = [(f"\u2581{w}", -2.0) for w in _WORDS]
-    extra += [(f"\u2581{c}", -5.0) for c in string.ascii_lowercase]
-    extra += [(a + b, -4.0) for a in string.ascii_lowercase for b in string.ascii_lowercase]
-    return (base + extra)[:vocab_size]
-
-
-def write_tiny_tokenizer(directory: Path, vocab_size: int) -> None:
-    """A deterministic T5-style fast tokenizer (no download), loadable with `AutoTokenizer.from_pretrained`."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(models.Unigram(_tiny_vocab(vocab_size), unk_id=2, byte_fallback=False))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")]
-    )
-    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    tokenizer.save(str(directory / "tokenizer.json"))
-    specials = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
-    tokenizer_config = {"tokenizer_class": "T5Tokenizer", **specials, "extra_ids": 0,
-                        "additional_special_tokens": [], "model_max_length": 512}
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from pixelwizard.config import VAEConfig
+from pixelwizard.models.config import VAEConfig
 
 # Per-channel statistics of the z_dim-48 posterior mean; other widths (tiny test models) use mean 0, std 1.
 LATENT_MEAN = (

@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pixelwizard import __version__
-from pixelwizard.latents import provenance_digest, read_store, remove_stale_temps, store_attrs
-from pixelwizard.prompts import Prompt
-from pixelwizard.trainer_checkpoint import fingerprint
-from pixelwizard.workflow import StageSpec
+from pixelwizard.checkpoints.trainer import fingerprint
+from pixelwizard.io.latent_store import provenance_digest, read_store, remove_stale_temps, store_attrs
+from pixelwizard.pipeline.plan import StageSpec
+from pixelwizard.pipeline.prompts import Prompt
 
 log = logging.getLogger("pixelwizard")
 

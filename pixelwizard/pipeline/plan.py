@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.presets import Preset
-from pixelwizard.prompts import Prompt, read_prompts, shard
-from pixelwizard.run_config import RunConfig
+from pixelwizard.pipeline.presets import Preset
+from pixelwizard.pipeline.prompts import Prompt, read_prompts, shard
+from pixelwizard.pipeline.run_config import RunConfig
 
 RUN_CONFIG = "pixelwizard.yaml"
 UNCOND = "_uncond"  # not a valid prompt id (ids start with a letter or digit), so it cannot collide

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from pixelwizard.attention import attention
-from pixelwizard.config import DiTConfig
+from pixelwizard.models.attention import attention
+from pixelwizard.models.config import DiTConfig
 
 if TYPE_CHECKING:  # torch.distributed's FSDP imports cost half a second; single-process runs never need them
     from pixelwizard.distributed import SequenceParallel

@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixelwizard.latents import store_attrs
-from pixelwizard.run_config import RunConfig
-from pixelwizard.workflow import Layout, Plan, decode_tag
+from pixelwizard.io.latent_store import store_attrs
+from pixelwizard.pipeline.plan import Layout, Plan, decode_tag
+from pixelwizard.pipeline.run_config import RunConfig
 
 
 @dataclass(frozen=True)

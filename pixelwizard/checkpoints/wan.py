@@ -20,13 +20,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pixelwizard.checkpoint import CheckpointError, assign_state_dict, read_torch_file
-from pixelwizard.config import DiTConfig, T5Config, VAEConfig, config_from_json, config_to_json
-from pixelwizard.dit import WanDiT
-from pixelwizard.vae import WanVAE
+from pixelwizard.checkpoints.strict import CheckpointError, assign_state_dict, read_torch_file
+from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig, config_from_json, config_to_json
+from pixelwizard.models.dit import WanDiT
+from pixelwizard.models.vae import WanVAE
 
 if TYPE_CHECKING:  # transformers takes ~2 s to import: only the text stage pays for it
-    from pixelwizard.text_encoder import TextEncoder
+    from pixelwizard.models.text_encoder import TextEncoder
 
 DIT_CONFIG = "config.json"
 DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
@@ -135,7 +135,7 @@ def save_vae(model: WanVAE, ckpt_dir: Path) -> None:
 def load_text_encoder(
     ckpt_dir: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16
 ) -> TextEncoder:
-    from pixelwizard.text_encoder import TextEncoder
+    from pixelwizard.models.text_encoder import TextEncoder
 
     ckpt_dir = Path(ckpt_dir)
     config = _optional_config(T5Config, ckpt_dir / T5_CONFIG)

@@ -1,0 +1,1 @@
+"""What goes to and from disk: zarr latent stores, the patched VAE decode, MP4 output."""

@@ -1,0 +1,1 @@
+"""The product around the models: run configuration, presets, prompts, the stage table, provenance, status."""

@@ -1,0 +1,1 @@
+"""Flow-matching schedules, solvers, seeds and the LR/HR samplers."""
