@@ -108,6 +108,18 @@ def on_rank0(fn: Callable[[], T]) -> T | None:
     return _decide_on_rank0(fn, share=False)
 
 
+def broadcast_tensor(read: Callable[[], Tensor], device: torch.device) -> Tensor:
+    """`read()` on rank 0 (a file read, say), the tensor on every rank: its shape and dtype travel pickled, the data
+    as a tensor (over nccl from the GPU). One process: `read()` as it is."""
+    if world_size() == 1:
+        return read()
+    tensor = on_rank0(read)
+    meta = from_rank0(lambda: (tuple(tensor.shape), tensor.dtype))
+    buffer = tensor.to(device) if rank() == 0 else torch.empty(meta[0], dtype=meta[1], device=device)
+    dist.broadcast(buffer, src=0)
+    return buffer
+
+
 def check_ulysses_size(num_heads: int, processes: int) -> None:
     """Ulysses gives each rank num_heads / processes whole heads."""
     if num_heads % processes:

@@ -115,10 +115,15 @@ def save_dit(model: WanDiT, ckpt_dir: Path, *, num_shards: int = 3) -> None:
     config_to_json(model.config, ckpt_dir / DIT_CONFIG, _class_name="WanModel")
 
 
+def vae_config(ckpt_dir: Path) -> VAEConfig:
+    """The VAE's config: `vae_config.json` beside the weights (tiny checkpoints), else Wan2.2's."""
+    return _optional_config(VAEConfig, Path(ckpt_dir) / VAE_CONFIG)
+
+
 def load_vae(ckpt_dir: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WanVAE:
     ckpt_dir = Path(ckpt_dir)
     path = _require_file(ckpt_dir / VAE_FILE)
-    config = _optional_config(VAEConfig, ckpt_dir / VAE_CONFIG)
+    config = vae_config(ckpt_dir)
     with torch.device("meta"):
         model = WanVAE(config)
     assign_state_dict(model, read_torch_file(path), source=path, layout=f"the Wan2.2 VAE ({config})",

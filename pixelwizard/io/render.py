@@ -34,6 +34,8 @@ def render_video(
     frames = 1 + vae.time_factor * (t - 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     chunks = decode_patched(vae, latent, num_patches=num_patches, patch_dim=patch_dim, overlap=overlap, group=group)
+    if on_step is not None:
+        on_step(0, t)
     with VideoWriter(path, w * vae.space_factor, h * vae.space_factor, fps=fps, total_frames=frames) as writer:
         for i, chunk in enumerate(chunks):
             writer.write(chunk)

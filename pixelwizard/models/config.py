@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 C = TypeVar("C")
+PIXEL_PATCH = 2  # the VAE's 2x2 pixel-unshuffle before the encoder, 3 -> 12 channels
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,21 @@ class VAEConfig:
     def __post_init__(self) -> None:
         _require(len(self.temperal_downsample) == len(self.dim_mult) - 1,
                  "temperal_downsample needs one entry per down stage (len(dim_mult) - 1)")
+
+    @property
+    def time_factor(self) -> int:
+        return 2 ** sum(self.temperal_downsample)
+
+    @property
+    def space_factor(self) -> int:
+        return PIXEL_PATCH * 2 ** (len(self.dim_mult) - 1)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """The latent [z_dim, T, H, W] of a `frames` x `height` x `width` video."""
+        if (frames - 1) % self.time_factor or height % self.space_factor or width % self.space_factor:
+            raise ConfigError(f"a {frames}-frame {width}x{height} video has no latent: frames must be "
+                              f"{self.time_factor}n+1, width and height multiples of {self.space_factor}")
+        return self.z_dim, (frames - 1) // self.time_factor + 1, height // self.space_factor, width // self.space_factor
 
 
 @dataclass(frozen=True)
