@@ -20,7 +20,7 @@ import torch
 
 from pixelwizard import distributed
 from pixelwizard.checkpoints import wan as weights
-from pixelwizard.checkpoints.trainer import load_hr_model, warn_if_resolution_mismatch
+from pixelwizard.checkpoints.trainer import check_resolution_folder, load_hr_model
 from pixelwizard.io.latent_store import write_store
 from pixelwizard.models.config import DiTConfig, config_from_json
 from pixelwizard.pipeline.job import (
@@ -53,8 +53,7 @@ def run_shard(spec: StageSpec, device: torch.device) -> int:
     ckpt_dir, hr_ckpt = Path(run.ckpt_dir), Path(run.hr_ckpt)
     is_writer = distributed.is_writer()
     parallel = distributed.world_size() > 1
-    if is_writer:
-        warn_if_resolution_mismatch(hr_ckpt, preset.name)
+    check_resolution_folder(hr_ckpt, preset.name)  # on every rank: all fail together
     config = distributed.from_rank0(lambda: config_from_json(DiTConfig, ckpt_dir / weights.DIT_CONFIG))
     sp = distributed.SequenceParallel() if parallel else None
     if sp is not None:
