@@ -138,7 +138,7 @@ def test_concurrent_saves_never_leave_a_torn_cache(tmp_path):
     for i in range(2):
         files.append(tmp_path / f"f{i}")
         files[-1].write_bytes(os.urandom(1 << 16) * 16)
-    savers = [subprocess.Popen([sys.executable, "-c", SAVER, str(cache_path), str(f), "150"]) for f in files]
+    savers = [subprocess.Popen([sys.executable, "-c", SAVER, str(cache_path), str(f), "60"]) for f in files]
     reads = 0
     while any(p.poll() is None for p in savers):
         if cache_path.exists():
