@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from pixelwizard.checkpoints.identity import DigestCache
+from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
 from pixelwizard.checkpoints.strict import CheckpointError
 from pixelwizard.io.files import write_atomic
 from pixelwizard.models.config import ConfigError
@@ -98,7 +98,7 @@ def generate(
     lr_ckpt: Optional[Path] = config_option("lr_ckpt"),
     preset: str = config_option("preset"),
     only: Optional[Path] = config_option("only"),
-    until: Optional[str] = typer.Option(None, help="Stop after a stage: lr (text, LR anchors, previews) or hr (and the HR latents)"),
+    until: Optional[str] = typer.Option(None, help="Stop after a stage: lr (text, LR anchors, previews) or hr"),
     shard_size: list[str] = typer.Option([], help="Prompts per job: N for every stage, or STAGE=N (repeatable)"),
     previews: bool = config_option("previews"),
     device: str = config_option("device"),
@@ -195,11 +195,10 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
     layout = Layout(out)
     try:
         checks.check_out(out)
-        cache = DigestCache(layout.digests)
+        checks.check_checkpoints(config)
+        cache = DigestCache(layout.digests, persist=False)  # written once OUT's lock is held
         gpus = len(visible_gpus())
-        snapshot = RunSnapshot.build(config, items, chosen, cache, on_hash=lambda f: f.stat().st_size > 2**30 and
-                                     console.print(f"hashing {f} (once: the digest is cached)", highlight=False))
-        checks.check_checkpoints(snapshot)
+        snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
         checks.check_parallelism(snapshot, gpus)
         checks.check_patches(snapshot)
         if dry_run:
@@ -226,6 +225,12 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
     except USER_ERRORS as err:
         fail(err, verbose)
     return summary(snapshot, layout, shown, outcome, time.monotonic() - start)
+
+
+def announce_hashing(path: Path, done: int, size: int) -> None:
+    """A line when a big checkpoint file starts being hashed (once; its digest is cached in OUT)."""
+    if done <= CHUNK_BYTES and size > 2**30:
+        console.print(f"hashing {path} ({size / 1e9:.1f} GB; once, the digest is kept in OUT)", highlight=False)
 
 
 def ready_markers(plan: Plan, stages: list[str]) -> list[Path]:

@@ -206,24 +206,22 @@ def load_sharded(
     *,
     source: Path | str,
     layout: str,
-    dtype: Callable[[str], torch.dtype],
+    fix: str,
     device: torch.device,
     mesh: DeviceMesh,
     replicated: Iterable[nn.Module] = (),
 ) -> nn.Module:
-    """Fill `model`, built on meta, sharded by `shard_dit`: only rank 0 calls `read_state` (memory-mapped) and
-    checks it strictly; each tensor is then broadcast in turn and every rank keeps its shard (cast to its
-    parameter's dtype), so no rank other than 0 ever holds a full copy. Parameters only: the model has no
-    buffers."""
-    for key, param in model.named_parameters():
-        param.data = param.data.to(dtype(key))
+    """Fill `model`, built on meta in its target dtypes, sharded by `shard_dit`: only rank 0 calls `read_state`
+    (memory-mapped) and checks it strictly; each tensor is then broadcast in turn and every rank keeps its shard
+    (cast to its parameter's dtype), so no rank other than 0 ever holds a full copy. Parameters only: the model
+    has no buffers."""
     shard_dit(model, mesh, replicated)
     model.to_empty(device=device)
     shapes = expected_shapes(model)  # global shapes, also for DTensor shards
 
     def read_checked() -> Mapping[str, Tensor]:
         state = read_state()
-        check_state_dict(shapes, {k: v.shape for k, v in state.items()}, source=source, layout=layout)
+        check_state_dict(shapes, {k: v.shape for k, v in state.items()}, source=source, layout=layout, fix=fix)
         return state
 
     state = on_rank0(read_checked)

@@ -5,7 +5,9 @@ Outputs here are real zarr stores and sidecars written with the attributes a sta
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import make_outputs
@@ -23,11 +25,15 @@ from pixelwizard.pipeline.stages import STAGES
 PROMPTS = (Prompt("fox", "a fox"), Prompt("owl", "an owl", seed=7), Prompt("cat", "a cat", negative_prompt="dogs"))
 
 
+def in_memory() -> DigestCache:
+    return DigestCache(Path(os.devnull), persist=False)
+
+
 def snapshot(weights, cache=None, prompts=PROMPTS, **changes) -> RunSnapshot:
     settings = changes.pop("settings", {})
     config = RunConfig(ckpt_dir=str(weights["ckpt_dir"]), hr_ckpt=str(weights["hr_ckpt"]), preset="tiny",
                        settings=settings, **changes)
-    return RunSnapshot.build(config, prompts, None, cache or DigestCache())
+    return RunSnapshot.build(config, prompts, None, cache or in_memory())
 
 
 def digests(snap: RunSnapshot, tmp_path) -> dict[tuple[str, str], str]:
@@ -55,12 +61,12 @@ def test_checkpoints_count_by_content_and_only_where_read(weights, tmp_path):
     other_hr.parent.mkdir()
     shutil.copy(weights["hr_ckpt"], other_hr)
     moved = snapshot(weights)
-    moved = RunSnapshot.build(dataclasses.replace(moved.config, hr_ckpt=str(other_hr)), PROMPTS, None, DigestCache())
+    moved = RunSnapshot.build(dataclasses.replace(moved.config, hr_ckpt=str(other_hr)), PROMPTS, None, in_memory())
     assert digests(moved, tmp_path) == base  # the same bytes elsewhere: the same outputs
     data = bytearray(other_hr.read_bytes())
     data[len(data) // 2] ^= 1  # one bit in the middle of the file
     other_hr.write_bytes(bytes(data))
-    edited = RunSnapshot.build(moved.config, PROMPTS, None, DigestCache())
+    edited = RunSnapshot.build(moved.config, PROMPTS, None, in_memory())
     assert changed(base, digests(edited, tmp_path)) == {"hr", "decode"}  # not text, uncond, lr or preview
     with_lr = digests(snapshot(weights, lr_ckpt=str(weights["lr_ckpt"])), tmp_path)
     assert changed(base, with_lr) == {"lr", "preview", "hr", "decode"}

@@ -1,62 +1,109 @@
-"""What a checkpoint is, by content: the sha256 of every byte of its files, computed once per file and cached.
+"""Content identity of checkpoints: a sha256 of every byte of every file, computed once per file and cached.
 
-A 20 GB checkpoint takes tens of seconds to hash, so digests are kept in a JSON cache (one per run directory) keyed
-by the resolved path and trusted only while the file's size, mtime and inode are those it was hashed with: an
-edit, a truncation or a replacement by a copy re-hashes it.
+Hashing a 20 GB checkpoint takes about a minute, so each digest is kept in a cache (one JSON file, beside the run)
+under the file's resolved path, with the size, mtime, ctime and inode the file had when it was hashed. A lookup
+that finds any of them changed hashes the file again: an edit anywhere in it, a file replaced under the same
+name, or a copy (a new inode) is never taken for the old content, and an untouched file is hashed once.
+(ctime cannot be set back by a user, so even an in-place edit that restores the mtime is caught.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from pixelwizard.io.files import file_stamp, sha256_file, write_atomic
+from pixelwizard.checkpoints.strict import CheckpointError
+from pixelwizard.io.files import write_atomic
+
+CHUNK_BYTES = 16 << 20
+
+Progress = Callable[[Path, int, int], None]  # (file, bytes hashed so far, file size)
+
+
+def _signature(stat: os.stat_result) -> dict[str, int]:
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
 
 
 class DigestCache:
-    """File digests keyed by resolved path, valid while the file's stamp (size, mtime, inode) is unchanged."""
+    """sha256 digests of files by resolved path, each valid while the file's size, mtime, ctime and inode stay
+    what they were when it was hashed; kept in one JSON file at `path`, written atomically after each new digest,
+    or only by an explicit `save()` when `persist` is off (a dry run writes nothing; a run writes once it holds
+    its directory's lock)."""
 
-    def __init__(self, path: Path | None = None):
-        self.path = path
-        self.entries: dict[str, dict] = {}
-        self.changed = False
-        if path is not None and path.is_file():
-            try:
-                self.entries = json.loads(path.read_text())
-            except ValueError:  # a damaged cache only costs re-hashing
-                self.entries = {}
+    def __init__(self, path: Path, persist: bool = True) -> None:
+        self.path = Path(path)
+        self.persist = persist
+        self.entries = self._read()
+        self.added: dict[str, dict[str, int | str]] = {}  # what this process hashed: what `save` writes
 
-    def digest(self, file: Path, on_hash: Callable[[Path], None] | None = None) -> str:
-        """sha256 of the whole file; `on_hash(file)` is called before a file is actually read."""
-        key = str(Path(file).resolve())
-        stamp = file_stamp(Path(key))
-        entry = self.entries.get(key)
-        if entry is not None and entry.get("stamp") == stamp:
-            return entry["sha256"]
-        if on_hash is not None:
-            on_hash(Path(file))
-        sha = sha256_file(Path(key))
-        self.entries[key] = {"stamp": stamp, "sha256": sha}
-        self.changed = True
-        return sha
+    def _read(self) -> dict[str, dict[str, int | str]]:
+        """The entries on disk; a missing or damaged cache file only costs a re-hash."""
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def lookup(self, file: Path, stat: os.stat_result) -> str | None:
+        entry = self.entries.get(str(file))
+        if isinstance(entry, dict) and {k: entry.get(k) for k in _signature(stat)} == _signature(stat):
+            return entry.get("sha256")
+        return None
+
+    def remember(self, file: Path, stat: os.stat_result, digest: str) -> None:
+        self.added[str(file)] = {**_signature(stat), "sha256": digest}
+        self.entries[str(file)] = self.added[str(file)]
+        if self.persist:
+            self.save()
 
     def save(self) -> None:
-        if self.path is not None and self.changed:
-            write_atomic(self.path, json.dumps(self.entries, indent=0, sort_keys=True))
-            self.changed = False
+        """Write the entries this process added over those on disk (another process may have saved since we
+        read), atomically: concurrent savers never leave a torn file, the last one wins."""
+        if not self.added:
+            return
+        self.entries = {**self._read(), **self.added}
+        write_atomic(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
 
 
-def files_identity(files: Iterable[Path], root: Path, cache: DigestCache,
-                   on_hash: Callable[[Path], None] | None = None) -> str:
-    """One digest over a set of files, each named relative to `root` (or by its name when outside it), so that
-    the same files elsewhere have the same identity."""
+def file_digest(path: Path, cache: DigestCache | None = None, on_progress: Progress | None = None) -> str:
+    """sha256 (hex) of the whole file, streamed; from `cache` when the file is unchanged since it was hashed."""
+    path = Path(path).resolve()
+    try:
+        before = path.stat()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror}); check that it exists") from None
+    if cache is not None and (digest := cache.lookup(path, before)) is not None:
+        return digest
+    sha, done = hashlib.sha256(), 0
+    buffer = memoryview(bytearray(CHUNK_BYTES))
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            sha.update(buffer[:n])
+            done += n
+            if on_progress is not None:
+                on_progress(path, done, before.st_size)
+    if _signature(path.stat()) != _signature(before):
+        raise CheckpointError(f"{path}: changed while it was being hashed; wait until it is fully written and "
+                              "run again")
+    digest = sha.hexdigest()
+    if cache is not None:
+        cache.remember(path, before, digest)
+    return digest
+
+
+def files_digest(files: Iterable[Path], root: Path, cache: DigestCache | None = None,
+                 on_progress: Progress | None = None) -> str:
+    """One sha256 over a set of files: each file's name (relative to `root`, or its own name outside it, so the
+    same files elsewhere have the same identity) and content digest."""
     lines = []
-    for file in sorted(Path(f) for f in files):
+    for file in files:
+        file = Path(file)
         try:
-            name = file.resolve().relative_to(root.resolve()).as_posix()
+            name = file.resolve().relative_to(Path(root).resolve()).as_posix()
         except ValueError:
             name = file.name
-        lines.append(f"{name} {cache.digest(file, on_hash)}\n")
+        lines.append(f"{name}\0{file_digest(file, cache, on_progress)}\n")
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()

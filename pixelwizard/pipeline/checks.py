@@ -9,12 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
-from pixelwizard.checkpoints import wan
-from pixelwizard.checkpoints.strict import CheckpointError
+from pixelwizard.checkpoints import preflight, wan
 from pixelwizard.io.patched_decode import patch_ranges
 from pixelwizard.models.config import DiTConfig, config_from_json
 from pixelwizard.pipeline.provenance import OutputState
-from pixelwizard.pipeline.run_config import RunConfigError
+from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES
 
@@ -32,13 +31,10 @@ def check_out(out: Path) -> None:
                              "choose a directory you can write")
 
 
-def check_checkpoints(snapshot: RunSnapshot) -> None:
-    config = snapshot.config
-    wan.check_checkpoint_dir(Path(config.ckpt_dir))
-    for name in ("hr_ckpt", "lr_ckpt"):
-        path = getattr(config, name)
-        if path is not None and not Path(path).is_file():
-            raise CheckpointError(f"{path}: --{name.replace('_', '-')} file not found")
+def check_checkpoints(config: RunConfig) -> None:
+    """Every checkpoint file present, readable, complete and of the right role and shapes (headers only)."""
+    preflight.check_checkpoints(Path(config.ckpt_dir), lr_ckpt=config.lr_ckpt and Path(config.lr_ckpt),
+                                hr_ckpt=Path(config.hr_ckpt), preset_name=config.preset)
 
 
 def check_parallelism(snapshot: RunSnapshot, visible_gpus: int) -> None:

@@ -102,8 +102,6 @@ def snakemake_plan(config: dict) -> tuple[Plan, Path]:
         path = Path(config["snapshot"])
         snapshot = RunSnapshot.load(path)
     else:
-        cache = DigestCache(layout.digests)
-        snapshot = RunSnapshot.from_files(RunConfig.from_mapping(dict(config)), Path("."), cache)
-        cache.save()
+        snapshot = RunSnapshot.from_files(RunConfig.from_mapping(dict(config)), Path("."), DigestCache(layout.digests))
         path = snapshot.save(layout)
     return Plan(snapshot, layout), path

@@ -103,7 +103,8 @@ def snakemake_command(layout: Layout, snapshot: Path, targets: Sequence[Path], *
         raise ValueError(f"--profile {profile}: unknown; choose one of {', '.join(known)}")
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow_files() / "Snakefile"),
                "--directory", str(layout.out), "--profile", str(known[profile]),
-               *(str(t.relative_to(layout.out)) for t in targets), "--config", f"snapshot={snapshot}", "--cores", str(cores)]
+               *(str(t.relative_to(layout.out)) for t in targets),
+               "--config", f"snapshot={snapshot}", "--cores", str(cores)]
     gpus = visible_gpus()
     if profile == "local" and gpus:
         command += ["--resources", f"gpu={len(gpus)}"]  # jobs lease whole GPUs; this bounds how many at once

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from pixelwizard.checkpoints.identity import DigestCache, files_identity
+from pixelwizard.checkpoints.identity import DigestCache, Progress, files_digest
 from pixelwizard.io.files import write_atomic
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.presets import Preset
@@ -35,11 +35,11 @@ class RunSnapshot:
 
     @classmethod
     def build(cls, config: RunConfig, prompts: Sequence[Prompt], only: Sequence[str] | None, cache: DigestCache,
-              on_hash: Callable[[Path], None] | None = None) -> RunSnapshot:
+              on_progress: Progress | None = None) -> RunSnapshot:
         """The snapshot of a run of `prompts` (the --only ids among them) with `config`; every checkpoint file the
         run's stages read is hashed through `cache` (once per file)."""
         roles = sorted({role for stage in enabled_stages(config) for role in stage.checkpoints})
-        identities = {role: files_identity(CHECKPOINT_FILES[role](config), Path(config.ckpt_dir), cache, on_hash)
+        identities = {role: files_digest(CHECKPOINT_FILES[role](config), Path(config.ckpt_dir), cache, on_progress)
                       for role in roles}
         return cls(config, tuple(prompts), tuple(only) if only is not None else None, identities)
 

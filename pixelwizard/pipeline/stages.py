@@ -80,20 +80,11 @@ def lineage(name: str) -> list[str]:
     return [*seen, name]
 
 
-def _files_under(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file())
-
-
-def _optional(path: Path) -> list[Path]:
-    return [path] if path.exists() else []
-
-
 # The files each checkpoint role is read from: their contents are the role's identity in every provenance record.
 CHECKPOINT_FILES: dict[str, Callable[[RunConfig], list[Path]]] = {
-    "t5": lambda c: [Path(c.ckpt_dir) / wan.T5_FILE, *_optional(Path(c.ckpt_dir) / wan.T5_CONFIG),
-                     *_files_under(Path(c.ckpt_dir) / wan.TOKENIZER_DIR)],
+    "t5": lambda c: wan.text_encoder_files(Path(c.ckpt_dir)),
     "lr_dit": lambda c: ([Path(c.lr_ckpt), Path(c.ckpt_dir) / wan.DIT_CONFIG] if c.lr_ckpt
                          else wan.dit_files(Path(c.ckpt_dir))),
     "hr_dit": lambda c: [Path(c.hr_ckpt), Path(c.ckpt_dir) / wan.DIT_CONFIG],
-    "vae": lambda c: [Path(c.ckpt_dir) / wan.VAE_FILE, *_optional(Path(c.ckpt_dir) / wan.VAE_CONFIG)],
+    "vae": lambda c: wan.vae_files(Path(c.ckpt_dir)),
 }

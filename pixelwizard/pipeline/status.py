@@ -39,10 +39,7 @@ def last_snapshot(out: Path) -> RunSnapshot:
     """The run as the last `generate` in OUT configured it (its pixelwizard.yaml, prompts.jsonl, only.txt)."""
     layout = Layout(out)
     config = RunConfig.load(layout.config)
-    cache = DigestCache(layout.digests)
-    snapshot = RunSnapshot.from_files(config, out, cache)
-    cache.save()
-    return snapshot
+    return RunSnapshot.from_files(config, out, DigestCache(layout.digests))
 
 
 def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = None) -> list[StageStatus]:
