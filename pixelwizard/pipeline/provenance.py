@@ -148,8 +148,11 @@ class Provenance:
         for role, identity in expected["checkpoints"].items():
             if (recorded.get("checkpoints") or {}).get(role) != identity:
                 reasons.append(f"{role} checkpoint changed")
+        recorded_inputs = recorded.get("inputs") or {}
         for up, digest in expected["inputs"].items():
-            if (recorded.get("inputs") or {}).get(up) != digest:
+            if up not in recorded_inputs:
+                reasons.append(f"now reads {up}")
+            elif recorded_inputs[up] != digest:
                 upstream = self.state(up, self.inputs(stage, item_id)[up])
                 why = f" ({'; '.join(upstream.reasons)})" if upstream.reasons else ""
                 reasons.append(f"its {up} input is {upstream.state}{why}" if not upstream.done
