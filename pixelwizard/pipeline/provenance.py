@@ -57,6 +57,7 @@ class Provenance:
         self.failures = last_failures(list(events))
         self._items = {s: {i.id: i for i in snapshot.items(s)} for s in STAGES}
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._digests: dict[tuple[str, str], str] = {}
         self._states: dict[tuple[str, str], OutputState] = {}
 
     def item(self, stage: str, item_id: str) -> Prompt:
@@ -90,7 +91,10 @@ class Provenance:
         return self._records[key]
 
     def digest(self, stage: str, item_id: str) -> str:
-        return provenance_digest(self.record(stage, item_id))
+        key = (stage, item_id)
+        if key not in self._digests:
+            self._digests[key] = provenance_digest(self.record(stage, item_id))
+        return self._digests[key]
 
     def attrs(self, stage: str, item_id: str) -> dict[str, Any]:
         """What an output is written with: its provenance record and that record's digest."""
