@@ -6,14 +6,16 @@ buffers, whatever the clip's length.
 
 - `mhd_mse`: the PixelWizard paper's HD-MSE (its compute_metrics/quality_metric.py): frames in [0, 1], RGB; for
   k in 3, 4, 5 resize bilinearly to (H // 2^k, W // 2^k) and back to (H, W) (align_corners=False, no
-  antialias: `F.interpolate`'s defaults there), sum the three mean squared errors; mean over frames. Lower
-  means less detail above that scale (the paper reports 0.0147 at 2K, 0.0102 at 4K).
+  antialias: `F.interpolate`'s defaults there), sum the three mean squared errors; mean over frames. Higher
+  means more detail finer than 8 to 32 px (the paper reports 0.0147 at 2K, 0.0102 at 4K).
 - `sharpness`: variance of the 4-neighbour Laplacian of the luma over interior pixels, in 8-bit levels (the
   scale of OpenCV's `cv2.Laplacian(gray).var()`), mean over frames.
 - `flicker`: mean |luma difference| of consecutive frames in 8-bit levels, mean over pairs, and the worst pair.
 - `seam`: for a patched decode, the squared luma step across each patch boundary (between pixel lines b - 1 and
   b) divided by the same step energy across the lines whole VAE cells (`cell` px) away, 1 to 4 cells either
-  side: those share the boundary's phase in the decoder's 16-px upsampling grid, so 1.0 means an invisible seam.
+  side: those share the boundary's phase in the decoder's 16-px upsampling grid, so 1.0 means an invisible seam;
+  above 1 the seam is an edge, below 1 a line flatter than its surroundings (a hard patch edge decoded with
+  zero padding on noise-like texture).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def seam_boundaries(size: int, num_patches: int, overlap: int, scale: int) -> li
     return [scale * ((start + end) // 2) for (_, end), (start, _) in zip(ranges, ranges[1:])]
 
 
-def ratio(a: float, b: float) -> float | None:
+def energy_ratio(a: float, b: float) -> float | None:
     return a / b if b > 0 else None  # None: no texture around the seam to compare with
 
 
@@ -125,8 +127,8 @@ class QualityMeter:
         n = self.frames
         flicker = None
         if n > 1:
-            first = self.flicker_worst_at
-            flicker = {"mean": self.flicker_sum / (n - 1), "worst": self.flicker_worst, "worst_pair": [first, first + 1]}
+            at = self.flicker_worst_at
+            flicker = {"mean": self.flicker_sum / (n - 1), "worst": self.flicker_worst, "worst_pair": [at, at + 1]}
         seam = None
         if self.boundaries:
             energy = (self.line_energy / n).tolist()
@@ -135,8 +137,8 @@ class QualityMeter:
             for refs in self.references:
                 around.append(sum(rest[:len(refs)]) / len(refs))
                 rest = rest[len(refs):]
-            seam = {"overall": ratio(sum(across), sum(around)),
-                    "per_boundary": [ratio(a, b) for a, b in zip(across, around)],
+            seam = {"overall": energy_ratio(sum(across), sum(around)),
+                    "per_boundary": [energy_ratio(a, b) for a, b in zip(across, around)],
                     "boundaries": self.boundaries, "axis": self.axis}
         return {"frames": n, "mhd_mse": self.mhd_sum / n, "sharpness": self.sharpness_sum / n, "flicker": flicker,
                 "seam": seam}
