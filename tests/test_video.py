@@ -163,7 +163,7 @@ def test_render_stopped_from_on_step_leaves_nothing(tmp_path, stop) -> None:
         if step < total:
             return
         for _ in range(600):  # the last chunk is queued; wait for the encoder to have written part of the MP4
-            partial.extend(out.glob(".clip.mp4.*.part"))
+            partial.extend(out.glob(".clip.mp4.tmp-*"))  # files.temp_sibling
             if partial:
                 break
             time.sleep(0.1)

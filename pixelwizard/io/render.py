@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from pixelwizard.io.files import write_atomic
 from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.quality import QualityMeter, seam_boundaries
 from pixelwizard.io.video import VideoWriter
@@ -49,10 +50,7 @@ def render_video(
             if on_step is not None:
                 on_step(i + 1, t)
     if sheet_path is not None:
-        tmp = sheet_path.with_name(f".{sheet_path.name}.tmp-{os.getpid()}.png")
-        try:
-            writer.contact_sheet().save(tmp)
-            tmp.replace(sheet_path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        png = io.BytesIO()
+        writer.contact_sheet().save(png, format="PNG")
+        write_atomic(sheet_path, png.getvalue())
     return meter.result()

@@ -14,7 +14,6 @@ import math
 import os
 import queue
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +24,8 @@ import torch
 from einops import rearrange
 from PIL import Image
 from torch import Tensor
+
+from pixelwizard.io.files import publish, temp_sibling
 
 
 def check_frame_size(width: int, height: int) -> None:
@@ -122,9 +123,8 @@ class VideoWriter:
         self._decoder: av.CodecContext | None = None
 
     def __enter__(self) -> VideoWriter:
-        # A hidden, unique name in the same directory (so the rename is atomic); created by the muxer itself so
-        # the final file gets the usual umask permissions.
-        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.part")
+        # Created by the muxer itself so that the final file gets the usual umask permissions.
+        self._tmp = temp_sibling(self.path)
         try:
             self._container = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
             stream = self._container.add_stream(self.codec, rate=self.fps)
@@ -172,7 +172,7 @@ class VideoWriter:
         except BaseException:
             self._abort()
             raise
-        os.replace(self._tmp, self.path)
+        publish(self._tmp, self.path)
         self._container = self._stream = self._tmp = self._thread = None
 
     def _encode_queued(self) -> None:
