@@ -340,8 +340,9 @@ def show_status(out: Path = typer.Argument(..., help="Output directory of a gene
     except USER_ERRORS as err:
         fail(err, verbose)
     title = f"{out}  ({snapshot.config.preset}, {len(snapshot.prompts)} prompts)"
-    Console().print(status.table(rows, title))
-    status.print_problems(Console(), rows)
+    shown = Console(soft_wrap=True)
+    shown.print(status.table(rows, title))
+    status.print_problems(shown, rows)
 
 
 @app.command("make-tiny-weights")

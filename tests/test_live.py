@@ -44,15 +44,15 @@ def run_in_terminal(args: list[str], timeout: float = 600) -> tuple[int, list[tu
 @pytest.mark.slow
 def test_the_live_view_shows_steps_rising_while_a_stage_runs(weights, tmp_path):
     out = tmp_path / "out"
-    args = [a for a in generate_args(weights, write_prompts(tmp_path / "p.jsonl", PROMPTS[:2]), out, "--hr-steps",
-                                     "60") if a != "--quiet"]
+    args = [a for a in generate_args(weights, write_prompts(tmp_path / "p.jsonl", PROMPTS[:1]), out, "--hr-steps",
+                                     "300", "--no-previews") if a != "--quiet"]
     code, pieces = run_in_terminal(args)
     text = "".join(t for _, t in pieces)
     assert code == 0, text[-3000:]
     # The running column shows `<id> <step>/<steps>` for the HR job: seen rising, at different times.
-    seen = [(at, int(m.group(1))) for at, piece in pieces for m in re.finditer(r"fox (\d+)/60", piece)]
+    seen = [(at, int(m.group(1))) for at, piece in pieces for m in re.finditer(r"fox (\d+)/300", piece)]
     steps = [step for _, step in seen]
-    assert len(set(steps)) >= 3 and steps == sorted(steps) and 0 < min(steps) and max(steps) < 60
+    assert len(set(steps)) >= 3 and steps == sorted(steps) and max(steps) < 300  # shown before the stage ended
     assert seen[-1][0] - seen[0][0] > 0.5  # updates over time, not one burst at the end
     assert "Traceback" not in text and "done:" in text
 

@@ -226,7 +226,9 @@ def test_damaged_outputs_are_found_and_recomputed(finished, weights, tmp_path):
     lr_chunk.write_bytes(lr_chunk.read_bytes()[::-1])
 
     status = pixelwizard("status", out).stdout
-    assert "hr: corrupt fox, waves, market" in status and "lr: corrupt owl" in status
+    for damaged, problem in (("hr: corrupt fox", "fails its checksum"), ("hr: corrupt waves", "fails its checksum"),
+                             ("hr: corrupt market", "incomplete"), ("lr: corrupt owl", "fails its checksum")):
+        assert any(line.strip().startswith(damaged) and problem in line for line in status.splitlines()), status
     decode = pixelwizard("decode", out, "--overlap", "0", check=False)  # never a video from a damaged latent
     assert decode.returncode == 1 and "blocked fox, waves, market: hr corrupt" in decode.stderr
     assert [p.stem for p in (out / "decode" / "p2w-ov0-24fps").glob("*.mp4")] == ["owl"]
@@ -234,7 +236,7 @@ def test_damaged_outputs_are_found_and_recomputed(finished, weights, tmp_path):
     generate(weights, write_prompts(tmp_path / "p.jsonl"), out, "--shard-size", "2")
     assert computed(out, before) == Counter({("hr", "fox"): 1, ("hr", "waves"): 1, ("hr", "market"): 1,
                                              ("lr", "owl"): 1})
-    assert {e["id"] for e in events(out)[before:] if e["action"] == "corrupt"} == {"fox", "waves", "owl"}
+    assert {e["id"] for e in events(out)[before:] if e["action"] == "corrupt"} == {"fox", "waves", "market", "owl"}
     for prompt_id in IDS:  # recomputed bit for bit: the videos made before still match their latents
         ours, theirs = (read_store(o / "hr" / f"{prompt_id}.zarr")[0]["latent"] for o in (out, finished))
         assert torch.equal(ours, theirs)
@@ -337,7 +339,9 @@ def test_a_full_disk_mid_decode_on_two_ranks_is_one_line_and_nothing_waits(weigh
     generate(weights, prompts, out, "--until", "hr", "--set", "frames=41")
     filler = disk / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until the disk is full
-    filler.write_bytes(filler.read_bytes()[: filler.stat().st_size - (96 << 10)])  # then leave 96 KiB free
+    # Then leave a little more free than the up-front estimate of the videos (4 x 168 KB at 0.5 bit per pixel),
+    # less than the noise of the random weights takes at crf 18: the check passes, the writing fails mid-stream.
+    filler.write_bytes(filler.read_bytes()[: filler.stat().st_size - (800 << 10)])
     start = time.monotonic()
     result = pixelwizard("decode", out, "--decode-gpus", "2", "--quiet", check=False, timeout=300)
     seconds = time.monotonic() - start

@@ -168,6 +168,8 @@ class Job:
         return job
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stop_signal is not None:  # already stopping (Ctrl-C reaches a job twice: terminal and launcher)
+            return
         self.stop_signal = signum
         log.warning("%s: stopping after the current step", signal.Signals(signum).name)
         if self.current is None or not self.current.stepping:

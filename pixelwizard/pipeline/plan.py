@@ -22,7 +22,7 @@ from pixelwizard.pipeline.prompts import Prompt, shard
 from pixelwizard.pipeline.provenance import Provenance
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.pipeline.snapshot import RunSnapshot
-from pixelwizard.pipeline.stages import STAGES, Stage, enabled_stages
+from pixelwizard.pipeline.stages import STAGES, Stage, enabled_stages, lineage
 
 STOP_AFTER = {"lr": ("lr", "preview"), "hr": ("hr",)}  # --until: the last stages of a shortened run
 
@@ -77,9 +77,12 @@ class Plan:
         return [self.marker(up, name) for up, name in shards]
 
     def targets(self, until: str | None = None) -> list[Path]:
-        """The markers that make a whole run (or one stopped after `until`'s stages)."""
-        wanted = STOP_AFTER[until] if until else [s.name for s in self.stages if not self._read_by_later(s.name)]
-        return [marker for stage in wanted if stage in self.shards for marker in self.markers(stage)]
+        """Every marker of a whole run (or of one stopped after `until`'s stages). The upstream markers are listed
+        too: a job whose marker went (it holds a failed or damaged output) then runs even where all that follows
+        it is done."""
+        final = STOP_AFTER[until] if until else [s.name for s in self.stages if not self._read_by_later(s.name)]
+        needed = {name for stage in final if stage in self.shards for name in lineage(stage)}
+        return [marker for stage in self.stages if stage.name in needed for marker in self.markers(stage.name)]
 
     def _read_by_later(self, stage: str) -> bool:
         return any(stage in s.reads for s in self.stages)

@@ -158,7 +158,8 @@ class Provenance:
                 reasons.append(f"now reads {up}")
             elif recorded_inputs[up] != digest:
                 upstream = self.state(up, self.inputs(stage, item_id)[up])
-                why = f" ({'; '.join(upstream.reasons)})" if upstream.reasons else ""
+                own = [r for r in upstream.reasons if not r.startswith("its ")]  # one level: its own changes
+                why = f" ({'; '.join(own)})" if own else ""
                 reasons.append(f"its {up} input is {upstream.state}{why}" if not upstream.done
                                else f"its {up} input was recomputed")
         return tuple(reasons) or ("written by another version of PixelWizard",)
