@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import signal
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -40,19 +44,57 @@ def config_option(name: str, *flags: str) -> typer.models.OptionInfo:
 
 def setting_option(name: str) -> typer.models.OptionInfo:
     """An option overriding one preset setting; its help comes from the preset's schema."""
-    values = ", ".join(f"{p} {getattr(preset, name)}" for p, preset in PRESETS.items() if p != "tiny")
-    return typer.Option(None, help=f"{setting_help(name)} [preset: {values}]", show_default=False)
+    values = {p: getattr(preset, name) for p, preset in PRESETS.items() if p != "tiny"}
+    shown = ", ".join(f"{p}: {v}" for p, v in values.items()) if all(len(str(v)) < 16 for v in values.values()) else ""
+    return typer.Option(None, help=setting_help(name) + (f" (preset {shown})" if shown else ""), show_default=False)
 
 
 OUT = typer.Option(..., "--out", "-o", help="Output directory (resumable: run the same command again to go on)")
-PROFILE = typer.Option("local", help="Snakemake profile: local (this machine) or slurm")
-CORES = typer.Option(None, help="Jobs at once on this machine (default: one per visible GPU, at least 1)",
-                     show_default=False)
-JOBS = typer.Option(None, help="Jobs submitted at once (cluster profiles)", show_default=False)
-DRY_RUN = typer.Option(False, "--dry-run", "-n", help="Show what would run; change nothing")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Snakemake's own output and full tracebacks")
 QUIET = typer.Option(False, "--quiet", "-q", help="One line per finished prompt instead of the live view")
 NUM_PATCHES, PATCH_DIM, OVERLAP, FPS = (setting_option(n) for n in ("num_patches", "patch_dim", "overlap", "fps"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a command that runs stage jobs runs them."""
+
+    profile: str = "local"
+    cores: Optional[int] = None
+    jobs: Optional[int] = None
+    dry_run: bool = False
+    verbose: bool = False
+    quiet: bool = False
+
+
+RUN_OPTIONS = {
+    "profile": (str, typer.Option("local", help="Snakemake profile: local (this machine) or slurm")),
+    "cores": (Optional[int], typer.Option(None, help="Jobs at once on this machine (default: one per visible GPU, "
+                                                     "at least 1)", show_default=False)),
+    "jobs": (Optional[int], typer.Option(None, help="Jobs submitted at once (cluster profiles)", show_default=False)),
+    "dry_run": (bool, typer.Option(False, "--dry-run", "-n", help="Show what would run; change nothing")),
+    "verbose": (bool, VERBOSE),
+    "quiet": (bool, QUIET),
+}
+
+
+def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the options of RUN_OPTIONS, passed to it as one `run: RunOptions`."""
+    signature = inspect.signature(command)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in RUN_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**values: object) -> None:
+        run = RunOptions(**{name: values.pop(name) for name in RUN_OPTIONS})
+        command(**values, run=run)
+
+    hints = typing.get_type_hints(command)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+           if p.name != "run"]
+    wrapper.__signature__ = signature.replace(parameters=[*own, *extra])
+    wrapper.__annotations__ = {}
+    return wrapper
 
 
 def fail(err: BaseException, verbose: bool) -> None:
@@ -90,6 +132,7 @@ def parse_shard_sizes(values: list[str]) -> dict[str, int]:
 
 
 @app.command()
+@with_run_options
 def generate(
     prompts: Optional[Path] = typer.Argument(None, help=option_help("prompts"), show_default=False),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt's text instead of a prompt file"),
@@ -123,12 +166,8 @@ def generate(
     overlap: Optional[int] = OVERLAP,
     fps: Optional[int] = FPS,
     set_: list[str] = typer.Option([], "--set", help="Any other preset setting, KEY=VALUE (repeatable)"),
-    profile: str = PROFILE,
-    cores: Optional[int] = CORES,
-    jobs: Optional[int] = JOBS,
-    dry_run: bool = DRY_RUN,
-    verbose: bool = VERBOSE,
-    quiet: bool = QUIET,
+    *,
+    run: RunOptions,
 ) -> None:
     """Generate a video for every prompt (text -> LR anchor -> HR shortcut -> decode) into OUT."""
     try:
@@ -150,13 +189,12 @@ def generate(
             previews=previews, device=device, dtype=dtype, attention=attention, offload=offload, hr_gpus=hr_gpus,
             decode_gpus=decode_gpus)
     except USER_ERRORS as err:
-        fail(err, verbose)
-    code = execute(out.resolve(), config, items, chosen, until=until, profile=profile, cores=cores, jobs=jobs,
-                   dry_run=dry_run, verbose=verbose, quiet=quiet, record=True)
-    raise typer.Exit(code)
+        fail(err, run.verbose)
+    raise typer.Exit(execute(out.resolve(), config, items, chosen, run, until=until, record=True))
 
 
 @app.command()
+@with_run_options
 def decode(
     out: Path = typer.Argument(..., help="Output directory of a generate run"),
     num_patches: Optional[int] = NUM_PATCHES,
@@ -164,12 +202,8 @@ def decode(
     overlap: Optional[int] = OVERLAP,
     fps: Optional[int] = FPS,
     decode_gpus: Optional[int] = typer.Option(None, help=option_help("decode_gpus"), show_default=False),
-    profile: str = PROFILE,
-    cores: Optional[int] = CORES,
-    jobs: Optional[int] = JOBS,
-    dry_run: bool = DRY_RUN,
-    verbose: bool = VERBOSE,
-    quiet: bool = QUIET,
+    *,
+    run: RunOptions,
 ) -> None:
     """Decode OUT's HR latents again with other patch settings; the videos go beside the old ones
     (OUT/decode/<tag>/), and nothing else of the run changes."""
@@ -182,15 +216,12 @@ def decode(
         items = read_prompts(out / config.prompts)
         chosen = read_ids(out / config.only, items) if config.only else None
     except USER_ERRORS as err:
-        fail(err, verbose)
-    code = execute(out, config, items, chosen, until=None, profile=profile, cores=cores, jobs=jobs, dry_run=dry_run,
-                   verbose=verbose, quiet=quiet, record=False, stages=["decode"])
-    raise typer.Exit(code)
+        fail(err, run.verbose)
+    raise typer.Exit(execute(out, config, items, chosen, run, until=None, record=False, stages=["decode"]))
 
 
-def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] | None, *, until: str | None,
-            profile: str, cores: int | None, jobs: int | None, dry_run: bool, verbose: bool, quiet: bool,
-            record: bool, stages: list[str] | None = None) -> int:
+def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] | None, run: RunOptions, *,
+            until: str | None, record: bool, stages: list[str] | None = None) -> int:
     """Check everything up front, take OUT's lock, record the run, plan it and run it; returns the exit code.
     `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode)."""
     layout = Layout(out)
@@ -202,7 +233,7 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
         snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
         checks.check_parallelism(snapshot, gpus)
         checks.check_patches(snapshot)
-        if dry_run:
+        if run.dry_run:
             return dry_run_report(snapshot, layout, until, stages)
         with runner.run_lock(layout) as lock:
             cache.save()
@@ -218,13 +249,14 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
             shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
             targets = plan.targets(until) if stages is None else ready_markers(plan, wanted)
             checks.check_disk(snapshot, out, [p for row in before if row.stage in shown for p in row.problems])
-            command = runner.snakemake_command(layout, snapshot_path, targets, profile=profile,
-                                               cores=cores or max(1, gpus), jobs=jobs, allowed_rules=stages or ())
+            command = runner.snakemake_command(layout, snapshot_path, targets, profile=run.profile,
+                                               cores=run.cores or max(1, gpus), jobs=run.jobs,
+                                               allowed_rules=stages or ())
             start = time.monotonic()
-            with LiveView(layout, [r for r in before if r.stage in shown], console, quiet=quiet) as view:
-                outcome = runner.run_snakemake(layout, command, lock, verbose=verbose, on_tick=view.tick)
+            with LiveView(layout, [r for r in before if r.stage in shown], console, quiet=run.quiet) as view:
+                outcome = runner.run_snakemake(layout, command, lock, verbose=run.verbose, on_tick=view.tick)
     except USER_ERRORS as err:
-        fail(err, verbose)
+        fail(err, run.verbose)
     return summary(snapshot, layout, shown, outcome, time.monotonic() - start)
 
 
@@ -351,9 +383,8 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output 
     items = read_prompts(runner.workflow_files() / "prompts" / "demo.txt")
     config = RunConfig(prompts=PROMPTS, preset="tiny", shard_sizes=dict.fromkeys(STAGES, 2),
                        **{k: str(v) for k, v in paths.items()})
-    code = execute(out, config, items, None, until=None, profile="local", cores=cores, jobs=None, dry_run=False,
-                   verbose=verbose, quiet=quiet, record=True)
-    raise typer.Exit(code)
+    run = RunOptions(cores=cores, verbose=verbose, quiet=quiet)
+    raise typer.Exit(execute(out, config, items, None, run, until=None, record=True))
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ output that is missing, failed, stale or corrupt, so that those jobs run again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shlex
 import sys
@@ -50,6 +51,7 @@ class Plan:
         field = STAGES[stage].gpus
         return getattr(self.snapshot.config, field) if field else 1
 
+    @functools.cache
     def shard_digest(self, stage: str, shard_name: str) -> str:
         lines = "".join(f"{p.id} {self.provenance.digest(stage, p.id)}\n" for p in self.shards[stage][shard_name])
         return hashlib.sha256(f"{stage}\n{lines}".encode()).hexdigest()

@@ -57,6 +57,7 @@ class Provenance:
         self.failures = last_failures(list(events))
         self._items = {s: {i.id: i for i in snapshot.items(s)} for s in STAGES}
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._digests: dict[tuple[str, str], str] = {}
         self._states: dict[tuple[str, str], OutputState] = {}
 
     def item(self, stage: str, item_id: str) -> Prompt:
@@ -90,7 +91,10 @@ class Provenance:
         return self._records[key]
 
     def digest(self, stage: str, item_id: str) -> str:
-        return provenance_digest(self.record(stage, item_id))
+        key = (stage, item_id)
+        if key not in self._digests:
+            self._digests[key] = provenance_digest(self.record(stage, item_id))
+        return self._digests[key]
 
     def attrs(self, stage: str, item_id: str) -> dict[str, Any]:
         """What an output is written with: its provenance record and that record's digest."""
@@ -148,8 +152,11 @@ class Provenance:
         for role, identity in expected["checkpoints"].items():
             if (recorded.get("checkpoints") or {}).get(role) != identity:
                 reasons.append(f"{role} checkpoint changed")
+        recorded_inputs = recorded.get("inputs") or {}
         for up, digest in expected["inputs"].items():
-            if (recorded.get("inputs") or {}).get(up) != digest:
+            if up not in recorded_inputs:
+                reasons.append(f"now reads {up}")
+            elif recorded_inputs[up] != digest:
                 upstream = self.state(up, self.inputs(stage, item_id)[up])
                 why = f" ({'; '.join(upstream.reasons)})" if upstream.reasons else ""
                 reasons.append(f"its {up} input is {upstream.state}{why}" if not upstream.done

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from pixelwizard.io.files import write_atomic
 from pixelwizard.io.sidecar import SidecarError, read_sidecar
 from pixelwizard.pipeline.events import read_events
 from pixelwizard.pipeline.layout import Layout
-from pixelwizard.pipeline.provenance import DONE, Provenance
+from pixelwizard.pipeline.provenance import DONE, STALE, Provenance
 from pixelwizard.pipeline.run_config import RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES, decode_tag, enabled_stages
@@ -115,22 +114,26 @@ class ReportData:
             entry["seconds"] = event["seconds"]
             if provenance is self.main:  # the run itself, not a re-decode with other settings
                 self.intervals.append((event["time"] - event["seconds"], event["time"]))
-        if STAGES[stage].output == "mp4":
-            tag = provenance.tag(stage)
-            video, sheet = provenance.output(stage, item_id), self.layout.sheet(stage, item_id, tag)
-            entry.update({key: self.link(path) for key, path in (("video", video), ("sheet", sheet))
-                          if path.is_file()})
-            try:
-                metrics = read_sidecar(self.layout.sidecar(stage, item_id, tag)).get("metrics")
-            except (FileNotFoundError, SidecarError):
-                metrics = None
-            if isinstance(metrics, Mapping):
-                entry["metrics"] = numbers(metrics)
+        if STAGES[stage].output == "mp4" and state.state in (DONE, STALE):  # its files are intact
+            entry.update(self.media(provenance, stage, item_id))
         return entry
+
+    def media(self, provenance: Provenance, stage: str, item_id: str) -> dict[str, Any]:
+        """The video and contact sheet that the output's JSON lists, and its quality numbers."""
+        tag = provenance.tag(stage)
+        try:
+            attrs = read_sidecar(self.layout.sidecar(stage, item_id, tag))
+        except (FileNotFoundError, SidecarError):  # replaced since its state was read
+            return {}
+        files = (("video", provenance.output(stage, item_id)), ("sheet", self.layout.sheet(stage, item_id, tag)))
+        found: dict[str, Any] = {key: self.link(path) for key, path in files if path.name in attrs["files"]}
+        if isinstance(attrs.get("metrics"), Mapping):
+            found["metrics"] = numbers(attrs["metrics"])
+        return found
 
     def link(self, path: Path) -> str:
         """`path` as the page links it: relative to OUT/report/, so the run folder can move."""
-        return Path(os.path.relpath(path, self.layout.out / "report")).as_posix()
+        return "../" + path.relative_to(self.layout.out).as_posix()
 
     def prompt_stages(self) -> list[str]:
         """The per-prompt stages shown in a prompt's row (decode has a column per decode setting instead)."""

@@ -61,10 +61,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("hr", reads=("text", "uncond", "lr"),
           settings=("frames", "width", "height", "hr_steps", "hr_shift", "hr_guidance", "hr_solver", "uncond_prompt",
                     "uncond_anchor"),
-          checkpoints=("hr_dit",), output="zarr", items="selected", shard_size=4, gpus="hr_gpus", seeded=True,
+          checkpoints=("hr_dit",), output="zarr", items="selected", shard_size=8, gpus="hr_gpus", seeded=True,
           uncond_text=lambda p, preset: negative_text(p, preset) if preset.uncond_prompt == "negative" else ""),
     Stage("decode", reads=("hr",), settings=("num_patches", "patch_dim", "overlap", "fps"), checkpoints=("vae",),
-          output="mp4", items="selected", shard_size=4, gpus="decode_gpus", tag=decode_tag),
+          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag),
 )}
 
 
