@@ -124,7 +124,14 @@ def test_report_data_says_what_is_not_done_and_why(weights, tmp_path):
     changed = Provenance(snapshot(weights, settings={"hr_steps": 5}), layout)
     append_event(layout.events, stage="hr", id="cat", digest=changed.digest("hr", "cat"), action="failed",
                  error="OutOfMemoryError: CUDA out of memory")
-    prompts = {p["id"]: p for p in ReportData(changed.snapshot, layout).to_dict()["prompts"]}
+    data = ReportData(changed.snapshot, layout).to_dict()
+    stages = {s["label"]: (s["counts"]["done"], s["counts"]["stale"], s["counts"]["failed"], s["seconds"])
+              for s in data["batch"]["stages"]}
+    assert stages["lr"] == (3, 0, 0, 9.0) and stages["hr"] == (0, 2, 1, None)
+    assert stages[f"decode {TAG}"] == stages[f"decode {OV0}"] == (0, 3, 0, None)
+    assert data["batch"]["failed"] == [{"label": "hr", "id": "cat", "why": "OutOfMemoryError: CUDA out of memory"}]
+    assert data["batch"]["videos"] == 0 and data["batch"]["videos_per_hour"] == 0
+    prompts = {p["id"]: p for p in data["prompts"]}
     fox, cat = prompts["fox"], prompts["cat"]
     assert fox["stages"]["lr"] == {"state": "done", "seed": str(run.record("lr", "fox")["seed"]), "seconds": 3.0}
     assert fox["stages"]["hr"]["state"] == "stale" and fox["stages"]["hr"]["why"] == "hr_steps 4 -> 5"

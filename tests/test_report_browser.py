@@ -115,6 +115,7 @@ def save_screenshot(driver, path: Path) -> None:
     while time.monotonic() < deadline and not driver.execute_script(
             "return [...document.querySelectorAll('video')].every(v => v.readyState >= 2)"):
         time.sleep(0.2)
+    time.sleep(2)  # the players' controls show a spinner for a moment after the window's resize
     driver.save_screenshot(str(path))
     if os.environ.get("PIXELWIZARD_REPORT_SCREENSHOT"):  # a copy for people to look at
         shutil.copy(path, os.environ["PIXELWIZARD_REPORT_SCREENSHOT"])
@@ -172,6 +173,7 @@ def test_report_in_a_browser(weights, browser, tmp_path):
             assert shown == scalar_leaves(sidecar.get("metrics") or {})
             sheet = figure.find_element(By.TAG_NAME, "img")
             assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", sheet) > 0
+    cards["fox"].find_element(By.TAG_NAME, "summary").click()  # its stages' provenance, in the screenshot
     save_screenshot(driver, tmp_path / "report.png")
 
     # Sorting by a number: the slowest re-decode first, prompts without one last.

@@ -167,7 +167,7 @@ class ReportData:
             timed = [o["seconds"] for o in outputs.values() if "seconds" in o]
             counts = Counter(o["state"] for o in outputs.values())
             stages.append({"label": name, "total": len(outputs), "counts": {s: counts[s] for s in STATES},
-                           "timed": len(timed), "seconds": round(sum(timed), 3),
+                           "timed": len(timed), "seconds": round(sum(timed), 3) if timed else None,
                            "mean_s": round(sum(timed) / len(timed), 3) if timed else None,
                            "max_s": max(timed) if timed else None})
         videos = sum(o["state"] == DONE for o in self.outputs[label("decode", self.main_tag)].values())

@@ -190,10 +190,14 @@ function provenance(p) {
 
 function promptCard(p) {
   const preview = p.stages.preview;
+  const outputs = [...Object.entries(p.stages), ...Object.entries(p.decodes).map(([t, o]) => [`decode ${t}`, o])];
+  const problems = outputs.filter(([, o]) => o.state !== "done");
   return el("article", {class: "prompt", "data-id": p.id},
     el("header", {}, el("h3", {text: p.id}), badge("state", overall(p)),
-       ...Object.entries(p.stages).filter(([, o]) => o.state !== "done").map(([s, o]) => badge(s, o.state, o.why))),
+       p.stages.hr ? null : badge("HR", "unselected", "not in the run's --only selection")),
     el("p", {class: "text", text: p.text}),
+    problems.length ? el("ul", {class: "problems"}, problems.map(([name, o]) => el("li", {"data-stage": name},
+      badge(name, o.state), o.why ? ` ${o.why}` : ""))) : null,
     el("p", {class: "meta"}, "seed ", el("span", {class: "mono seed", text: p.seed}), " · total ",
        p.seconds !== null ? num(p.seconds, " s") : "·",
        p.negative_prompt !== undefined ? ` · negative prompt: ${p.negative_prompt}` : ""),
@@ -276,11 +280,11 @@ function batchView() {
   const decodeNames = Object.keys(R.run.decodes[R.main_tag]);
   return [
     el("p", {id: "throughput"}, num(B.videos), ` videos done (decode ${R.main_tag}). `,
-       B.busy_s ? [`Prompts were being computed for ${duration(B.busy_s)} of wall time (the union of every current `,
+       B.busy_s && B.videos ? [`Prompts were being computed for ${duration(B.busy_s)} of wall time (the union of every current `,
                    "output's computation, job start-up excluded): ", num(B.videos_per_hour), " videos per hour; ",
                    `from the first start to the last end ${duration(B.span_s)}: `, num(B.videos_per_hour_span),
                    " videos per hour (includes start-up, and pauses between runs)."]
-                : "Nothing timed yet."),
+                : "No timed videos of this decode setting yet."),
     el("h2", {text: "Outputs per stage and state, seconds of the current outputs"}),
     el("table", {class: "grid", id: "stage-table"},
       el("tr", {}, ["stage", "outputs", ...states, "total s", "s per prompt", "slowest s"].map(
