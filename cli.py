@@ -32,7 +32,7 @@ from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES, lineage
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one line stays one line in logs and pipes
 USER_ERRORS = (RunConfigError, PresetError, PromptFileError, CheckpointError, ConfigError, runner.RunBusyError,
                FileNotFoundError, ValueError)
 
@@ -223,7 +223,8 @@ def decode(
 def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] | None, run: RunOptions, *,
             until: str | None, record: bool, stages: list[str] | None = None) -> int:
     """Check everything up front, take OUT's lock, record the run, plan it and run it; returns the exit code.
-    `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode)."""
+    `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode). Nothing in
+    OUT changes before the lock is held, and nothing at all in a dry run or a refused one."""
     layout = Layout(out)
     try:
         checks.check_out(out)
@@ -233,8 +234,15 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
         snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
         checks.check_parallelism(snapshot, gpus)
         checks.check_patches(snapshot)
+        plan = Plan(snapshot, layout)
+        wanted = [s for s in (STOP_AFTER[until] if until else [s.name for s in plan.stages])
+                  if s in plan.shards and (stages is None or s in stages)]
+        shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
+        rows = status.collect(snapshot, layout, shown)
         if run.dry_run:
-            return dry_run_report(snapshot, layout, until, stages)
+            return dry_run_report(plan, rows)
+        targets = plan.targets(until) if stages is None else ready_markers(plan, wanted)
+        checks.check_disk(snapshot, out, [p for row in rows for p in row.problems])
         with runner.run_lock(layout) as lock:
             cache.save()
             if record:
@@ -243,17 +251,12 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
                     write_atomic(layout.only, "".join(f"{i}\n" for i in chosen))
                 config.save(layout.config)
             snapshot_path = snapshot.save(layout).relative_to(out)
-            plan, before = prepare(snapshot, layout, stages)
-            wanted = [s for s in (STOP_AFTER[until] if until else [s.name for s in plan.stages])
-                      if s in plan.shards and (stages is None or s in stages)]
-            shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
-            targets = plan.targets(until) if stages is None else ready_markers(plan, wanted)
-            checks.check_disk(snapshot, out, [p for row in before if row.stage in shown for p in row.problems])
+            before = prepare(plan, shown, stages)
             command = runner.snakemake_command(layout, snapshot_path, targets, profile=run.profile,
                                                cores=run.cores or max(1, gpus), jobs=run.jobs,
                                                allowed_rules=stages or ())
             start = time.monotonic()
-            with LiveView(layout, [r for r in before if r.stage in shown], console, quiet=run.quiet) as view:
+            with LiveView(layout, before, console, quiet=run.quiet) as view:
                 outcome = runner.run_snakemake(layout, command, lock, verbose=run.verbose, on_tick=view.tick)
     except USER_ERRORS as err:
         fail(err, run.verbose)
@@ -280,28 +283,23 @@ def _with_lineage(stages: list[str]) -> set[str]:
     return {s for stage in stages for s in lineage(stage)}
 
 
-def prepare(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None) -> tuple[Plan, list[status.StageStatus]]:
-    """The run's plan and every output's state before it starts; the markers of shards holding an output that is
+def prepare(plan: Plan, shown: list[str], stages: list[str] | None) -> list[status.StageStatus]:
+    """Every output's state as the run starts (under OUT's lock); the markers of shards holding an output that is
     not done go, so that Snakemake runs those jobs again (a failed, missing, stale or corrupt output)."""
-    plan = Plan(snapshot, layout)
-    before = status.collect(snapshot, layout)
-    for row in before:
-        if stages is not None and row.stage not in stages:
-            continue
-        redo = {plan.shard_of(row.stage, p.id) for p in row.problems}
-        for shard in redo:
-            plan.marker(row.stage, shard).unlink(missing_ok=True)
-    return plan, before
+    rows = status.collect(plan.snapshot, plan.layout, shown)
+    for row in rows:
+        if stages is None or row.stage in stages:
+            for shard in {plan.shard_of(row.stage, p.id) for p in row.problems}:
+                plan.marker(row.stage, shard).unlink(missing_ok=True)
+    return rows
 
 
-def dry_run_report(snapshot: RunSnapshot, layout: Layout, until: str | None, stages: list[str] | None) -> int:
+def dry_run_report(plan: Plan, rows: list[status.StageStatus]) -> int:
     try:
-        runner.check_free(layout)
+        runner.check_free(plan.layout)
     except runner.RunBusyError as busy:
         console.print(f"note: {busy}", highlight=False)
-    rows = status.collect(snapshot, layout, stages)
-    console.print(status.table(rows, f"{layout.out} (dry run: nothing was changed)"))
-    plan = Plan(snapshot, layout)
+    console.print(status.table(rows, f"{plan.layout.out} (dry run: nothing was changed)"))
     for row in rows:
         shards = {plan.shard_of(row.stage, p.id) for p in row.problems}
         if shards:

@@ -19,6 +19,7 @@ from pixelwizard import distributed
 from pixelwizard.checkpoints import wan
 from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.render import render_video
+from pixelwizard.pipeline import steps
 from pixelwizard.pipeline.job import Job
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         p = job.preset
         vae = job.lazy(wan.load_vae, Path(job.config.ckpt_dir), device=job.device)
         group = dist.group.WORLD if distributed.world_size() > 1 else None
-        patches = dict(num_patches=p.num_patches, patch_dim=p.patch_dim, overlap=p.overlap)
+        patches = steps.patches(p)
         for prompt in job.pending():
             with job.record(prompt) as out:
                 latent = job.read("hr", prompt, "latent")

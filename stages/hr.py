@@ -10,40 +10,21 @@ With N > 1 processes (hr_gpus) the DiT is FSDP2-sharded over them and runs Ulyss
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from pixelwizard import distributed
-from pixelwizard.checkpoints import wan
-from pixelwizard.checkpoints.trainer import load_hr_model
-from pixelwizard.models.config import DiTConfig, config_from_json
+from pixelwizard.pipeline import steps
 from pixelwizard.pipeline.job import Job
-from pixelwizard.sampling.samplers import Conditioning, sample_hr
-from pixelwizard.sampling.seeds import gaussian_noise
-
-
-def load_model(job: Job):
-    config = config_from_json(DiTConfig, Path(job.config.ckpt_dir) / wan.DIT_CONFIG)
-    if distributed.world_size() == 1:
-        return load_hr_model(Path(job.config.hr_ckpt), config, dtype=job.dit_dtype, device=job.device)
-    sp = distributed.SequenceParallel()
-    sp.check_heads(config.num_heads)
-    model = load_hr_model(Path(job.config.hr_ckpt), config, dtype=job.dit_dtype, device=job.device,
-                          mesh=distributed.device_mesh(job.device))
-    return model.use_sequence_parallel(sp)
+from pixelwizard.sampling.samplers import Conditioning
 
 
 def main(argv: list[str] | None = None) -> int:
     with Job.start("hr", argv) as job:
-        p = job.preset
-        model = job.lazy(load_model, job)
-        shape = wan.vae_config(Path(job.config.ckpt_dir)).latent_shape(p.frames, p.height, p.width)
+        model = job.lazy(steps.load_hr_dit, job.config, job.device)
         for prompt in job.pending():
             with job.record(prompt) as out:
                 cond = Conditioning(job.read("text", prompt, "context"), job.read("uncond", prompt, "context"))
                 anchor = job.read("lr", prompt, "latent")
-                latent = sample_hr(model(), cond, anchor, gaussian_noise(shape, out.seed), **p.hr_sampling(),
-                                   on_step=out.step)
-                out.write_store({"latent": latent.cpu()})
+                latent = steps.hr_latent(model(), cond, anchor, job.preset, out.seed, job.config, on_step=out.step)
+                out.write_store({"latent": latent})
     return job.exit_code
 
 

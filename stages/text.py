@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pixelwizard.checkpoints import wan
-from pixelwizard.models.text_encoder import clean_prompt
+from pixelwizard.pipeline import steps
 from pixelwizard.pipeline.job import Job
 
 
@@ -20,13 +20,12 @@ def main(argv: list[str] | None = None, stage: str = "text") -> int:
         encoder = job.lazy(wan.load_text_encoder, Path(job.config.ckpt_dir), device=job.device)
         for item in job.pending():
             with job.record(item) as out:
-                tokens = len(encoder().tokenizer(clean_prompt(item.text))["input_ids"])
-                dropped = max(0, tokens - encoder().config.text_len)
-                (context,) = encoder().encode([item.text])
-                out.write_store({"context": context}, tokens=tokens, dropped_tokens=dropped)
-                if dropped:
-                    out.warn(f"{tokens} tokens, the encoder reads {encoder().config.text_len}: the last {dropped} "
-                             "are dropped")
+                embedding = steps.encode(encoder(), item.text)
+                out.write_store({"context": embedding.context}, tokens=embedding.tokens,
+                                dropped_tokens=embedding.dropped)
+                if embedding.dropped:
+                    out.warn(f"{embedding.tokens} tokens, the encoder reads {encoder().config.text_len}: the last "
+                             f"{embedding.dropped} are dropped")
     return job.exit_code
 
 

@@ -1,5 +1,5 @@
 """Load the three Wan2.2-TI2V-5B networks from a checkpoint directory laid out as
-`huggingface-cli download Wan-AI/Wan2.2-TI2V-5B` leaves it, and write that layout back (tiny checkpoints).
+`hf download Wan-AI/Wan2.2-TI2V-5B` leaves it, and write that layout back (tiny checkpoints).
 
     <ckpt_dir>/config.json                                      DiT config (WanModel)
     <ckpt_dir>/diffusion_pytorch_model.safetensors.index.json   DiT weight map over the shards
@@ -48,11 +48,11 @@ T5_CONFIG = "t5_config.json"
 TOKENIZER_DIR = "google/umt5-xxl"
 
 LAYOUT = (
-    "the Wan2.2-TI2V-5B checkpoint layout (as `huggingface-cli download Wan-AI/Wan2.2-TI2V-5B` writes it: "
+    "the Wan2.2-TI2V-5B checkpoint layout (as `hf download Wan-AI/Wan2.2-TI2V-5B` writes it: "
     f"{DIT_CONFIG}, {DIT_INDEX} + shards, {VAE_FILE}, {T5_FILE}, {TOKENIZER_DIR}/)"
 )
 DIT_LAYOUT = f"the WanModel DiT of {DIT_CONFIG}"
-REDOWNLOAD = "download the checkpoint again (huggingface-cli download Wan-AI/Wan2.2-TI2V-5B --local-dir DIR)"
+REDOWNLOAD = "download the checkpoint again (hf download Wan-AI/Wan2.2-TI2V-5B --local-dir DIR)"
 
 
 def _require_file(path: Path) -> Path:
@@ -160,6 +160,11 @@ def save_dit(model: WanDiT, ckpt_dir: Path, *, num_shards: int = 3) -> None:
     write_dit_index(ckpt_dir, model.config, shards, sum(t.numel() * t.element_size() for t in state.values()))
 
 
+def t5_config(ckpt_dir: Path) -> T5Config:
+    """The umT5 encoder's config: `t5_config.json` beside the weights (tiny checkpoints), else umT5-XXL's."""
+    return _optional_config(T5Config, Path(ckpt_dir) / T5_CONFIG)
+
+
 def vae_config(ckpt_dir: Path) -> VAEConfig:
     """The VAE's config: `vae_config.json` beside the weights (tiny checkpoints), else Wan2.2's."""
     return _optional_config(VAEConfig, Path(ckpt_dir) / VAE_CONFIG)
@@ -188,9 +193,8 @@ def load_text_encoder(
     from pixelwizard.models.text_encoder import TextEncoder
 
     ckpt_dir = Path(ckpt_dir)
-    config = _optional_config(T5Config, ckpt_dir / T5_CONFIG)
-    return TextEncoder.load(_require_file(ckpt_dir / T5_FILE), _require_file(ckpt_dir / TOKENIZER_DIR), config,
-                            device=device, dtype=dtype)
+    return TextEncoder.load(_require_file(ckpt_dir / T5_FILE), _require_file(ckpt_dir / TOKENIZER_DIR),
+                            t5_config(ckpt_dir), device=device, dtype=dtype)
 
 
 def dit_files(ckpt_dir: Path) -> list[Path]:

@@ -84,7 +84,8 @@ def output_bytes(snapshot: RunSnapshot, stage: str) -> int:
     if stage in ("decode", "preview"):
         width, height = (preset.width, preset.height) if stage == "decode" else (preset.lr_width, preset.lr_height)
         return int(width * height * preset.frames * BITS_PER_PIXEL / 8)
-    return 4096 * 2 * 512  # an embedding of at most 512 tokens
+    t5 = wan.t5_config(Path(snapshot.config.ckpt_dir))
+    return 2 * t5.dim * t5.text_len  # a bf16 embedding of at most text_len tokens
 
 
 def check_disk(snapshot: RunSnapshot, out: Path, todo: list[OutputState]) -> None:
@@ -93,8 +94,16 @@ def check_disk(snapshot: RunSnapshot, out: Path, todo: list[OutputState]) -> Non
     free = shutil.disk_usage(existing).free
     if needed * DISK_MARGIN > free:
         counts = ", ".join(f"{n} {stage}" for stage, n in _count(todo).items())
-        raise RunConfigError(f"--out {out}: about {needed / 1e9:.1f} GB are needed for the outputs still to make "
-                             f"({counts}) but {free / 1e9:.1f} GB are free there; free space or choose another --out")
+        raise RunConfigError(f"--out {out}: about {_size(needed)} are needed for the outputs still to make "
+                             f"({counts}) but {_size(free)} are free there; free space or choose another --out")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
 
 
 def _count(states: list[OutputState]) -> dict[str, int]:

@@ -41,6 +41,7 @@ from pixelwizard import __version__, distributed
 from pixelwizard.io.files import remove_stale_temps, write_atomic
 from pixelwizard.io.latent_store import read_store, write_store
 from pixelwizard.io.sidecar import write_sidecar
+from pixelwizard.pipeline import steps
 from pixelwizard.pipeline.events import append_event, read_events, write_progress
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
@@ -63,14 +64,6 @@ class Stopped(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but torch sees no CUDA device; use device: auto or cpu")
-    return torch.device(requested)
 
 
 def die_with_parent() -> None:
@@ -118,7 +111,7 @@ class Output:
 
     @property
     def seed(self) -> int:
-        return self.attrs["provenance"]["seed"]
+        return steps.stage_seed(self.item, self.job.preset, self.stage)
 
     def write_store(self, arrays: dict[str, torch.Tensor], **attrs: Any) -> None:
         if self.job.is_writer:
@@ -147,11 +140,6 @@ class Job:
         self.outcomes: dict[str, str] = {}
         self.exit_code = 0
 
-    @property
-    def dit_dtype(self) -> torch.dtype:
-        """bf16 matmuls on a GPU (or the run's dtype); float32 on the CPU, where bf16 is slow and parity is checked."""
-        return torch.float32 if self.device.type == "cpu" else getattr(torch, self.config.dtype)
-
     @staticmethod
     def _rank0() -> bool:
         return distributed.rank() == 0
@@ -169,7 +157,7 @@ class Job:
         snapshot = RunSnapshot.load(args.snapshot)
         layout = Layout(Path("."))
         _hold_jobs_lock(layout)
-        device = distributed.init_from_env(pick_device(snapshot.config.device))
+        device = distributed.init_from_env(steps.pick_device(snapshot.config.device))
         job = cls(stage, snapshot, args.shard, layout, device)
         for signum in STOP_SIGNALS:
             signal.signal(signum, job._on_signal)

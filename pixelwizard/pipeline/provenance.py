@@ -25,7 +25,7 @@ from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.prompts import Prompt, text_hash
 from pixelwizard.pipeline.snapshot import RunSnapshot, uncond_item
 from pixelwizard.pipeline.stages import STAGES
-from pixelwizard.sampling.seeds import prompt_seed
+from pixelwizard.pipeline.steps import stage_seed
 
 DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
 
@@ -83,7 +83,7 @@ class Provenance:
             spec, item, preset = STAGES[stage], self.item(stage, item_id), self.snapshot.preset
             record: dict[str, Any] = {"stage": stage, "id": item_id, "text": text_hash(item.text)}
             if spec.seeded:
-                record["seed"] = prompt_seed(preset.seed if item.seed is None else item.seed, item_id, stage)
+                record["seed"] = stage_seed(item, preset, stage)
             record["settings"] = {name: getattr(preset, name) for name in spec.settings}
             record["checkpoints"] = {role: self.snapshot.identities[role] for role in spec.checkpoints}
             record["inputs"] = {up: self.digest(up, up_id) for up, up_id in self.inputs(stage, item_id).items()}

@@ -281,7 +281,8 @@ function batchView() {
   return [
     el("p", {id: "throughput"}, num(B.videos), ` videos done (decode ${R.main_tag}). `,
        B.busy_s && B.videos ? [`Prompts were being computed for ${duration(B.busy_s)} of wall time (the union `,
-                   "of every current output's computation, job start-up excluded): ", num(B.videos_per_hour), " videos per hour; ",
+                   "of every current output's computation, job start-up excluded): ", num(B.videos_per_hour),
+                   " videos per hour; ",
                    `from the first start to the last end ${duration(B.span_s)}: `, num(B.videos_per_hour_span),
                    " videos per hour (includes start-up, and pauses between runs)."]
                 : "No timed videos of this decode setting yet."),
