@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                         out.step(i + 1, latent.shape[1])
                     continue
                 sheet = out.path.with_suffix(".png")
-                render_video(vae(), latent, out.path, fps=p.fps, sheet_path=sheet, on_step=out.step, group=group,
-                             **patches)
-                out.write_sidecar([out.path, sheet])
+                metrics = render_video(vae(), latent, out.path, fps=p.fps, sheet_path=sheet, on_step=out.step,
+                                       group=group, **patches)
+                out.write_sidecar([out.path, sheet], metrics=metrics)
     return job.exit_code
 
 

@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         vae = job.lazy(wan.load_vae, Path(job.config.ckpt_dir), device=job.device)
         for prompt in job.pending():
             with job.record(prompt) as out:
-                render_video(vae(), job.read("lr", prompt, "latent"), out.path, fps=job.preset.fps, on_step=out.step)
-                out.write_sidecar([out.path])
+                metrics = render_video(vae(), job.read("lr", prompt, "latent"), out.path, fps=job.preset.fps,
+                                       on_step=out.step)
+                out.write_sidecar([out.path], metrics=metrics)
     return job.exit_code
 
 

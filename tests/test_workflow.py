@@ -3,6 +3,7 @@ back with PyAV. Each stage job is a Python process, so every run takes tens of s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -46,6 +47,7 @@ def test_full_pipeline_writes_decodable_videos(reference, weights):
         assert preview.shape == (9, 64, 128, 3) and fps == 24
         sheet = Image.open(reference / "decode" / TAG / f"{prompt_id}.png")
         assert sheet.size[0] >= 256 and sheet.size[1] >= 160
+        assert_metrics(reference / "decode" / TAG / f"{prompt_id}.json", boundaries=[128])
         latent, attrs = read_store(reference / "hr" / f"{prompt_id}.zarr")
         assert latent["latent"].shape == (48, 3, 10, 16)
         provenance = attrs["provenance"]
@@ -54,6 +56,13 @@ def test_full_pipeline_writes_decodable_videos(reference, weights):
     expected = {(s, p): 1 for s in STAGES for p, _ in PROMPTS}
     assert {k: v for k, v in computed(reference).items() if k[0] != "uncond"} == expected
     assert [n for (s, _), n in computed(reference).items() if s == "uncond"] == [1]  # the one negative prompt
+
+
+def assert_metrics(sidecar, boundaries):
+    """The video's quality numbers, measured on the MP4 as written, are in its JSON."""
+    metrics = json.loads(sidecar.read_text())["metrics"]
+    assert metrics["frames"] == 9 and metrics["mhd_mse"] > 0 and metrics["sharpness"] > 0
+    assert metrics["flicker"]["mean"] > 0 and metrics["seam"]["boundaries"] == boundaries
 
 
 def test_rerun_recomputes_nothing(reference, weights):
@@ -152,4 +161,5 @@ def test_redecode_touches_only_decode(reference):
         assert (reference / "decode" / TAG / f"{prompt_id}.mp4").stat().st_mtime_ns == old[prompt_id]
         new = frames_of(reference, prompt_id, "p3w-ov2-24fps")
         assert new.shape == (9, 160, 256, 3)
+        assert_metrics(reference / "decode" / "p3w-ov2-24fps" / f"{prompt_id}.json", boundaries=[80, 160])
         assert not np.array_equal(new, frames_of(reference, prompt_id))  # other patches: another blend
