@@ -57,13 +57,15 @@ def make_run(root: Path, count: int) -> Path:
             for n, item in enumerate(run.items(stage)):
                 events.append({"time": 1e9 + n, "stage": stage, "id": item.id, "action": "computed",
                                "seconds": 0.5 + n % 7, "digest": provenance.digest(stage, item.id)})
-        for n, item in enumerate(run.items("decode")):
-            sidecar = layout.sidecar("decode", item.id, provenance.tag("decode"))
+        for stage, n, item in [(s, n, item) for s in ("preview", "decode") if s in stages
+                               for n, item in enumerate(run.items(s))]:
+            sidecar = layout.sidecar(stage, item.id, provenance.tag(stage))
             attrs = {k: v for k, v in read_sidecar(sidecar).items() if k != "files"}
+            seam = {"overall": 1.0 + n % 3 / 10, "per_boundary": [1.1], "boundaries": [128], "axis": "w"}
             metrics = {"frames": 9, "mhd_mse": 0.01 + n % 13 / 1000, "sharpness": 40.0 + n % 11,
                        "flicker": {"mean": 0.5, "worst": 2.0 + n % 5, "worst_pair": [3, 4]},
-                       "seam": {"overall": 1.0 + n % 3 / 10, "per_boundary": [1.1], "boundaries": [128], "axis": "w"}}
-            write_sidecar(sidecar, {**attrs, "metrics": metrics}, [provenance.output("decode", item.id)])
+                       "seam": seam if stage == "decode" else None}
+            write_sidecar(sidecar, {**attrs, "metrics": metrics}, [provenance.output(stage, item.id)])
     layout.events.parent.mkdir(parents=True, exist_ok=True)
     layout.events.write_text("".join(json.dumps(e) + "\n" for e in events))
     layout.prompts.write_text("".join(p.to_json() + "\n" for p in prompts))

@@ -99,6 +99,14 @@ def scalar_leaves(values: dict, path: tuple[str, ...] = ()) -> dict[tuple[str, .
     return leaves
 
 
+def assert_metrics_shown(figure, sidecar: dict, required=("mhd_mse", "sharpness", "flicker.mean")) -> None:
+    """The figure shows every number of the video's quality numbers (nested ones by dotted name), exactly."""
+    shown = {tuple(cell.get_attribute("data-metric").split(".")): shown_number(cell)
+             for cell in figure.find_elements(By.CSS_SELECTOR, "td[data-metric]")}
+    assert {tuple(name.split(".")) for name in required} <= set(shown)
+    assert shown == scalar_leaves(sidecar["metrics"])
+
+
 def computed_seconds(out: Path) -> dict[tuple[str, str, str], float]:
     return {(e["stage"], e["id"], e["digest"]): e["seconds"] for e in events(out) if e["action"] == "computed"}
 
@@ -155,6 +163,8 @@ def test_report_in_a_browser(weights, browser, tmp_path):
     assert list(cards) == IDS
     for prompt_id, card in cards.items():
         assert card.find_element(By.CSS_SELECTOR, ".meta .seed").text == ("7" if prompt_id == "waves" else "0")
+        assert_metrics_shown(card.find_element(By.CSS_SELECTOR, "figure.preview"),
+                             read_sidecar(out / "preview" / f"{prompt_id}.json"))
         lr = verify_store(out / "lr" / f"{prompt_id}.zarr")
         lr_row = card.find_element(By.CSS_SELECTOR, 'tr[data-stage="lr"]')
         assert lr_row.find_element(By.CSS_SELECTOR, ".seed").get_attribute("textContent") == \
@@ -168,9 +178,7 @@ def test_report_in_a_browser(weights, browser, tmp_path):
             sidecar = read_sidecar(out / "decode" / tag / f"{prompt_id}.json")
             caption = figure.find_element(By.TAG_NAME, "figcaption")
             assert shown_number(caption) == decode_seconds(out, seconds, tag, prompt_id)
-            shown = {tuple(cell.get_attribute("data-metric").split(".")): shown_number(cell)
-                     for cell in figure.find_elements(By.CSS_SELECTOR, "td[data-metric]")}
-            assert shown == scalar_leaves(sidecar.get("metrics") or {})
+            assert_metrics_shown(figure, sidecar, ("mhd_mse", "sharpness", "flicker.mean", "seam.overall"))
             sheet = figure.find_element(By.TAG_NAME, "img")
             assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", sheet) > 0
     cards["fox"].find_element(By.TAG_NAME, "summary").click()  # its stages' provenance, in the screenshot
@@ -182,6 +190,10 @@ def test_report_in_a_browser(weights, browser, tmp_path):
     order = [c.get_attribute("data-id") for c in driver.find_elements(By.CSS_SELECTOR, "article.prompt")]
     redecode_s = {i: decode_seconds(out, seconds, OV0, i) for i in CHOSEN}
     assert order[:2] == sorted(CHOSEN, key=lambda i: -redecode_s[i]) and set(order[2:]) == {"waves", "market"}
+    Select(driver.find_element(By.ID, "sort")).select_by_value(f"metric:{TAG}:mhd_mse")
+    order = [c.get_attribute("data-id") for c in driver.find_elements(By.CSS_SELECTOR, "article.prompt")]
+    mhd_mse = {i: read_sidecar(out / "decode" / TAG / f"{i}.json")["metrics"]["mhd_mse"] for i in CHOSEN}
+    assert order[:2] == sorted(CHOSEN, key=lambda i: -mhd_mse[i])  # still descending
     assert_no_console_errors(driver)
 
     # The batch: outputs per stage and state, and the seconds of each stage's current outputs.

@@ -202,8 +202,8 @@ function promptCard(p) {
        p.seconds !== null ? num(p.seconds, " s") : "·",
        p.negative_prompt !== undefined ? ` · negative prompt: ${p.negative_prompt}` : ""),
     el("div", {class: "media"},
-      preview ? el("figure", {class: "preview"}, el("figcaption", {text: "LR preview"}),
-                   video(preview.video, "LR preview")) : null,
+      preview ? el("figure", {class: "preview"}, el("figcaption", {}, "LR preview ", badge("preview", preview.state)),
+                   video(preview.video, "LR preview"), metricsTable(preview.metrics)) : null,
       R.tags.map(tag => decodeFigure(p, tag))),
     el("details", {}, el("summary", {text: "stages: state, seconds, seed, settings, checkpoints"}), provenance(p)));
 }
