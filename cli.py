@@ -1,4 +1,4 @@
-"""`pixelwizard`: generate 2K/4K videos from prompts, re-decode saved latents, see a batch's state."""
+"""`pixelwizard`: generate 2K/4K videos from prompts, re-decode saved latents, see a batch's state and report."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from pixelwizard.pipeline.live import LiveView
 from pixelwizard.pipeline.plan import STOP_AFTER, Plan
 from pixelwizard.pipeline.presets import PRESETS, PresetError, parse_setting, setting_help
 from pixelwizard.pipeline.prompts import PromptFileError, read_ids, read_prompts, single_prompt
+from pixelwizard.pipeline.report import write_report
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError, defaults, option_help
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES, lineage
@@ -343,6 +344,20 @@ def show_status(out: Path = typer.Argument(..., help="Output directory of a gene
     shown = Console(soft_wrap=True)
     shown.print(status.table(rows, title))
     status.print_problems(shown, rows)
+
+
+@app.command("report")
+def show_report(out: Path = typer.Argument(..., help="Output directory of a generate run"),
+                verbose: bool = VERBOSE) -> None:
+    """Write OUT/report/index.html: every prompt's videos, previews, quality numbers, times and state, the batch's
+    counts and throughput, and the preview gate; a static page that opens from the file system."""
+    out = out.resolve()
+    try:
+        page, data = write_report(out)
+    except USER_ERRORS as err:
+        fail(err, verbose)
+    Console().print(f"report: {page}  ({len(data['prompts'])} prompts, decode settings {', '.join(data['tags'])}); "
+                    "open it in a browser", highlight=False, soft_wrap=True)
 
 
 @app.command("make-tiny-weights")

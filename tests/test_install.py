@@ -17,7 +17,8 @@ from pixelwizard.io.video import read_video
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("pixelwizard/workflow/Snakefile", "pixelwizard/workflow/cli.py", "pixelwizard/workflow/config.yaml",
            "pixelwizard/workflow/stages/hr.py", "pixelwizard/workflow/profiles/local/config.yaml",
-           "pixelwizard/workflow/profiles/slurm/config.yaml", "pixelwizard/workflow/prompts/demo.txt")
+           "pixelwizard/workflow/profiles/slurm/config.yaml", "pixelwizard/workflow/prompts/demo.txt",
+           "pixelwizard/pipeline/report_page/index.html", "pixelwizard/pipeline/report_page/report.js")
 
 
 def run(*command, **kwargs) -> subprocess.CompletedProcess:

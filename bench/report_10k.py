@@ -1,0 +1,136 @@
+"""Building `pixelwizard report` for a large synthetic run: N prompts (default 10,000) with every output a finished
+job leaves (real zarr stores; MP4 stand-ins with their JSON and quality numbers, tests/conftest.py's make_outputs),
+a computed event per output, and a second decode setting beside the run's. Times `write_report` (in process) and
+the whole `pixelwizard report` call, and with --browser how long headless chromium takes to show the page and how
+many elements its DOM holds.
+
+    python bench/report_10k.py [--prompts 10000] [--dir /tmp/report-10k] [--browser] [--out results.jsonl]
+
+The synthetic run is kept in --dir and reused when it is there (writing 30,000 zarr stores takes minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+
+import yaml  # noqa: E402
+from conftest import make_outputs  # noqa: E402
+from report import report  # noqa: E402
+
+from pixelwizard.checkpoints.identity import DigestCache  # noqa: E402
+from pixelwizard.checkpoints.tiny import write_tiny_weights  # noqa: E402
+from pixelwizard.io.sidecar import read_sidecar, write_sidecar  # noqa: E402
+from pixelwizard.pipeline.layout import Layout  # noqa: E402
+from pixelwizard.pipeline.prompts import Prompt  # noqa: E402
+from pixelwizard.pipeline.provenance import Provenance  # noqa: E402
+from pixelwizard.pipeline.report import write_report  # noqa: E402
+from pixelwizard.pipeline.run_config import RunConfig  # noqa: E402
+from pixelwizard.pipeline.snapshot import RunSnapshot  # noqa: E402
+from pixelwizard.pipeline.stages import STAGES  # noqa: E402
+
+
+def make_run(root: Path, count: int) -> Path:
+    out = root / "out"
+    weights = write_tiny_weights(root / "weights", seed=0)
+    prompts = [Prompt(f"p{i:05d}", f"synthetic prompt number {i}: a red fox trots through fresh snow")
+               for i in range(count)]
+    config = RunConfig(prompts="prompts.jsonl", preset="tiny", **{k: str(v) for k, v in weights.items()})
+    layout = Layout(out)
+    events = []
+    for settings in ({}, {"overlap": 0}):  # the run, and a re-decode without overlap beside it
+        run = RunSnapshot.build(config.with_settings(**settings), prompts, None, DigestCache(layout.digests))
+        provenance = Provenance(run, layout)
+        stages = tuple(STAGES) if not settings else ("decode",)
+        make_outputs(provenance, stages)
+        for stage in stages:
+            for n, item in enumerate(run.items(stage)):
+                events.append({"time": 1e9 + n, "stage": stage, "id": item.id, "action": "computed",
+                               "seconds": 0.5 + n % 7, "digest": provenance.digest(stage, item.id)})
+        for stage, n, item in [(s, n, item) for s in ("preview", "decode") if s in stages
+                               for n, item in enumerate(run.items(s))]:
+            sidecar = layout.sidecar(stage, item.id, provenance.tag(stage))
+            attrs = {k: v for k, v in read_sidecar(sidecar).items() if k != "files"}
+            seam = {"overall": 1.0 + n % 3 / 10, "per_boundary": [1.1], "boundaries": [128], "axis": "w"}
+            metrics = {"frames": 9, "mhd_mse": 0.01 + n % 13 / 1000, "sharpness": 40.0 + n % 11,
+                       "flicker": {"mean": 0.5, "worst": 2.0 + n % 5, "worst_pair": [3, 4]},
+                       "seam": seam if stage == "decode" else None}
+            write_sidecar(sidecar, {**attrs, "metrics": metrics}, [provenance.output(stage, item.id)])
+    layout.events.parent.mkdir(parents=True, exist_ok=True)
+    layout.events.write_text("".join(json.dumps(e) + "\n" for e in events))
+    layout.prompts.write_text("".join(p.to_json() + "\n" for p in prompts))
+    layout.config.write_text(yaml.safe_dump(config.to_mapping()))
+    return out
+
+
+def browser_load(page: Path, metric: str) -> dict[str, float]:
+    """Seconds until headless chromium has drawn the first page of prompts, the elements in its DOM, and seconds
+    to sort every prompt by a quality number and draw the first page again."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", f"--user-data-dir={tempfile.mkdtemp()}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        start = time.perf_counter()
+        driver.get(page.as_uri())  # returns once the page's scripts have run
+        load = time.perf_counter() - start
+        elements = driver.execute_script("return document.getElementsByTagName('*').length")
+        start = time.perf_counter()
+        Select(driver.find_element(By.ID, "sort")).select_by_value(metric)  # returns after the change handler
+        sort = time.perf_counter() - start
+        return {"load_seconds": round(load, 2), "dom_elements": elements, "sort_seconds": round(sort, 2)}
+    finally:
+        driver.quit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=10_000)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "pixelwizard-report-bench")
+    parser.add_argument("--browser", action="store_true", help="also load the page in headless chromium")
+    parser.add_argument("--out", help="append the result lines to this json-lines file")
+    args = parser.parse_args()
+    root = args.dir / str(args.prompts)
+    out = root / "out"
+    if not (out / "pixelwizard.yaml").exists():
+        start = time.perf_counter()
+        make_run(root, args.prompts)
+        print(f"synthetic run of {args.prompts} prompts written in {time.perf_counter() - start:.0f} s", flush=True)
+    for attempt in ("first", "again"):
+        start = time.perf_counter()
+        page, data = write_report(out)
+        seconds = time.perf_counter() - start
+        size = (page.parent / "data.js").stat().st_size
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        report(json.dumps({"bench": "report", "prompts": len(data["prompts"]), "build": attempt,
+                           "seconds": round(seconds, 2), "data_js_mb": round(size / 1e6, 1),
+                           "peak_rss_gib": round(rss, 2)}), args.out)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pixelwizard.workflow.cli", "report", str(out)], check=True,
+                   capture_output=True)
+    report(json.dumps({"bench": "report", "prompts": args.prompts, "build": "pixelwizard report (whole call)",
+                       "seconds": round(time.perf_counter() - start, 2)}), args.out)
+    if args.browser:
+        measured = browser_load(page, f"metric:{data['main_tag']}:mhd_mse")
+        report(json.dumps({"bench": "report page in chromium", "prompts": args.prompts, **measured}), args.out)
+
+
+if __name__ == "__main__":
+    main()

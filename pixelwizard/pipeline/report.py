@@ -1,0 +1,218 @@
+"""`pixelwizard report OUT`: a run as a static page, OUT/report/index.html, that opens from the file system (no
+server, no network). Per prompt: its text, seeds, state per stage (with why when not done), seconds per stage, the
+LR preview, and the video, contact sheet and quality numbers of every decode setting found under OUT/decode/, side
+by side. For the batch: outputs per stage and state, time per stage, throughput, the slowest and the failed prompts,
+the run's settings and checkpoint identities. The preview gate's checkboxes save a selection file for
+`pixelwizard generate ... --only FILE`.
+
+The page (pixelwizard/pipeline/report_page/, copied beside) reads its data from OUT/report/data.js, a script that
+defines one object (a file:// page cannot fetch JSON). It shows one page of prompts at a time, so its DOM stays
+small at 10,000 prompts, and its videos load their metadata only when shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from pixelwizard import __version__
+from pixelwizard.io.files import write_atomic
+from pixelwizard.io.sidecar import SidecarError, read_sidecar
+from pixelwizard.pipeline.events import read_events
+from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.provenance import DONE, STALE, Provenance
+from pixelwizard.pipeline.run_config import RunConfigError
+from pixelwizard.pipeline.snapshot import RunSnapshot
+from pixelwizard.pipeline.stages import STAGES, decode_tag, enabled_stages
+from pixelwizard.pipeline.status import STATES, last_snapshot
+
+PAGE_FILES = ("report.css", "report.js", "index.html")
+DATA_FILE = "data.js"
+DATA_GLOBAL = "PIXELWIZARD_REPORT"
+SLOWEST = 10
+
+
+def decode_variants(snapshot: RunSnapshot, layout: Layout) -> dict[str, RunSnapshot]:
+    """decode tag -> the run with that tag's decode settings: the run's own first, then every other folder of
+    OUT/decode/ (re-decodes, `pixelwizard decode OUT --overlap 0`), its settings read from a video's JSON."""
+    variants = {decode_tag(snapshot.preset): snapshot}
+    folder = layout.folder("decode")
+    for tag_folder in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if tag_folder.name in variants or not tag_folder.is_dir():
+            continue
+        for sidecar in tag_folder.glob("*.json"):
+            try:
+                settings = read_sidecar(sidecar).get("provenance", {}).get("settings", {})
+                variant = dataclasses.replace(snapshot, config=snapshot.config.with_settings(**settings))
+            except (SidecarError, RunConfigError, AttributeError, TypeError):
+                continue
+            if decode_tag(variant.preset) == tag_folder.name:
+                variants[tag_folder.name] = variant
+                break
+    return variants
+
+
+def numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numbers of a nested mapping by dotted name: {"flicker": {"mean": 0.1}} -> {"flicker.mean": 0.1}.
+    Lists, strings, nulls and booleans are left out."""
+    found: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            found.update(numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of (start, end) intervals: wall time in which some output was being computed."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+class ReportData:
+    """What the page shows, gathered from OUT: every output's state (pipeline/provenance.py), the computed events'
+    seconds of the current outputs, the videos' JSON sidecars."""
+
+    def __init__(self, snapshot: RunSnapshot, layout: Layout):
+        self.snapshot, self.layout = snapshot, layout
+        events = read_events(layout.events)[0]
+        self.computed = {(e.get("stage"), e.get("id"), e.get("digest")): e for e in events
+                         if e.get("action") == "computed"}
+        self.variants = {tag: Provenance(run, layout, events) for tag, run in decode_variants(snapshot, layout).items()}
+        self.main = self.variants[decode_tag(snapshot.preset)]
+        self.intervals: list[tuple[float, float]] = []  # (start, end) of the run's current outputs' computation
+        # label ("lr", "decode p2w-ov1-24fps") -> output id -> what the page shows of it
+        self.outputs: dict[str, dict[str, dict[str, Any]]] = {}
+        for stage in enabled_stages(snapshot.config):
+            for tag, provenance in self.variants.items() if stage.name == "decode" else [(None, self.main)]:
+                self.outputs[label(stage.name, tag)] = {
+                    item.id: self.output(provenance, stage.name, item.id)
+                    for item in provenance.snapshot.items(stage.name)}
+
+    def output(self, provenance: Provenance, stage: str, item_id: str) -> dict[str, Any]:
+        state = provenance.state(stage, item_id)
+        entry: dict[str, Any] = {"state": state.state}
+        if state.reasons:
+            entry["why"] = "; ".join(state.reasons)
+        record = provenance.record(stage, item_id)
+        if "seed" in record:
+            entry["seed"] = str(record["seed"])  # up to 2^63: beyond a JS number's exact integers
+        event = self.computed.get((stage, item_id, provenance.digest(stage, item_id)))
+        if state.done and event is not None and isinstance(event.get("seconds"), (int, float)):
+            entry["seconds"] = event["seconds"]
+            if provenance is self.main:  # the run itself, not a re-decode with other settings
+                self.intervals.append((event["time"] - event["seconds"], event["time"]))
+        if STAGES[stage].output == "mp4" and state.state in (DONE, STALE):  # its files are intact
+            entry.update(self.media(provenance, stage, item_id))
+        return entry
+
+    def media(self, provenance: Provenance, stage: str, item_id: str) -> dict[str, Any]:
+        """The video and contact sheet that the output's JSON lists, and its quality numbers."""
+        tag = provenance.tag(stage)
+        try:
+            attrs = read_sidecar(self.layout.sidecar(stage, item_id, tag))
+        except (FileNotFoundError, SidecarError):  # replaced since its state was read
+            return {}
+        files = (("video", provenance.output(stage, item_id)), ("sheet", self.layout.sheet(stage, item_id, tag)))
+        found: dict[str, Any] = {key: self.link(path) for key, path in files if path.name in attrs["files"]}
+        if isinstance(attrs.get("metrics"), Mapping):
+            found["metrics"] = numbers(attrs["metrics"])
+        return found
+
+    def link(self, path: Path) -> str:
+        """`path` as the page links it: relative to OUT/report/, so the run folder can move."""
+        return "../" + path.relative_to(self.layout.out).as_posix()
+
+    def prompt_stages(self) -> list[str]:
+        """The per-prompt stages shown in a prompt's row (decode has a column per decode setting instead)."""
+        return [s.name for s in enabled_stages(self.snapshot.config) if s.items != "uncond" and s.name != "decode"]
+
+    def prompts(self) -> list[dict[str, Any]]:
+        preset = self.snapshot.preset
+        rows = []
+        for prompt in self.snapshot.prompts:
+            row: dict[str, Any] = {"id": prompt.id, "text": prompt.text,
+                                   "seed": str(preset.seed if prompt.seed is None else prompt.seed)}
+            if prompt.negative_prompt is not None:
+                row["negative_prompt"] = prompt.negative_prompt
+            row["stages"] = {s: self.outputs[s][prompt.id] for s in self.prompt_stages()
+                             if prompt.id in self.outputs[s]}
+            row["decodes"] = {tag: self.outputs[label("decode", tag)][prompt.id] for tag in self.variants
+                              if prompt.id in self.outputs[label("decode", tag)]}
+            timed = [o["seconds"] for o in (*row["stages"].values(), row["decodes"].get(self.main_tag, {}))
+                     if "seconds" in o]
+            row["seconds"] = round(sum(timed), 3) if timed else None
+            rows.append(row)
+        return rows
+
+    @property
+    def main_tag(self) -> str:
+        return self.main.tag("decode")
+
+    def batch(self, prompts: list[dict[str, Any]]) -> dict[str, Any]:
+        stages = []
+        for name, outputs in self.outputs.items():
+            timed = [o["seconds"] for o in outputs.values() if "seconds" in o]
+            counts = Counter(o["state"] for o in outputs.values())
+            stages.append({"label": name, "total": len(outputs), "counts": {s: counts[s] for s in STATES},
+                           "timed": len(timed), "seconds": round(sum(timed), 3) if timed else None,
+                           "mean_s": round(sum(timed) / len(timed), 3) if timed else None,
+                           "max_s": max(timed) if timed else None})
+        videos = sum(o["state"] == DONE for o in self.outputs[label("decode", self.main_tag)].values())
+        busy = busy_seconds(self.intervals)
+        span = max(e for _, e in self.intervals) - min(s for s, _ in self.intervals) if self.intervals else 0.0
+        timed = sorted((p for p in prompts if p["seconds"] is not None), key=lambda p: -p["seconds"])
+        failed = [{"label": name, "id": item_id, "why": o.get("why", "")}
+                  for name, outputs in self.outputs.items() for item_id, o in outputs.items() if o["state"] == "failed"]
+        return {"stages": stages, "videos": videos, "busy_s": round(busy, 3), "span_s": round(span, 3),
+                "videos_per_hour": round(videos * 3600 / busy, 2) if busy > 0 else None,
+                "videos_per_hour_span": round(videos * 3600 / span, 2) if span > 0 else None,
+                "slowest": [{"id": p["id"], "seconds": p["seconds"]} for p in timed[:SLOWEST]], "failed": failed}
+
+    def run(self) -> dict[str, Any]:
+        config = self.snapshot.config
+        return {"preset": config.preset, "settings": dataclasses.asdict(self.snapshot.preset),
+                "config": config.to_mapping(), "checkpoints": self.snapshot.identities,
+                "only": list(self.snapshot.only) if self.snapshot.only is not None else None,
+                "stages": {s.name: {"settings": list(s.settings), "checkpoints": list(s.checkpoints)}
+                           for s in enabled_stages(config)},
+                "decodes": {tag: {name: getattr(p.snapshot.preset, name) for name in STAGES["decode"].settings}
+                            for tag, p in self.variants.items()}}
+
+    def to_dict(self) -> dict[str, Any]:
+        prompts = self.prompts()
+        metrics = sorted({k for p in prompts for d in p["decodes"].values() for k in d.get("metrics", {})})
+        return {"out": str(self.layout.out), "made": time.strftime("%Y-%m-%d %H:%M:%S"), "version": __version__,
+                "run": self.run(), "stages": self.prompt_stages(), "tags": list(self.variants),
+                "main_tag": self.main_tag, "metrics": metrics, "batch": self.batch(prompts), "prompts": prompts}
+
+
+def label(stage: str, tag: str | None) -> str:
+    """A stage's name as `pixelwizard status` shows it: with its decode tag where it has one."""
+    return f"{stage} {tag}" if tag else stage
+
+
+def write_report(out: Path) -> tuple[Path, dict[str, Any]]:
+    """Write OUT/report/ (index.html, its script and style, data.js) for the run last configured in OUT; returns
+    the page and its data."""
+    layout = Layout(out)
+    data = ReportData(last_snapshot(out), layout).to_dict()
+    folder = layout.out / "report"
+    script = f"window.{DATA_GLOBAL} = {json.dumps(data, allow_nan=False, separators=(',', ':'))};\n"
+    write_atomic(folder / DATA_FILE, script)
+    page = files("pixelwizard.pipeline") / "report_page"
+    for name in PAGE_FILES:  # index.html last
+        write_atomic(folder / name, (page / name).read_bytes())
+    return folder / "index.html", data
