@@ -156,13 +156,13 @@ def test_block_residuals_and_e_extra_enter_the_model():
 
 
 @torch.no_grad()
-def test_ffn_chunking_does_not_change_the_result():
+def test_row_chunking_does_not_change_the_result():
     model = make_model()
     x, ctx = inputs()
     t = torch.linspace(0, 999, TOKENS)[None]
     whole = model(x, t, ctx)
     for chunk in (1, 5):
-        model.ffn_chunk_tokens = chunk
+        model.chunk_tokens = chunk
         torch.testing.assert_close(model(x, t, ctx), whole, rtol=1e-6, atol=1e-6)
 
 
