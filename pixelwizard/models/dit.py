@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # torch.distributed's FSDP imports cost half a second; single
 SINUSOID_BASE = 10000.0
 ROPE_THETA = 10000.0
 NUM_MODULATIONS = 6  # shift, scale, gate for self-attention, then for the FFN
-DEFAULT_CHUNK_TOKENS = 32768  # rows per chunk of every per-token step: 0.375 GiB per float32 [chunk, 3072]
+DEFAULT_CHUNK_TOKENS = 16384  # rows per chunk of every per-token step: 0.19 GiB per float32 [chunk, 3072]
 FP32_NORMS = ("norm3", "norm_q", "norm_k")
 
 RowFn = Callable[[slice], Tensor]  # token rows -> those rows of a [B, L, D] tensor
@@ -92,8 +92,9 @@ def rope_for_grid(grid: tuple[int, int, int], head_dim: int, device: torch.devic
 def apply_rope(x: Tensor, rotations: Tensor) -> Tensor:
     """Rotate adjacent channel pairs (2j, 2j+1) of x [B, L, N, D] by rotations [L, D // 2]; float32 maths,
     result in x's dtype. (a, b) -> (a·cos - b·sin, a·sin + b·cos), the same for every head."""
-    pairs = torch.view_as_complex(rearrange(x.float().contiguous(), "b l n (c two) -> b l n c two", two=2))
-    rotated = torch.view_as_real(pairs * rotations[:, None])
+    pairs = torch.view_as_complex(rearrange(x.to(torch.float32, memory_format=torch.contiguous_format, copy=True),
+                                            "b l n (c two) -> b l n c two", two=2))
+    rotated = torch.view_as_real(pairs.mul_(rotations[:, None]))  # in place on the float32 copy
     return rearrange(rotated, "b l n c two -> b l n (c two)").to(x.dtype)
 
 

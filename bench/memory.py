@@ -1,0 +1,346 @@
+"""Peak GPU memory of every stage at 2K and 4K, full size (Wan2.2-TI2V-5B, 121 frames, bf16), on the CPU.
+
+    python bench/memory.py                   # the table: text, LR, HR (4 steps x CFG), decode; 2K and 4K
+    python bench/memory.py --validate        # the method against real CPU allocations at a reduced size
+    python bench/memory.py --stages hr --presets 4k --out FILE.jsonl
+
+Method: the real modules and the stages' real code paths (`sample_lr`, `sample_hr`, `decode_patched`, the umT5
+encoder) run on fake CUDA tensors (FakeTensorMode: shapes, dtypes, strides and lifetimes, no data), the
+weights allocated in their inference dtypes. `LiveBytes` counts every tensor storage once, from the op that
+creates it until it is freed, rounded up to the CUDA caching allocator's 512-byte blocks: its peak is what
+`torch.cuda.max_memory_allocated` reports (allocated, not reserved: fragmentation and the CUDA context, ~0.5-1
+GiB, come on top). Attention is counted as a flash kernel allocates (output + float32 log-sum-exp, never an
+Lq x Lk matrix): `FlashAllocations` stands in for `F.scaled_dot_product_attention`, which every backend's
+memory matches (sdpa's flash/mem-efficient/cuDNN kernels, flash-attn 2/3, SageAttention). The same holds for the
+VAE's single-head attention (head dim 1024, which torch runs with its mem-efficient kernel on CUDA).
+
+Each stage's peak includes its resident weights. The VAE runs in bf16 (the decode stage's GPU setting); the
+host canvas of the patched decode is reported beside (host memory). The sampler loops run the presets' step
+counts except LR, capped at `LR_STEPS` (each step repeats the same allocations once the solver's history is full).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves, tree_map_only
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout: no install needed
+
+from pixelwizard.io.patched_decode import decode_patched  # noqa: E402
+from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig  # noqa: E402
+from pixelwizard.models.dit import WanDiT  # noqa: E402
+from pixelwizard.models.hr_model import HRDiT  # noqa: E402
+from pixelwizard.models.vae import WanVAE  # noqa: E402
+from pixelwizard.pipeline.presets import get_preset  # noqa: E402
+from pixelwizard.sampling.samplers import Conditioning, latent_shape, sample_hr, sample_lr  # noqa: E402
+
+GIB = 2**30
+CUDA_BLOCK = 512  # the caching allocator's smallest block
+LR_STEPS = 4
+PROMPT_TOKENS = 64  # text embedding rows of the prompt (the negative prompt is about 100)
+BUDGETS_GIB = {"2k": 16.0, "4k": 22.0}  # issue 10: every stage on a 24 GB card at 4K, within 16 GiB at 2K
+STAGES = ("text", "lr", "hr", "decode")
+# From issue 10 (the same method applied to the original Wan2.2 / PixelWizard code; not re-derived here).
+ORIGINAL_GIB = {("hr", "2k"): 42.7, ("hr", "4k"): 83.2, ("decode", "2k"): 31.8, ("decode", "4k"): 51.2}
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of live tensor storages per device type and their peak; each storage counted once, from the op that
+    creates it until it is freed, rounded up to `block` bytes."""
+
+    def __init__(self, block: int = CUDA_BLOCK) -> None:
+        super().__init__()
+        self.block = block
+        self.live: defaultdict[str, int] = defaultdict(int)
+        self.peak: defaultdict[str, int] = defaultdict(int)
+        self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, Tensor):
+                self._count(t)
+        return out
+
+    def _count(self, t: Tensor) -> None:
+        storage = t.untyped_storage()
+        if storage in self._seen:
+            return
+        size = -(-storage.nbytes() // self.block) * self.block
+        device = t.device.type
+        self._seen[storage] = size
+        weakref.finalize(storage, self._release, device, size)
+        self.live[device] += size
+        self.peak[device] = max(self.peak[device], self.live[device])
+
+    def _release(self, device: str, size: int) -> None:
+        self.live[device] -= size
+
+    def reset_peak(self) -> None:
+        self.peak = defaultdict(int, self.live)
+
+
+SCALAR_READ = 0.5
+NO_CUDA = re.compile(r"not linked with support for cuda|from the 'CUDA' backend")
+
+
+class CudaShapesOnMeta(TorchDispatchMode):
+    """What a CPU-only torch lacks for fake CUDA tensors (a device guard, CUDA kernels for constants): a
+    functional op that needs them (the bilinear resize's decomposition, torch.tensor(data, device="cuda")) runs
+    on meta tensors instead, and its outputs come back as fake CUDA tensors of the same sizes and strides.
+    A scalar read (`.item()`, the UniPC solver's node ratio) gets SCALAR_READ: no shape depends on one."""
+
+    def __init__(self, fake_mode) -> None:
+        super().__init__()
+        self.fake_mode = fake_mode
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default):
+            return SCALAR_READ
+        try:
+            return func(*args, **kwargs)
+        except (RuntimeError, NotImplementedError) as err:
+            if not NO_CUDA.search(str(err)) or func._schema.is_mutable:
+                raise
+        with unset_fake_temporarily():
+            meta_args, meta_kwargs = tree_map_only(
+                Tensor, lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta"), (args, kwargs))
+            if "device" in meta_kwargs:  # a factory op (e.g. torch.tensor's data, which fake mode would keep)
+                meta_kwargs["device"] = torch.device("meta")
+            out = func(*meta_args, **meta_kwargs)
+        return tree_map_only(Tensor, lambda t: FakeTensor(self.fake_mode, t, torch.device("cuda", 0)), out)
+
+
+class FlashAllocations(TorchFunctionMode):
+    """F.scaled_dot_product_attention as a flash kernel allocates: the float32 log-sum-exp [B, N, Lq] and the
+    output, no data. Also indexes fake CUDA tensors, which a CPU-only torch's indexing code refuses: basic
+    indexing (slices, None, ints) makes views only, so they are indexed as CPU tensors, then set back."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            q, v = args[0], args[2]
+            lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+            out = q.new_empty(*q.shape[:-1], v.shape[-1])
+            del lse
+            return out
+        if func in (Tensor.__getitem__, Tensor.__setitem__):
+            cuda = [t for t in tree_leaves((args, kwargs)) if isinstance(t, FakeTensor) and t.device.type == "cuda"]
+            for t in cuda:
+                t.fake_device = torch.device("cpu")
+            try:
+                out = func(*args, **kwargs)
+            finally:
+                for t in cuda:
+                    t.fake_device = torch.device("cuda", 0)
+            if cuda and isinstance(out, FakeTensor):
+                out.fake_device = torch.device("cuda", 0)
+            return out
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def counting(device: str, block: int = CUDA_BLOCK, fake: bool = True) -> Iterator[LiveBytes]:
+    """Count allocations (see LiveBytes) with attention as a flash kernel; on fake tensors unless `fake` is off."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    tracker = LiveBytes(block)
+    with contextlib.ExitStack() as stack:
+        if fake:
+            fake_mode = stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+            stack.enter_context(CudaShapesOnMeta(fake_mode))
+        stack.enter_context(FlashAllocations())
+        stack.enter_context(tracker)
+        stack.enter_context(torch.inference_mode())
+        yield tracker
+
+
+def materialize(model: nn.Module, dtype: Callable[[str], torch.dtype], device: str, init: bool = False) -> nn.Module:
+    """A model built on meta, its parameters allocated on `device` in their inference dtypes (tied ones once;
+    random values when `init`, for real runs)."""
+    made: dict[int, nn.Parameter] = {}
+    for prefix, module in model.named_modules():
+        for name, p in module._parameters.items():
+            if p is not None and id(p) not in made:
+                key = f"{prefix}.{name}" if prefix else name
+                data = torch.empty(p.shape, dtype=dtype(key), device=device)
+                if init:
+                    nn.init.normal_(data, std=0.02)
+                made[id(p)] = nn.Parameter(data, requires_grad=False)
+            if p is not None:
+                module._parameters[name] = made[id(p)]
+    return model.eval()
+
+
+def dit_dtypes(model: WanDiT) -> Callable[[str], torch.dtype]:
+    return lambda key: torch.float32 if model.keeps_float32(key) else torch.bfloat16
+
+
+def build(cls: type[nn.Module], config, device: str, init: bool = False) -> nn.Module:
+    with torch.device("meta"):
+        model = cls(config)
+    dtype = dit_dtypes(model) if isinstance(model, WanDiT) else (lambda _key: torch.bfloat16)
+    return materialize(model, dtype, device, init)
+
+
+def conditioning(config: DiTConfig, device: str) -> Conditioning:
+    return Conditioning(torch.randn(PROMPT_TOKENS, config.text_dim, device=device, dtype=torch.bfloat16),
+                        torch.randn(2 * PROMPT_TOKENS, config.text_dim, device=device, dtype=torch.bfloat16))
+
+
+def stage_text(preset, device: str) -> None:
+    from transformers import UMT5EncoderModel
+
+    from pixelwizard.models.text_encoder import umt5_config
+
+    config = T5Config()
+    with torch.device("meta"):
+        model = UMT5EncoderModel(umt5_config(config))
+    model = materialize(model, lambda _key: torch.bfloat16, device)
+    ids = torch.zeros(1, config.text_len, dtype=torch.long, device=device)
+    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+
+def stage_lr(preset, device: str, config: DiTConfig = DiTConfig()) -> None:
+    model = build(WanDiT, config, device)
+    sample_lr(model, conditioning(config, device), preset.override(lr_steps=min(preset.lr_steps, LR_STEPS)), seed=0)
+
+
+def stage_hr(preset, device: str, config: DiTConfig = DiTConfig(), offload: bool = False) -> None:
+    model = build(HRDiT, config, "cpu" if offload else device)
+    if offload:
+        from pixelwizard.models.offload import offload_blocks
+
+        streamer = offload_blocks(model, device)  # noqa: F841 (keeps the hooks' owner alive)
+    lr_latent = torch.randn(latent_shape(config.out_dim, preset.frames, preset.lr_width, preset.lr_height))
+    sample_hr(model, conditioning(config, device), lr_latent, preset, seed=0)
+
+
+def stage_decode(preset, device: str, config: VAEConfig = VAEConfig()) -> None:
+    vae = build(WanVAE, config, device)
+    z = torch.randn(latent_shape(config.z_dim, preset.frames, preset.width, preset.height))
+    for _ in decode_patched(vae, z, num_patches=preset.num_patches, patch_dim=preset.patch_dim,
+                            overlap=preset.overlap):
+        pass
+
+
+STAGE_FNS = {"text": stage_text, "lr": stage_lr, "hr": stage_hr, "decode": stage_decode}
+
+
+def measure(stage: str, preset_name: str, **kw) -> dict:
+    preset = get_preset(preset_name)
+    start = time.perf_counter()
+    with counting("cuda") as tracker:
+        STAGE_FNS[stage](preset, "cuda", **kw)
+    return {"stage": stage, "preset": preset_name, "peak_gib": round(tracker.peak["cuda"] / GIB, 2),
+            "host_peak_gib": round(tracker.peak["cpu"] / GIB, 2), "estimate_s": round(time.perf_counter() - start, 1),
+            **{k: v for k, v in kw.items() if isinstance(v, bool)}}
+
+
+# Reduced size for --validate: real widths per head (128), 2 thin layers, a real token count; tiny VAE.
+VALIDATE_DIT = DiTConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=2, text_dim=512)
+VALIDATE_VAE = VAEConfig(dim=16, dec_dim=32)
+VALIDATE_PRESET = dict(width=1280, height=704, frames=9, lr_width=448, lr_height=256, hr_steps=2, num_patches=2)
+VALIDATE_CHUNK = 1024
+
+
+def cpu_allocated_peak(fn: Callable[[], None]) -> int:
+    """Peak bytes held from the CPU allocator while `fn` runs (the profiler's memory events, in time order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    total = peak = 0
+    for e in events:
+        total += e.nbytes()
+        peak = max(peak, total)
+    return peak
+
+
+def validate() -> list[dict]:
+    """The same reduced-size runs counted two ways on the CPU: LiveBytes on fake tensors (the method) and the
+    CPU allocator's own events during a real run with data; attention as a flash kernel in both."""
+    torch.manual_seed(0)
+    preset = get_preset("tiny", **VALIDATE_PRESET)
+    runs = {
+        "hr": lambda device, init: validate_hr(preset, device, init),
+        "decode": lambda device, init: validate_decode(preset, device, init),
+    }
+    results = []
+    for name, run in runs.items():
+        with counting("cpu", block=1) as tracker:
+            run("cpu", False)
+        estimate = tracker.peak["cpu"]
+
+        def real(run=run) -> None:
+            with FlashAllocations(), torch.inference_mode():
+                run("cpu", True)
+
+        actual = cpu_allocated_peak(real)
+        results.append({"validate": name, "estimate_mib": round(estimate / 2**20, 1),
+                        "allocated_mib": round(actual / 2**20, 1), "error": round(estimate / actual - 1, 4)})
+    return results
+
+
+def validate_hr(preset, device: str, init: bool) -> None:
+    model = build(HRDiT, VALIDATE_DIT, device, init)
+    model.chunk_tokens = VALIDATE_CHUNK
+    lr = torch.randn(latent_shape(VALIDATE_DIT.out_dim, preset.frames, preset.lr_width, preset.lr_height))
+    sample_hr(model, conditioning(VALIDATE_DIT, device), lr, preset, seed=0)
+
+
+def validate_decode(preset, device: str, init: bool) -> None:
+    vae = build(WanVAE, VALIDATE_VAE, device, init)
+    z = torch.randn(latent_shape(VALIDATE_VAE.z_dim, preset.frames, preset.width, preset.height))
+    for _ in decode_patched(vae, z, num_patches=preset.num_patches, patch_dim=preset.patch_dim,
+                            overlap=preset.overlap):
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--presets", nargs="+", choices=("2k", "4k"), default=["2k", "4k"])
+    parser.add_argument("--offload", action="store_true", help="also the HR stage with block streaming")
+    parser.add_argument("--validate", action="store_true", help="the method against real CPU allocations")
+    parser.add_argument("--out", help="append json lines here")
+    args = parser.parse_args()
+    rows = validate() if args.validate else [
+        measure(stage, preset) for preset in args.presets for stage in args.stages
+    ] + ([measure("hr", preset, offload=True) for preset in args.presets] if args.offload else [])
+    for row in rows:
+        if "stage" in row:
+            row["original_gib"] = ORIGINAL_GIB.get((row["stage"], row["preset"]))
+            row["budget_gib"] = BUDGETS_GIB[row["preset"]]
+        line = json.dumps(row)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
