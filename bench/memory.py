@@ -36,11 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves, tree_map_only
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout: no install needed
+
+from report import report  # noqa: E402
 
 from pixelwizard.io.patched_decode import decode_patched  # noqa: E402
 from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig  # noqa: E402
@@ -70,15 +72,25 @@ class LiveBytes(TorchDispatchMode):
         self.live: defaultdict[str, int] = defaultdict(int)
         self.peak: defaultdict[str, int] = defaultdict(int)
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, Tensor):
-                self._count(t)
+        if not self._paused:
+            for t in tree_leaves(out):
+                if isinstance(t, Tensor):
+                    self.count(t)
         return out
 
-    def _count(self, t: Tensor) -> None:
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    def count(self, t: Tensor) -> None:
         storage = t.untyped_storage()
         if storage in self._seen:
             return
@@ -98,46 +110,33 @@ class LiveBytes(TorchDispatchMode):
 
 SCALAR_READ = 0.5
 NO_CUDA = re.compile(r"not linked with support for cuda|from the 'CUDA' backend")
+CUDA = torch.device("cuda", 0)
+GUARDED = {Tensor.__getitem__, Tensor.__setitem__, Tensor.contiguous}  # always refused: skip the first try
 
 
-class CudaShapesOnMeta(TorchDispatchMode):
-    """What a CPU-only torch lacks for fake CUDA tensors (a device guard, CUDA kernels for constants): a
-    functional op that needs them (the bilinear resize's decomposition, torch.tensor(data, device="cuda")) runs
-    on meta tensors instead, and its outputs come back as fake CUDA tensors of the same sizes and strides.
-    A scalar read (`.item()`, the UniPC solver's node ratio) gets SCALAR_READ: no shape depends on one."""
-
-    def __init__(self, fake_mode) -> None:
-        super().__init__()
-        self.fake_mode = fake_mode
+class ScalarReads(TorchDispatchMode):
+    """A scalar read of a fake tensor (`.item()`: the UniPC solver's node ratio) gets SCALAR_READ; no shape in
+    the stages measured depends on one."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
-
-        kwargs = kwargs or {}
         if func in (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default):
             return SCALAR_READ
-        try:
-            return func(*args, **kwargs)
-        except (RuntimeError, NotImplementedError) as err:
-            if not NO_CUDA.search(str(err)) or func._schema.is_mutable:
-                raise
-        with unset_fake_temporarily():
-            meta_args, meta_kwargs = tree_map_only(
-                Tensor, lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta"), (args, kwargs))
-            if "device" in meta_kwargs:  # a factory op (e.g. torch.tensor's data, which fake mode would keep)
-                meta_kwargs["device"] = torch.device("meta")
-            out = func(*meta_args, **meta_kwargs)
-        return tree_map_only(Tensor, lambda t: FakeTensor(self.fake_mode, t, torch.device("cuda", 0)), out)
+        return func(*args, **(kwargs or {}))
 
 
-class FlashAllocations(TorchFunctionMode):
-    """F.scaled_dot_product_attention as a flash kernel allocates: the float32 log-sum-exp [B, N, Lq] and the
-    output, no data. Also indexes fake CUDA tensors, which a CPU-only torch's indexing code refuses: basic
-    indexing (slices, None, ints) makes views only, so they are indexed as CPU tensors, then set back."""
+class FakeCuda(TorchFunctionMode):
+    """Fake CUDA tensors on a CPU-only torch, and attention as a flash kernel allocates.
+
+    F.scaled_dot_product_attention allocates the float32 log-sum-exp [B, N, Lq] and the output, no data. A call
+    that a CPU-only torch refuses for CUDA tensors (its indexing and `.contiguous()` want a CUDA device guard,
+    torch.tensor(data, device="cuda") a CUDA kernel) runs again with its fake CUDA tensors presented as CPU ones;
+    its outputs are presented as CUDA tensors again and counted as such."""
+
+    def __init__(self, tracker: LiveBytes) -> None:
+        super().__init__()
+        self.tracker = tracker
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        from torch._subclasses.fake_tensor import FakeTensor
-
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             q, v = args[0], args[2]
@@ -145,19 +144,38 @@ class FlashAllocations(TorchFunctionMode):
             out = q.new_empty(*q.shape[:-1], v.shape[-1])
             del lse
             return out
-        if func in (Tensor.__getitem__, Tensor.__setitem__):
-            cuda = [t for t in tree_leaves((args, kwargs)) if isinstance(t, FakeTensor) and t.device.type == "cuda"]
-            for t in cuda:
-                t.fake_device = torch.device("cpu")
-            try:
+        if func in GUARDED:
+            return self._as_cpu(func, args, kwargs)
+        try:
+            return func(*args, **kwargs)
+        except (RuntimeError, NotImplementedError) as err:
+            if not NO_CUDA.search(str(err)):
+                raise
+        return self._as_cpu(func, args, kwargs)
+
+    def _as_cpu(self, func, args, kwargs):
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        cuda = [t for t in tree_leaves((args, kwargs)) if isinstance(t, FakeTensor) and t.device.type == "cuda"]
+        to_cuda = torch.device(kwargs.get("device") or "cpu").type == "cuda"
+        if not cuda and not to_cuda:
+            return func(*args, **kwargs)
+        if to_cuda:
+            kwargs = {**kwargs, "device": "cpu"}
+        for t in cuda:
+            t.fake_device = torch.device("cpu")
+        try:
+            with self.tracker.paused():
                 out = func(*args, **kwargs)
-            finally:
-                for t in cuda:
-                    t.fake_device = torch.device("cuda", 0)
-            if cuda and isinstance(out, FakeTensor):
-                out.fake_device = torch.device("cuda", 0)
-            return out
-        return func(*args, **kwargs)
+        finally:
+            for t in cuda:
+                t.fake_device = CUDA
+        for t in tree_leaves(out):
+            if isinstance(t, FakeTensor):
+                t.fake_device = CUDA
+                t.constant = None  # a CPU constant would send later ops back to the CPU
+                self.tracker.count(t)
+        return out
 
 
 @contextlib.contextmanager
@@ -168,9 +186,9 @@ def counting(device: str, block: int = CUDA_BLOCK, fake: bool = True) -> Iterato
     tracker = LiveBytes(block)
     with contextlib.ExitStack() as stack:
         if fake:
-            fake_mode = stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
-            stack.enter_context(CudaShapesOnMeta(fake_mode))
-        stack.enter_context(FlashAllocations())
+            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+            stack.enter_context(ScalarReads())
+        stack.enter_context(FakeCuda(tracker))
         stack.enter_context(tracker)
         stack.enter_context(torch.inference_mode())
         yield tracker
@@ -197,9 +215,16 @@ def dit_dtypes(model: WanDiT) -> Callable[[str], torch.dtype]:
     return lambda key: torch.float32 if model.keeps_float32(key) else torch.bfloat16
 
 
+def on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module's structure on the meta device, outside fake mode (constructors may read real tensors)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily(), torch.device("meta"):
+        return factory()
+
+
 def build(cls: type[nn.Module], config, device: str, init: bool = False) -> nn.Module:
-    with torch.device("meta"):
-        model = cls(config)
+    model = on_meta(lambda: cls(config))
     dtype = dit_dtypes(model) if isinstance(model, WanDiT) else (lambda _key: torch.bfloat16)
     return materialize(model, dtype, device, init)
 
@@ -215,9 +240,7 @@ def stage_text(preset, device: str) -> None:
     from pixelwizard.models.text_encoder import umt5_config
 
     config = T5Config()
-    with torch.device("meta"):
-        model = UMT5EncoderModel(umt5_config(config))
-    model = materialize(model, lambda _key: torch.bfloat16, device)
+    model = materialize(on_meta(lambda: UMT5EncoderModel(umt5_config(config))), lambda _key: torch.bfloat16, device)
     ids = torch.zeros(1, config.text_len, dtype=torch.long, device=device)
     model(input_ids=ids, attention_mask=torch.ones_like(ids))
 
@@ -296,7 +319,7 @@ def validate() -> list[dict]:
         estimate = tracker.peak["cpu"]
 
         def real(run=run) -> None:
-            with FlashAllocations(), torch.inference_mode():
+            with FakeCuda(LiveBytes()), torch.inference_mode():
                 run("cpu", True)
 
         actual = cpu_allocated_peak(real)
@@ -328,18 +351,17 @@ def main() -> None:
     parser.add_argument("--validate", action="store_true", help="the method against real CPU allocations")
     parser.add_argument("--out", help="append json lines here")
     args = parser.parse_args()
-    rows = validate() if args.validate else [
-        measure(stage, preset) for preset in args.presets for stage in args.stages
-    ] + ([measure("hr", preset, offload=True) for preset in args.presets] if args.offload else [])
+    if args.validate:
+        rows: Iterator[dict] = iter(validate())
+    else:
+        jobs = [(stage, preset, {}) for preset in args.presets for stage in args.stages]
+        jobs += [("hr", preset, {"offload": True}) for preset in args.presets] if args.offload else []
+        rows = (measure(stage, preset, **kw) for stage, preset, kw in jobs)
     for row in rows:
         if "stage" in row:
             row["original_gib"] = ORIGINAL_GIB.get((row["stage"], row["preset"]))
             row["budget_gib"] = BUDGETS_GIB[row["preset"]]
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        report(json.dumps(row), args.out)
 
 
 if __name__ == "__main__":

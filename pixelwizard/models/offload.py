@@ -23,7 +23,7 @@ class BlockStreamer:
 
     def __init__(self, blocks: nn.ModuleList, device: torch.device) -> None:
         self.blocks, self.device = blocks, device
-        cuda = device.type == "cuda"
+        cuda = device.type == "cuda" and torch.cuda.is_available()  # not on fake CUDA tensors (bench/memory.py)
         self.copy_stream = torch.cuda.Stream(device) if cuda else None
         # Host copies; the parameters point at them whenever a block is not resident.
         self.host: list[list[Tensor]] = []
