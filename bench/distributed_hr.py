@@ -58,7 +58,8 @@ def worker(ckpt_dir: Path) -> None:
         model.use_sequence_parallel(distributed.SequenceParallel())
     preset = get_preset("tiny", **SETTINGS)
     gen = torch.Generator().manual_seed(0)
-    cond = Conditioning(torch.randn(64, config.text_dim, generator=gen), torch.randn(32, config.text_dim, generator=gen))
+    cond = Conditioning(torch.randn(64, config.text_dim, generator=gen),
+                        torch.randn(32, config.text_dim, generator=gen))
     lr_latent = torch.randn(latent_shape(config.out_dim, preset.frames, preset.lr_width, preset.lr_height),
                             generator=gen)
     stamps = []

@@ -255,7 +255,8 @@ def section_stages(scale: Scale, results: dict) -> None:
     if ESTIMATES.exists():
         for line in ESTIMATES.read_text().splitlines():
             row = json.loads(line)
-            estimates[(row["stage"], row["preset"])] = row["peak_gib"]
+            if not row.get("offload") and "uncond_anchor" not in row:
+                estimates[(row["stage"], row["preset"])] = row["peak_gib"]
     rows = results.setdefault("stages", [])
     device = scale.device
     for name, preset in scale.presets.items():

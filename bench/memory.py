@@ -114,6 +114,11 @@ CUDA = torch.device("cuda", 0)
 GUARDED = {Tensor.__getitem__, Tensor.__setitem__, Tensor.contiguous}  # always refused: skip the first try
 
 
+def is_cuda_device(value: object) -> bool:
+    return (isinstance(value, torch.device) and value.type == "cuda") or (isinstance(value, str)
+                                                                          and value.startswith("cuda"))
+
+
 class ScalarReads(TorchDispatchMode):
     """A scalar read of a fake tensor (`.item()`: the UniPC solver's node ratio) gets SCALAR_READ; no shape in
     the stages measured depends on one."""
@@ -157,11 +162,13 @@ class FakeCuda(TorchFunctionMode):
         from torch._subclasses.fake_tensor import FakeTensor
 
         cuda = [t for t in tree_leaves((args, kwargs)) if isinstance(t, FakeTensor) and t.device.type == "cuda"]
-        to_cuda = torch.device(kwargs.get("device") or "cpu").type == "cuda"
+        to_cuda = any(is_cuda_device(a) for a in (*args, kwargs.get("device")))
         if not cuda and not to_cuda:
             return func(*args, **kwargs)
-        if to_cuda:
-            kwargs = {**kwargs, "device": "cpu"}
+        if to_cuda:  # a copy to the CPU instead (`.to` would otherwise return a CPU tensor itself)
+            args = tuple("cpu" if is_cuda_device(a) else a for a in args)
+            kwargs = {**kwargs, **({"device": "cpu"} if "device" in kwargs else {}),
+                      **({"copy": True} if func is Tensor.to else {})}
         for t in cuda:
             t.fake_device = torch.device("cpu")
         try:
@@ -271,14 +278,14 @@ def stage_decode(preset, device: str, config: VAEConfig = VAEConfig()) -> None:
 STAGE_FNS = {"text": stage_text, "lr": stage_lr, "hr": stage_hr, "decode": stage_decode}
 
 
-def measure(stage: str, preset_name: str, **kw) -> dict:
-    preset = get_preset(preset_name)
+def measure(stage: str, preset_name: str, uncond_anchor: str = "same", **kw) -> dict:
+    preset = get_preset(preset_name, uncond_anchor=uncond_anchor)
     start = time.perf_counter()
     with counting("cuda") as tracker:
         STAGE_FNS[stage](preset, "cuda", **kw)
     return {"stage": stage, "preset": preset_name, "peak_gib": round(tracker.peak["cuda"] / GIB, 2),
             "host_peak_gib": round(tracker.peak["cpu"] / GIB, 2), "estimate_s": round(time.perf_counter() - start, 1),
-            **{k: v for k, v in kw.items() if isinstance(v, bool)}}
+            **({"uncond_anchor": uncond_anchor} if uncond_anchor != "same" else {}), **kw}
 
 
 # Reduced size for --validate: real widths per head (128), 2 thin layers, a real token count; tiny VAE.
@@ -348,6 +355,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--presets", nargs="+", choices=("2k", "4k"), default=["2k", "4k"])
     parser.add_argument("--offload", action="store_true", help="also the HR stage with block streaming")
+    parser.add_argument("--uncond-anchor", choices=("same", "zero"), default="same", help="the preset setting")
     parser.add_argument("--validate", action="store_true", help="the method against real CPU allocations")
     parser.add_argument("--out", help="append json lines here")
     args = parser.parse_args()
@@ -356,7 +364,7 @@ def main() -> None:
     else:
         jobs = [(stage, preset, {}) for preset in args.presets for stage in args.stages]
         jobs += [("hr", preset, {"offload": True}) for preset in args.presets] if args.offload else []
-        rows = (measure(stage, preset, **kw) for stage, preset, kw in jobs)
+        rows = (measure(stage, preset, args.uncond_anchor, **kw) for stage, preset, kw in jobs)
     for row in rows:
         if "stage" in row:
             row["original_gib"] = ORIGINAL_GIB.get((row["stage"], row["preset"]))

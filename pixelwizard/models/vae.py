@@ -10,7 +10,7 @@ Everything runs in the parameters' dtype (float32 for the released weights) with
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -35,6 +35,9 @@ LATENT_STD = (
 )  # fmt: skip
 
 PIXEL_PATCH = 2  # 2x2 pixel-unshuffle before the encoder, 3 -> 12 channels
+NORM_EPS = 1e-12  # F.normalize's default
+
+Prologue = Callable[[Tensor, Tensor], None]  # (x, out): writes a conv's input, computed from x, into out
 
 
 class FeatureCache:
@@ -58,15 +61,24 @@ class CausalConv3d(nn.Conv3d):
         self.pad_t, self.pad_h, self.pad_w = (padding,) * 3 if isinstance(padding, int) else padding
         self.history = 2 * self.pad_t
 
-    def forward(self, x: Tensor, cache: FeatureCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache: FeatureCache | None = None, prologue: Prologue | None = None) -> Tensor:
+        """`prologue(x, out)`, when given, writes the conv's actual input (e.g. norm + SiLU of x) into `out`, the
+        padded buffer's inner region, so that input never exists as a tensor of its own."""
         if self.history == 0 and self.pad_h == 0 and self.pad_w == 0:
+            if prologue is not None:
+                inner = torch.empty_like(x, dtype=self.weight.dtype)
+                prologue(x, inner)
+                x = inner
             return super().forward(x)
         # One zero buffer [b, c, history + t, h + 2 p_h, w + 2 p_w] holding (cached frames, x): no cat + pad copies.
         b, c, t, h, w = x.shape
         ph, pw, n = self.pad_h, self.pad_w, self.history
         padded = x.new_zeros(b, c, n + t, h + 2 * ph, w + 2 * pw)
         inner = padded[:, :, :, ph:ph + h, pw:pw + w]
-        inner[:, :, n:] = x
+        if prologue is None:
+            inner[:, :, n:] = x
+        else:
+            prologue(x, inner[:, :, n:])
         if n:
             assert cache is not None, "a temporal causal conv needs its stream's FeatureCache"
             previous = cache.frames.get(self)
@@ -87,6 +99,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=1) * self.scale * self.gamma
 
+    def silu_into(self, x: Tensor, out: Tensor) -> None:
+        """out = SiLU(self(x)), computed in `out` (F.normalize's arithmetic, then the same products in place)."""
+        torch.div(x, x.norm(2, dim=1, keepdim=True).clamp_min(NORM_EPS).expand_as(x), out=out)
+        F.silu(out.mul_(self.scale).mul_(self.gamma), inplace=True)
+
 
 class ResidualBlock(nn.Module):
     def __init__(self, in_dim: int, out_dim: int) -> None:
@@ -99,10 +116,10 @@ class ResidualBlock(nn.Module):
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: Tensor, cache: FeatureCache) -> Tensor:
-        norm1, act1, conv1, norm2, act2, _, conv2 = self.residual
-        h = conv1(act1(norm1(x)), cache)
-        h = conv2(act2(norm2(h)), cache)
-        return h + self.shortcut(x)
+        norm1, _, conv1, norm2, _, _, conv2 = self.residual  # each SiLU runs inside its norm's `silu_into`
+        h = conv1(x, cache, prologue=norm1.silu_into)
+        h = conv2(h, cache, prologue=norm2.silu_into)
+        return h.add_(self.shortcut(x))
 
 
 class AttentionBlock(nn.Module):
@@ -241,8 +258,8 @@ class Encoder(nn.Module):
             x = block(x, cache)
         res1, attn, res2 = self.middle
         x = res2(attn(res1(x, cache)), cache)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), cache)
+        norm, _, conv = self.head
+        return conv(x, cache, prologue=norm.silu_into)
 
 
 class Decoder(nn.Module):
@@ -268,8 +285,8 @@ class Decoder(nn.Module):
         x = res2(attn(res1(x, cache)), cache)
         for block in self.upsamples:
             x = block(x, cache)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), cache)
+        norm, _, conv = self.head
+        return conv(x, cache, prologue=norm.silu_into)
 
 
 @contextmanager
