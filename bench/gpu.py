@@ -255,7 +255,7 @@ def section_stages(scale: Scale, results: dict) -> None:
     if ESTIMATES.exists():
         for line in ESTIMATES.read_text().splitlines():
             row = json.loads(line)
-            if not row.get("offload") and "uncond_anchor" not in row:
+            if not ({"offload", "uncond_anchor", "num_patches", "vae_dtype"} & set(row)):
                 estimates[(row["stage"], row["preset"])] = row["peak_gib"]
     rows = results.setdefault("stages", [])
     device = scale.device

@@ -218,8 +218,8 @@ def materialize(model: nn.Module, dtype: Callable[[str], torch.dtype], device: s
     return model.eval()
 
 
-def dit_dtypes(model: WanDiT) -> Callable[[str], torch.dtype]:
-    return lambda key: torch.float32 if model.keeps_float32(key) else torch.bfloat16
+def dit_dtypes(model: WanDiT, dtype: torch.dtype = torch.bfloat16) -> Callable[[str], torch.dtype]:
+    return lambda key: torch.float32 if model.keeps_float32(key) else dtype
 
 
 def on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
@@ -230,10 +230,11 @@ def on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
         return factory()
 
 
-def build(cls: type[nn.Module], config, device: str, init: bool = False) -> nn.Module:
+def build(cls: type[nn.Module], config, device: str, init: bool = False,
+          dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     model = on_meta(lambda: cls(config))
-    dtype = dit_dtypes(model) if isinstance(model, WanDiT) else (lambda _key: torch.bfloat16)
-    return materialize(model, dtype, device, init)
+    dtypes = dit_dtypes(model, dtype) if isinstance(model, WanDiT) else (lambda _key: dtype)
+    return materialize(model, dtypes, device, init)
 
 
 def conditioning(config: DiTConfig, device: str) -> Conditioning:
@@ -263,12 +264,30 @@ def stage_hr(preset, device: str, config: DiTConfig = DiTConfig(), offload: bool
         from pixelwizard.models.offload import offload_blocks
 
         streamer = offload_blocks(model, device)  # noqa: F841 (keeps the hooks' owner alive)
+        track_parameter_devices(model)
     lr_latent = torch.randn(latent_shape(config.out_dim, preset.frames, preset.lr_width, preset.lr_height))
     sample_hr(model, conditioning(config, device), lr_latent, preset, seed=0)
 
 
-def stage_decode(preset, device: str, config: VAEConfig = VAEConfig()) -> None:
-    vae = build(WanVAE, config, device)
+def track_parameter_devices(model: nn.Module) -> None:
+    """`p.data = t` does not update a fake parameter's device: after offload_blocks, and around each block as
+    its weights arrive and leave, present the parameters on the device their data is on."""
+
+    def present(module: nn.Module, device: torch.device) -> None:
+        for p in module.parameters():
+            p.fake_device = device
+
+    blocks = {id(p) for p in model.blocks.parameters()}
+    for p in model.parameters():
+        if id(p) not in blocks:
+            p.fake_device = CUDA
+    for block in model.blocks:  # registered after the streamer's hooks, so they run after them
+        block.register_forward_pre_hook(lambda m, _a: present(m, CUDA))
+        block.register_forward_hook(lambda m, _a, _o: present(m, torch.device("cpu")))
+
+
+def stage_decode(preset, device: str, config: VAEConfig = VAEConfig(), vae_dtype: str = "bfloat16") -> None:
+    vae = build(WanVAE, config, device, dtype=getattr(torch, vae_dtype))
     z = torch.randn(latent_shape(config.z_dim, preset.frames, preset.width, preset.height))
     for _ in decode_patched(vae, z, num_patches=preset.num_patches, patch_dim=preset.patch_dim,
                             overlap=preset.overlap):
@@ -278,14 +297,37 @@ def stage_decode(preset, device: str, config: VAEConfig = VAEConfig()) -> None:
 STAGE_FNS = {"text": stage_text, "lr": stage_lr, "hr": stage_hr, "decode": stage_decode}
 
 
-def measure(stage: str, preset_name: str, uncond_anchor: str = "same", **kw) -> dict:
-    preset = get_preset(preset_name, uncond_anchor=uncond_anchor)
+PCIE_BYTES_PER_S = 25e9  # PCIe 4 x16, pinned host memory (PCIe 5: ~50e9)
+ASSUMED_TFLOPS = 600.0  # a 2K/4K HR forward on an H100/H200 at ~60-75% of the bf16 matmul peak
+
+
+def offload_price(preset, config: DiTConfig = DiTConfig()) -> dict:
+    """Seconds per HR step (2 forwards) that block streaming adds, estimated: each block's copy overlaps the
+    previous block's compute, so only the first block's copy and any copy longer than a block's compute show."""
+    from gpu import forward_flops
+
+    with torch.device("meta"):
+        model = HRDiT(config)
+    block_bytes = sum(p.numel() * 2 for p in model.blocks.parameters()) / config.num_layers  # bf16
+    _, t, h, w = latent_shape(config.out_dim, preset.frames, preset.width, preset.height)
+    tokens = t * (h // 2) * (w // 2)
+    block_s = forward_flops(config, tokens, hr=True) / config.num_layers / (ASSUMED_TFLOPS * 1e12)
+    copy_s = block_bytes / PCIE_BYTES_PER_S
+    exposed = copy_s + (config.num_layers - 1) * max(0.0, copy_s - block_s)
+    return {"copy_s_per_forward": round(copy_s * config.num_layers, 2), "block_compute_s": round(block_s, 3),
+            "offload_s_per_step": round(2 * exposed, 3)}
+
+
+def measure(stage: str, preset_name: str, uncond_anchor: str = "same", num_patches: int | None = None,
+            **kw) -> dict:
+    preset = get_preset(preset_name, uncond_anchor=uncond_anchor, num_patches=num_patches)
     start = time.perf_counter()
     with counting("cuda") as tracker:
         STAGE_FNS[stage](preset, "cuda", **kw)
     return {"stage": stage, "preset": preset_name, "peak_gib": round(tracker.peak["cuda"] / GIB, 2),
             "host_peak_gib": round(tracker.peak["cpu"] / GIB, 2), "estimate_s": round(time.perf_counter() - start, 1),
-            **({"uncond_anchor": uncond_anchor} if uncond_anchor != "same" else {}), **kw}
+            **({"uncond_anchor": uncond_anchor} if uncond_anchor != "same" else {}),
+            **({"num_patches": num_patches} if num_patches else {}), **kw}
 
 
 # Reduced size for --validate: real widths per head (128), 2 thin layers, a real token count; tiny VAE.
@@ -311,39 +353,44 @@ def cpu_allocated_peak(fn: Callable[[], None]) -> int:
 
 
 def validate() -> list[dict]:
-    """The same reduced-size runs counted two ways on the CPU: LiveBytes on fake tensors (the method) and the
-    CPU allocator's own events during a real run with data; attention as a flash kernel in both."""
+    """Reduced-size runs counted three ways on the CPU: `estimate`, LiveBytes on fake tensors (the method);
+    `visible`, LiveBytes on the real run with data (what the method can see); `allocated`, the CPU allocator's own
+    events during the real run (also buffers that kernels allocate internally). Attention is a flash kernel in all."""
     torch.manual_seed(0)
     preset = get_preset("tiny", **VALIDATE_PRESET)
-    runs = {
-        "hr": lambda device, init: validate_hr(preset, device, init),
-        "decode": lambda device, init: validate_decode(preset, device, init),
-    }
     results = []
-    for name, run in runs.items():
+    for name, dtype in (("hr", torch.bfloat16), ("hr", torch.float32), ("decode", torch.bfloat16),
+                        ("decode", torch.float32)):
+        run = validate_hr if name == "hr" else validate_decode
         with counting("cpu", block=1) as tracker:
-            run("cpu", False)
+            run(preset, "cpu", False, dtype)
         estimate = tracker.peak["cpu"]
+        with counting("cpu", block=1, fake=False) as tracker:
+            run(preset, "cpu", True, dtype)
+        visible = tracker.peak["cpu"]
 
-        def real(run=run) -> None:
+        def real(run=run, dtype=dtype) -> None:
             with FakeCuda(LiveBytes()), torch.inference_mode():
-                run("cpu", True)
+                run(preset, "cpu", True, dtype)
 
-        actual = cpu_allocated_peak(real)
-        results.append({"validate": name, "estimate_mib": round(estimate / 2**20, 1),
-                        "allocated_mib": round(actual / 2**20, 1), "error": round(estimate / actual - 1, 4)})
+        allocated = cpu_allocated_peak(real)
+        results.append({"validate": name, "dtype": str(dtype).removeprefix("torch."),
+                        "estimate_mib": round(estimate / 2**20, 1), "visible_mib": round(visible / 2**20, 1),
+                        "allocated_mib": round(allocated / 2**20, 1),
+                        "error_vs_visible": round(estimate / visible - 1, 4),
+                        "error_vs_allocated": round(estimate / allocated - 1, 4)})
     return results
 
 
-def validate_hr(preset, device: str, init: bool) -> None:
-    model = build(HRDiT, VALIDATE_DIT, device, init)
+def validate_hr(preset, device: str, init: bool, dtype: torch.dtype) -> None:
+    model = build(HRDiT, VALIDATE_DIT, device, init, dtype)
     model.chunk_tokens = VALIDATE_CHUNK
     lr = torch.randn(latent_shape(VALIDATE_DIT.out_dim, preset.frames, preset.lr_width, preset.lr_height))
     sample_hr(model, conditioning(VALIDATE_DIT, device), lr, preset, seed=0)
 
 
-def validate_decode(preset, device: str, init: bool) -> None:
-    vae = build(WanVAE, VALIDATE_VAE, device, init)
+def validate_decode(preset, device: str, init: bool, dtype: torch.dtype) -> None:
+    vae = build(WanVAE, VALIDATE_VAE, device, init, dtype)
     z = torch.randn(latent_shape(VALIDATE_VAE.z_dim, preset.frames, preset.width, preset.height))
     for _ in decode_patched(vae, z, num_patches=preset.num_patches, patch_dim=preset.patch_dim,
                             overlap=preset.overlap):
@@ -356,15 +403,19 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", choices=("2k", "4k"), default=["2k", "4k"])
     parser.add_argument("--offload", action="store_true", help="also the HR stage with block streaming")
     parser.add_argument("--uncond-anchor", choices=("same", "zero"), default="same", help="the preset setting")
+    parser.add_argument("--num-patches", type=int, help="decode patches (default: the preset's)")
+    parser.add_argument("--vae-dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--validate", action="store_true", help="the method against real CPU allocations")
     parser.add_argument("--out", help="append json lines here")
     args = parser.parse_args()
     if args.validate:
         rows: Iterator[dict] = iter(validate())
     else:
-        jobs = [(stage, preset, {}) for preset in args.presets for stage in args.stages]
+        vae = {"vae_dtype": args.vae_dtype} if args.vae_dtype != "bfloat16" else {}
+        jobs = [(stage, preset, vae if stage == "decode" else {}) for preset in args.presets for stage in args.stages]
         jobs += [("hr", preset, {"offload": True}) for preset in args.presets] if args.offload else []
-        rows = (measure(stage, preset, args.uncond_anchor, **kw) for stage, preset, kw in jobs)
+        rows = ({**measure(stage, preset, args.uncond_anchor, args.num_patches, **kw),
+                 **(offload_price(get_preset(preset)) if kw.get("offload") else {})} for stage, preset, kw in jobs)
     for row in rows:
         if "stage" in row:
             row["original_gib"] = ORIGINAL_GIB.get((row["stage"], row["preset"]))

@@ -44,8 +44,12 @@ def test_attention_counts_output_and_log_sum_exp_only():
 
 @pytest.mark.slow
 def test_method_matches_real_cpu_allocations():
-    for row in memory.validate():
-        assert abs(row["error"]) < 0.05, row
+    """The fake-tensor count equals the count on real tensors; against the CPU allocator it misses only the
+    buffers kernels allocate inside themselves (CPU bf16 GEMM conversions, conv im2col: docs/performance.md)."""
+    rows = {(r["validate"], r["dtype"]): r for r in memory.validate()}
+    assert all(abs(r["error_vs_visible"]) < 0.005 for r in rows.values()), rows
+    assert abs(rows["hr", "float32"]["error_vs_allocated"]) < 0.05, rows
+    assert all(-0.2 < r["error_vs_allocated"] <= 0.005 for r in rows.values()), rows
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ patches advanced in lockstep would hold them all at once. Every patch but the la
 into a host canvas (float32, or float16 when the VAE runs in half precision: its bf16 output is exact in float16);
 the last patch is streamed, and each of its chunks is blended with the canvas and yielded. GPU memory is one
 patch's caches and one chunk's activations; the host canvas is (P-1)/P of the video (4K, 4 patches, bf16 VAE:
-4.6 GB; 2K, 3 patches: 1.8 GB). With one patch there is no canvas and nothing waits.
+4.5 GiB; 2K, 3 patches: 1.8 GiB). With one patch there is no canvas and nothing waits.
 
 Blend masks follow the PixelWizard original: a patch has weight 1 except on its inner edges, where a half-cosine
 ramp of overlap * 16 px rises from 0 (leading edge) or falls to 0 (trailing edge). Neighbours share 2 * overlap

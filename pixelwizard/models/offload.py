@@ -3,9 +3,9 @@
 The transformer blocks (95% of the weights) live on the host in pinned memory; everything else (embeddings,
 time path, head, the HR adapter) moves to the GPU. When block i starts, block i + 1 is copied to the GPU on a
 side stream, so each copy overlaps a block's compute; after the last block, block 0 is fetched for the next
-forward. At most two blocks are on the GPU at once: at full size 2 x 0.31 GiB instead of 9.3 GiB.
+forward. At most two blocks are on the GPU at once: at full size 2 x 0.30 GiB instead of 9.14 GiB.
 
-Cost: the whole block stack crosses PCIe once per forward (9.3 GiB in bf16: ~0.4 s at 25 GB/s, PCIe 4 x16
+Cost: the whole block stack crosses PCIe once per forward (9.14 GiB in bf16: ~0.4 s at 25 GB/s, PCIe 4 x16
 pinned). A 2K/4K HR block computes for far longer than its copy takes, so there only the first block's copy shows;
 the LR stage (3,472 tokens) is copy-bound. bench/memory.py prices it per step; bench/gpu.py measures it.
 
