@@ -7,10 +7,11 @@ latent frame (1, then 4 pixel frames) at a time.
 Patches run one after another, because a stream's causal-conv caches (2 frames per temporal conv, at every
 decoder resolution) are its big state: at 4K they are ~55 GiB for the whole frame in float32, so streams of all
 patches advanced in lockstep would hold them all at once. Every patch but the last is decoded over the whole clip
-into a host canvas (float32, or float16 when the VAE runs in half precision: its bf16 output is exact in float16);
-the last patch is streamed, and each of its chunks is blended with the canvas and yielded. GPU memory is one
-patch's caches and one chunk's activations; the host canvas is (P-1)/P of the video (4K, 4 patches, bf16 VAE:
-4.5 GiB; 2K, 3 patches: 1.8 GiB). With one patch there is no canvas and nothing waits.
+into a host canvas (float32, or float16 when the VAE runs in half precision: bf16 output is exact in float16, and
+blend-band products round at 2^-11); the last patch is streamed, and each of its chunks is blended with the
+canvas and yielded. GPU memory is one patch's caches and one chunk's activations; the host canvas is (P-1)/P of
+the video (4K, 4 patches, bf16 VAE: 4.5 GiB; 2K, 3 patches: 1.8 GiB). With one patch there is no canvas and
+nothing waits.
 
 Blend masks follow the PixelWizard original: a patch has weight 1 except on its inner edges, where a half-cosine
 ramp of overlap * 16 px rises from 0 (leading edge) or falls to 0 (trailing edge). Neighbours share 2 * overlap
