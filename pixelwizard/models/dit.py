@@ -98,20 +98,26 @@ def apply_rope(x: Tensor, rotations: Tensor) -> Tensor:
     return rearrange(rotated, "b l n c two -> b l n (c two)").to(x.dtype)
 
 
+def cast(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """x in `dtype`, without dispatching a no-op `.to` when it already is (the LR stage is bound by per-op
+    overhead, and most casts of a bf16 model's float32 islands are no-ops)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 class Linear(nn.Linear):
     """nn.Linear whose input is cast to the weight dtype, so the layer's weights pick the matmul precision."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.to(self.weight.dtype))
+        return super().forward(cast(x, self.weight.dtype))
 
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed and returned in float32, whatever the dtype of input and affine parameters."""
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+        weight = None if self.weight is None else cast(self.weight, torch.float32)
+        bias = None if self.bias is None else cast(self.bias, torch.float32)
+        return F.layer_norm(cast(x, torch.float32), self.normalized_shape, weight, bias, self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -123,7 +129,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
+        y = F.rms_norm(cast(x, torch.float32), self.weight.shape, cast(self.weight, torch.float32), self.eps)
+        return cast(y, x.dtype)
 
 
 class Attention(nn.Module):
@@ -146,10 +153,15 @@ class Attention(nn.Module):
 
     def keys_values(self, source: Tensor, rope: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """source [B, l, D] -> k, v [B, l, N, Dh]; k rotated by rope [l, Dh/2] when given."""
-        source = source.to(self.k.weight.dtype)  # cast once for both projections
+        source = cast(source, self.k.weight.dtype)  # cast once for both projections
         k = rearrange(self.norm_k(self.k(source)), "b l (n d) -> b l n d", n=self.num_heads)
         v = rearrange(self.v(source), "b l (n d) -> b l n d", n=self.num_heads)
         return (k if rope is None else apply_rope(k, rope)), v
+
+    def project(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention's q, k, v [B, l, N, Dh] of x [B, l, D], rotated by rope [l, Dh/2]."""
+        x = cast(x, self.q.weight.dtype)
+        return (self.queries(x, rope), *self.keys_values(x, rope))
 
     def output(self, heads: Tensor) -> Tensor:
         """Attention result [B, l, N, Dh] -> [B, l, D]."""
@@ -224,11 +236,16 @@ class Block(nn.Module):
         whole shards: `whole_queries`); `cross_attend` the cross-attention kernel.
         """
         length = x.shape[1]
-        k, v = fill_rows(lambda r: self.self_attn.keys_values(self.modulated(x, e0, 0, r), rope[r]), length, chunk)
-        for rows in row_chunks(length, length if whole_queries else chunk):
-            q = self.self_attn.queries(self.modulated(x, e0, 0, rows), rope[rows])
-            x[:, rows] += self.self_attn.output(attend(q, k, v)) * self.adaln(e0, 2, rows)
-        del k, v
+        attn = self.self_attn
+        if whole_queries or length <= chunk:  # one query chunk: q, k, v from one adaLN pass
+            q, k, v = fill_rows(lambda r: attn.project(self.modulated(x, e0, 0, r), rope[r]), length, chunk)
+            queries = iter([(slice(None), q)])
+        else:  # the adaLN input is recomputed for the queries: cheap beside holding q whole
+            k, v = fill_rows(lambda r: attn.keys_values(self.modulated(x, e0, 0, r), rope[r]), length, chunk)
+            queries = ((r, attn.queries(self.modulated(x, e0, 0, r), rope[r])) for r in row_chunks(length, chunk))
+        for rows, q in queries:
+            x[:, rows] += attn.output(attend(q, k, v)) * self.adaln(e0, 2, rows)
+        del q, k, v
         context_k, context_v = self.cross_attn.keys_values(context)
         for rows in row_chunks(length, chunk):
             q = self.cross_attn.queries(self.norm3(x[:, rows]))
@@ -306,7 +323,7 @@ class WanDiT(nn.Module):
 
     def embed_time(self, t: Tensor) -> Tensor:
         """Timesteps [...] -> e = time_embedding(sinusoid(t)) [..., D], float32."""
-        return self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim)).float()
+        return cast(self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim)), torch.float32)
 
     def condition_time(self, t: Tensor, num_tokens: int, e_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """t [B] or [B, L] -> (e [B, 1|L, D], e0 [B, 1|L, 6, D]), float32.
@@ -323,7 +340,7 @@ class WanDiT(nn.Module):
         e = self.embed_time(t)
         if e_extra is not None:
             e = e + e_extra
-        e0 = rearrange(self.time_projection(e).float(), "b l (k d) -> b l k d", k=NUM_MODULATIONS)
+        e0 = rearrange(cast(self.time_projection(e), torch.float32), "b l (k d) -> b l k d", k=NUM_MODULATIONS)
         return e, e0
 
     def embed_text(self, context: Tensor | Sequence[Tensor]) -> Tensor:
@@ -343,7 +360,7 @@ class WanDiT(nn.Module):
         """[B, C, T, H, W] -> (tokens [B, L, D] float32, token grid (T', H', W'))."""
         if any(size % p for size, p in zip(x.shape[2:], self.config.patch_size)):
             raise ValueError(f"latent {tuple(x.shape)}: T, H, W must be multiples of patch {self.config.patch_size}")
-        tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
+        tokens = self.patch_embedding(cast(x, self.patch_embedding.weight.dtype))
         grid = tuple(tokens.shape[2:])
         # The residual stream must be contiguous: the blocks update its rows in place.
         tokens = rearrange(tokens, "b d t h w -> b (t h w) d")
@@ -353,7 +370,7 @@ class WanDiT(nn.Module):
         """[B, L, p·q·r·C] -> [B, C, T'·p, H'·q, W'·r] float32; channels are the fastest index of a patch row."""
         (t, h, w), (p, q, r) = grid, self.config.patch_size
         pattern = "b (t h w) (p q r c) -> b c (t p) (h q) (w r)"
-        return rearrange(tokens, pattern, t=t, h=h, w=w, p=p, q=q, r=r).float()
+        return cast(rearrange(tokens, pattern, t=t, h=h, w=w, p=p, q=q, r=r), torch.float32)
 
     def forward(
         self,
