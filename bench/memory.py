@@ -46,7 +46,7 @@ from report import report  # noqa: E402
 
 from pixelwizard.io.patched_decode import decode_patched  # noqa: E402
 from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig  # noqa: E402
-from pixelwizard.models.dit import WanDiT  # noqa: E402
+from pixelwizard.models.dit import WanDiT, rope_for_grid  # noqa: E402
 from pixelwizard.models.hr_model import HRDiT  # noqa: E402
 from pixelwizard.models.vae import WanVAE  # noqa: E402
 from pixelwizard.pipeline.presets import get_preset  # noqa: E402
@@ -191,7 +191,10 @@ def counting(device: str, block: int = CUDA_BLOCK, fake: bool = True) -> Iterato
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     tracker = LiveBytes(block)
-    with contextlib.ExitStack() as stack:
+    rope_for_grid.cache_clear()  # a cached table must not cross between fake and real tensors
+    stack = contextlib.ExitStack()
+    stack.callback(rope_for_grid.cache_clear)
+    with stack:
         if fake:
             stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
             stack.enter_context(ScalarReads())
