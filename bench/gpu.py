@@ -198,10 +198,10 @@ def hr_forward_time(model: HRDiT, preset: Preset, device: str) -> dict:
         def forward() -> None:
             model(x, t, dt, [cond.prompt], features)
 
-        with first_blocks(model, fewer):
-            base = timed(forward, device)
+        with first_blocks(model, fewer):  # seconds per call at 2K/4K: one timed call after the warm-up
+            base = timed(forward, device, repeats=1)
         with first_blocks(model, more):
-            some = timed(forward, device)
+            some = timed(forward, device, repeats=1)
     per_block = (some - base) / (more - fewer)
     seconds = base + (config.num_layers - fewer) * per_block
     tokens = tokens_of(config, x.shape)
