@@ -49,7 +49,7 @@ def test_method_matches_real_cpu_allocations():
     rows = {(r["validate"], r["dtype"]): r for r in memory.validate()}
     assert all(abs(r["error_vs_visible"]) < 0.005 for r in rows.values()), rows
     assert abs(rows["hr", "float32"]["error_vs_allocated"]) < 0.05, rows
-    assert all(-0.2 < r["error_vs_allocated"] <= 0.005 for r in rows.values()), rows
+    assert all(-0.25 < r["error_vs_allocated"] <= 0.005 for r in rows.values()), rows
 
 
 @pytest.mark.slow
