@@ -1,192 +1,347 @@
-"""`pixelwizard`: generate 2K/4K videos from prompt files, re-decode saved latents, check a batch's status."""
+"""`pixelwizard`: generate 2K/4K videos from prompts, re-decode saved latents, see a batch's state."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import signal
+import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 from rich.console import Console
-from rich.table import Table
 
+from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
 from pixelwizard.checkpoints.strict import CheckpointError
-from pixelwizard.pipeline.plan import RUN_CONFIG, Plan, decode_tag
-from pixelwizard.pipeline.presets import PRESETS
-from pixelwizard.pipeline.prompts import PromptFileError, read_prompts
-from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
-from pixelwizard.pipeline.runner import REPO, RunBusyError, run_workflow
+from pixelwizard.io.files import write_atomic
+from pixelwizard.models.config import ConfigError
+from pixelwizard.pipeline import checks, runner, status
+from pixelwizard.pipeline.gpu_lease import visible_gpus
+from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
+from pixelwizard.pipeline.live import LiveView
+from pixelwizard.pipeline.plan import STOP_AFTER, Plan
+from pixelwizard.pipeline.presets import PRESETS, PresetError, parse_setting, setting_help
+from pixelwizard.pipeline.prompts import PromptFileError, read_ids, read_prompts, single_prompt
+from pixelwizard.pipeline.run_config import RunConfig, RunConfigError, defaults, option_help
+from pixelwizard.pipeline.snapshot import RunSnapshot
+from pixelwizard.pipeline.stages import STAGES, lineage
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console(stderr=True)
-USER_ERRORS = (RunConfigError, PromptFileError, CheckpointError, RunBusyError, FileNotFoundError, ValueError)
-DEMO_PROMPTS = REPO / "prompts" / "demo.txt"
+console = Console(stderr=True, soft_wrap=True)  # one line stays one line in logs and pipes
+USER_ERRORS = (RunConfigError, PresetError, PromptFileError, CheckpointError, ConfigError, runner.RunBusyError,
+               FileNotFoundError, ValueError)
 
 
-def fail(err: Exception, verbose: bool) -> None:
+def config_option(name: str, *flags: str) -> typer.models.OptionInfo:
+    """An option whose default and help come from the run configuration's schema."""
+    return typer.Option(defaults()[name], *flags, help=option_help(name))
+
+
+def setting_option(name: str) -> typer.models.OptionInfo:
+    """An option overriding one preset setting; its help comes from the preset's schema."""
+    values = {p: getattr(preset, name) for p, preset in PRESETS.items() if p != "tiny"}
+    shown = ", ".join(f"{p}: {v}" for p, v in values.items()) if all(len(str(v)) < 16 for v in values.values()) else ""
+    return typer.Option(None, help=setting_help(name) + (f" (preset {shown})" if shown else ""), show_default=False)
+
+
+OUT = typer.Option(..., "--out", "-o", help="Output directory (resumable: run the same command again to go on)")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Snakemake's own output and full tracebacks")
+QUIET = typer.Option(False, "--quiet", "-q", help="One line per finished prompt instead of the live view")
+NUM_PATCHES, PATCH_DIM, OVERLAP, FPS = (setting_option(n) for n in ("num_patches", "patch_dim", "overlap", "fps"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a command that runs stage jobs runs them."""
+
+    profile: str = "local"
+    cores: Optional[int] = None
+    jobs: Optional[int] = None
+    dry_run: bool = False
+    verbose: bool = False
+    quiet: bool = False
+
+
+RUN_OPTIONS = {
+    "profile": (str, typer.Option("local", help="Snakemake profile: local (this machine) or slurm")),
+    "cores": (Optional[int], typer.Option(None, help="Jobs at once on this machine (default: one per visible GPU, "
+                                                     "at least 1)", show_default=False)),
+    "jobs": (Optional[int], typer.Option(None, help="Jobs submitted at once (cluster profiles)", show_default=False)),
+    "dry_run": (bool, typer.Option(False, "--dry-run", "-n", help="Show what would run; change nothing")),
+    "verbose": (bool, VERBOSE),
+    "quiet": (bool, QUIET),
+}
+
+
+def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the options of RUN_OPTIONS, passed to it as one `run: RunOptions`."""
+    signature = inspect.signature(command)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in RUN_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**values: object) -> None:
+        run = RunOptions(**{name: values.pop(name) for name in RUN_OPTIONS})
+        command(**values, run=run)
+
+    hints = typing.get_type_hints(command)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+           if p.name != "run"]
+    wrapper.__signature__ = signature.replace(parameters=[*own, *extra])
+    wrapper.__annotations__ = {}
+    return wrapper
+
+
+def fail(err: BaseException, verbose: bool) -> None:
     """Users get one line naming the problem and the fix; tracebacks are for --verbose."""
     if verbose:
         console.print_exception()
-    console.print(f"[bold red]error:[/] {err}")
+    console.print(f"[bold red]error:[/] {err}", highlight=False)
     raise typer.Exit(2)
 
 
 def parse_sets(pairs: list[str]) -> dict:
-    """`--set key=value` pairs; values are YAML (numbers, booleans, strings)."""
+    """`--set KEY=VALUE` pairs, each converted to its setting's type."""
     settings = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise RunConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY a preset setting")
-        settings[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        if not sep or not key.strip():
+            raise PresetError(f"--set {pair!r}: expected KEY=VALUE with KEY a preset setting")
+        key = key.strip().replace("-", "_")
+        settings[key] = parse_setting(key, value.strip())
     return settings
 
 
-def decode_settings(num_patches, patch_dim, overlap, fps) -> dict:
-    return {"num_patches": num_patches, "patch_dim": patch_dim, "overlap": overlap, "fps": fps}
+def parse_shard_sizes(values: list[str]) -> dict[str, int]:
+    """`--shard-size N` (every stage) or `--shard-size STAGE=N`, repeatable."""
+    sizes: dict[str, int] = {}
+    for value in values:
+        stage, sep, number = value.rpartition("=")
+        names = [stage] if sep else list(STAGES)
+        if sep and stage not in STAGES:
+            raise RunConfigError(f"--shard-size {value}: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        if not number.isdigit() or int(number) < 1:
+            raise RunConfigError(f"--shard-size {value}: give a whole number >= 1, or STAGE=N")
+        sizes.update(dict.fromkeys(names, int(number)))
+    return sizes
 
 
 @app.command()
+@with_run_options
 def generate(
-    prompts: Path = typer.Argument(..., help="Prompt file: .txt (one per line) or .jsonl (id, text)"),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory (resumable: run again to continue)"),
-    ckpt_dir: Path = typer.Option(..., help="Wan2.2-TI2V-5B checkpoint directory"),
-    hr_ckpt: Path = typer.Option(..., help="PixelWizard HR model.pt (2k/ or 4k/)"),
-    lr_ckpt: Optional[Path] = typer.Option(None, help="Fine-tuned LR model.pt (default: the base DiT)"),
-    preset: str = typer.Option("2k", help=f"One of {', '.join(PRESETS)}"),
-    profile: str = typer.Option("local", help="Snakemake profile under profiles/ (local, slurm)"),
-    cores: int = typer.Option(1, help="Local cores for Snakemake"),
-    jobs: Optional[int] = typer.Option(None, help="Concurrent jobs (cluster profiles)"),
-    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Show what would run"),
-    until: Optional[str] = typer.Option(None, help="Stop after a stage: 'lr' = text + LR anchors + previews"),
-    shard_size: int = typer.Option(8, help="Prompts per stage job (models load once per job)"),
-    device: str = typer.Option("auto", help="auto, cuda or cpu"),
-    dtype: str = typer.Option("bfloat16", help="DiT weights on GPU: bfloat16 or float32"),
-    lr_preview: bool = typer.Option(True, help="Write a 448x256 MP4 preview of each LR anchor"),
-    hr_gpus: int = typer.Option(1, help="GPUs (torchrun processes) per HR job: Ulysses + FSDP when > 1"),
-    decode_gpus: int = typer.Option(1, help="GPUs (torchrun processes) per decode job: patches spread over them"),
-    seed: Optional[int] = typer.Option(None, help="Base seed (per-prompt seeds derive from it and the id)"),
-    frames: Optional[int] = typer.Option(None, help="Frames, 4n+1"),
-    fps: Optional[int] = typer.Option(None),
-    lr_steps: Optional[int] = typer.Option(None),
-    lr_shift: Optional[float] = typer.Option(None),
-    lr_guidance: Optional[float] = typer.Option(None),
-    hr_steps: Optional[int] = typer.Option(None),
-    hr_shift: Optional[float] = typer.Option(None),
-    hr_guidance: Optional[float] = typer.Option(None),
-    hr_solver: Optional[str] = typer.Option(None, help="unipc, dpm++ or euler"),
-    negative_prompt: Optional[str] = typer.Option(None),
-    num_patches: Optional[int] = typer.Option(None, help="Decode patches"),
-    patch_dim: Optional[str] = typer.Option(None, help="Split decode patches along w or h"),
-    overlap: Optional[int] = typer.Option(None, help="Decode patch overlap, latent units (16 px)"),
+    prompts: Optional[Path] = typer.Argument(None, help=option_help("prompts"), show_default=False),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt's text instead of a prompt file"),
+    out: Path = OUT,
+    ckpt_dir: Path = typer.Option(..., help=option_help("ckpt_dir")),
+    hr_ckpt: Path = typer.Option(..., help=option_help("hr_ckpt")),
+    lr_ckpt: Optional[Path] = config_option("lr_ckpt"),
+    preset: str = config_option("preset"),
+    only: Optional[Path] = config_option("only"),
+    until: Optional[str] = typer.Option(None, help="Stop after a stage: lr (text, LR anchors, previews) or hr"),
+    shard_size: list[str] = typer.Option([], help="Prompts per job: N for every stage, or STAGE=N (repeatable)"),
+    previews: bool = config_option("previews"),
+    device: str = config_option("device"),
+    dtype: str = config_option("dtype"),
+    attention: str = config_option("attention"),
+    offload: bool = config_option("offload"),
+    hr_gpus: int = config_option("hr_gpus"),
+    decode_gpus: int = config_option("decode_gpus"),
+    seed: Optional[int] = setting_option("seed"),
+    frames: Optional[int] = setting_option("frames"),
+    lr_steps: Optional[int] = setting_option("lr_steps"),
+    lr_shift: Optional[float] = setting_option("lr_shift"),
+    lr_guidance: Optional[float] = setting_option("lr_guidance"),
+    hr_steps: Optional[int] = setting_option("hr_steps"),
+    hr_shift: Optional[float] = setting_option("hr_shift"),
+    hr_guidance: Optional[float] = setting_option("hr_guidance"),
+    hr_solver: Optional[str] = setting_option("hr_solver"),
+    negative_prompt: Optional[str] = setting_option("negative_prompt"),
+    num_patches: Optional[int] = NUM_PATCHES,
+    patch_dim: Optional[str] = PATCH_DIM,
+    overlap: Optional[int] = OVERLAP,
+    fps: Optional[int] = FPS,
     set_: list[str] = typer.Option([], "--set", help="Any other preset setting, KEY=VALUE (repeatable)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    *,
+    run: RunOptions,
 ) -> None:
-    """Generate videos for every prompt in PROMPTS into OUT (text -> LR -> HR -> decode)."""
+    """Generate a video for every prompt (text -> LR anchor -> HR shortcut -> decode) into OUT."""
     try:
-        settings = {
-            "seed": seed, "frames": frames, "lr_steps": lr_steps, "lr_shift": lr_shift, "lr_guidance": lr_guidance,
-            "hr_steps": hr_steps, "hr_shift": hr_shift, "hr_guidance": hr_guidance, "hr_solver": hr_solver,
-            "negative_prompt": negative_prompt, **decode_settings(num_patches, patch_dim, overlap, fps),
-            **parse_sets(set_),
-        }
-        run = RunConfig(
-            prompts=str(prompts.resolve()), out=str(out.resolve()), ckpt_dir=str(ckpt_dir.resolve()),
-            hr_ckpt=str(hr_ckpt.resolve()), lr_ckpt=str(lr_ckpt.resolve()) if lr_ckpt else None, preset=preset,
-            settings={k: v for k, v in settings.items() if v is not None}, shard_size=shard_size,
-            lr_preview=lr_preview, device=device, dtype=dtype, hr_gpus=hr_gpus,
-            decode_gpus=decode_gpus,
-        )
-    except USER_ERRORS as err:
-        fail(err, verbose)
-    launch(run, profile=profile, cores=cores, jobs=jobs, dry_run=dry_run, until=until, quiet=quiet, verbose=verbose)
-
-
-STOP_AFTER = {"lr": ("lr", "lr_preview")}  # --until: the stages whose shard markers become the targets
-
-
-def launch(run: RunConfig, *, profile: str, cores: int, jobs: int | None, dry_run: bool, until: str | None,
-           quiet: bool, verbose: bool) -> None:
-    """Check the inputs, record the run configuration in OUT and drive the workflow; exits with its code."""
-    out = Path(run.out)
-    try:
+        if (prompts is None) == (prompt is None):
+            raise RunConfigError("give a prompt file or --prompt TEXT (one of them)")
         if until is not None and until not in STOP_AFTER:
-            raise RunConfigError(f"--until {until!r}: choose one of {', '.join(STOP_AFTER)}")
-        check_inputs(run)
-        out.mkdir(parents=True, exist_ok=True)
-        run.save(out / RUN_CONFIG)
-        targets = []
-        if until is not None:
-            plan = Plan.from_run(run)
-            stages = [s for s in STOP_AFTER[until] if s != "lr_preview" or run.lr_preview]
-            targets = [marker for stage in stages for marker in plan.markers(stage)]
-        code = run_workflow(out, profile=profile, cores=cores, jobs=jobs, dry_run=dry_run, targets=targets,
-                            quiet=quiet)
+            raise RunConfigError(f"--until {until}: choose one of {', '.join(STOP_AFTER)}")
+        items = single_prompt(prompt) if prompt is not None else read_prompts(prompts)
+        chosen = read_ids(only, items) if only is not None else None
+        settings = {k: v for k, v in dict(
+            seed=seed, frames=frames, lr_steps=lr_steps, lr_shift=lr_shift, lr_guidance=lr_guidance,
+            hr_steps=hr_steps, hr_shift=hr_shift, hr_guidance=hr_guidance, hr_solver=hr_solver,
+            negative_prompt=negative_prompt, num_patches=num_patches, patch_dim=patch_dim, overlap=overlap,
+            fps=fps).items() if v is not None}
+        config = RunConfig(
+            prompts=PROMPTS, only=ONLY if chosen is not None else None, ckpt_dir=str(ckpt_dir.resolve()),
+            hr_ckpt=str(hr_ckpt.resolve()), lr_ckpt=str(lr_ckpt.resolve()) if lr_ckpt else None, preset=preset,
+            settings={**settings, **parse_sets(set_)}, shard_sizes=parse_shard_sizes(shard_size),
+            previews=previews, device=device, dtype=dtype, attention=attention, offload=offload, hr_gpus=hr_gpus,
+            decode_gpus=decode_gpus)
     except USER_ERRORS as err:
-        fail(err, verbose)
-    if code == 0 and not dry_run:
-        console.print(f"[green]done:[/] {out}  (pixelwizard status {out})")
-    raise typer.Exit(code)
-
-
-def check_inputs(run: RunConfig) -> None:
-    """Everything that can be checked in a second, checked before hours of sampling."""
-    from pixelwizard.checkpoints.wan import check_checkpoint_dir
-
-    read_prompts(Path(run.prompts))
-    check_checkpoint_dir(Path(run.ckpt_dir))
-    for name in ("hr_ckpt", "lr_ckpt"):
-        path = getattr(run, name)
-        if path is not None and not Path(path).is_file():
-            raise CheckpointError(f"{path}: --{name.replace('_', '-')} file not found")
+        fail(err, run.verbose)
+    raise typer.Exit(execute(out.resolve(), config, items, chosen, run, until=until, record=True))
 
 
 @app.command()
+@with_run_options
 def decode(
     out: Path = typer.Argument(..., help="Output directory of a generate run"),
-    num_patches: Optional[int] = typer.Option(None),
-    patch_dim: Optional[str] = typer.Option(None),
-    overlap: Optional[int] = typer.Option(None),
-    fps: Optional[int] = typer.Option(None),
-    cores: int = typer.Option(1),
-    profile: str = typer.Option("local"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    num_patches: Optional[int] = NUM_PATCHES,
+    patch_dim: Optional[str] = PATCH_DIM,
+    overlap: Optional[int] = OVERLAP,
+    fps: Optional[int] = FPS,
+    decode_gpus: Optional[int] = typer.Option(None, help=option_help("decode_gpus"), show_default=False),
+    *,
+    run: RunOptions,
 ) -> None:
-    """Re-decode saved HR latents with other patch settings; the videos go beside the old ones."""
+    """Decode OUT's HR latents again with other patch settings; the videos go beside the old ones
+    (OUT/decode/<tag>/), and nothing else of the run changes."""
+    out = out.resolve()
     try:
-        out = out.resolve()
-        run = RunConfig.load(out / RUN_CONFIG)
-        changes = {k: v for k, v in decode_settings(num_patches, patch_dim, overlap, fps).items() if v is not None}
-        run = RunConfig.from_mapping({**run.to_mapping(), "settings": {**run.settings, **changes}})
-        run.save(out / RUN_CONFIG)
-        plan = Plan.from_run(run)
-        marker = f"decode-{decode_tag(run.resolved_preset())}"
-        targets = plan.markers(marker)
-        code = run_workflow(out, profile=profile, cores=cores, targets=targets, allowed_rules=["decode"])
+        config = RunConfig.load(Layout(out).config)
+        config = config.with_settings(num_patches=num_patches, patch_dim=patch_dim, overlap=overlap, fps=fps)
+        if decode_gpus is not None:
+            config = dataclasses.replace(config, decode_gpus=decode_gpus)
+        items = read_prompts(out / config.prompts)
+        chosen = read_ids(out / config.only, items) if config.only else None
     except USER_ERRORS as err:
-        fail(err, verbose)
-    raise typer.Exit(code)
+        fail(err, run.verbose)
+    raise typer.Exit(execute(out, config, items, chosen, run, until=None, record=False, stages=["decode"]))
 
 
-@app.command()
-def status(out: Path = typer.Argument(..., help="Output directory of a generate run"),
-           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Per stage: done / missing / failed prompts, and the ids that failed."""
-    from pixelwizard.pipeline.status import stage_status
-
+def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] | None, run: RunOptions, *,
+            until: str | None, record: bool, stages: list[str] | None = None) -> int:
+    """Check everything up front, take OUT's lock, record the run, plan it and run it; returns the exit code.
+    `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode). Nothing in
+    OUT changes before the lock is held, and nothing at all in a dry run or a refused one."""
+    layout = Layout(out)
     try:
-        run = RunConfig.load(out.resolve() / RUN_CONFIG)
-        rows = stage_status(run)
+        checks.check_out(out)
+        checks.check_checkpoints(config)
+        cache = DigestCache(layout.digests, persist=False)  # written once OUT's lock is held
+        gpus = len(visible_gpus())
+        snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
+        checks.check_parallelism(snapshot, gpus)
+        checks.check_patches(snapshot)
+        plan = Plan(snapshot, layout)
+        wanted = [s for s in (STOP_AFTER[until] if until else [s.name for s in plan.stages])
+                  if s in plan.shards and (stages is None or s in stages)]
+        shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
+        rows = status.collect(snapshot, layout, shown)
+        if run.dry_run:
+            return dry_run_report(plan, rows)
+        targets = plan.targets(until) if stages is None else ready_markers(plan, wanted)
+        checks.check_disk(snapshot, out, [p for row in rows for p in row.problems])
+        with runner.run_lock(layout) as lock:
+            cache.save()
+            if record:
+                write_atomic(layout.prompts, "".join(p.to_json() + "\n" for p in items))
+                if chosen is not None:
+                    write_atomic(layout.only, "".join(f"{i}\n" for i in chosen))
+                config.save(layout.config)
+            snapshot_path = snapshot.save(layout).relative_to(out)
+            before = prepare(plan, shown, stages)
+            command = runner.snakemake_command(layout, snapshot_path, targets, profile=run.profile,
+                                               cores=run.cores or max(1, gpus), jobs=run.jobs,
+                                               allowed_rules=stages or ())
+            start = time.monotonic()
+            with LiveView(layout, before, console, quiet=run.quiet) as view:
+                outcome = runner.run_snakemake(layout, command, lock, verbose=run.verbose, on_tick=view.tick)
     except USER_ERRORS as err:
-        fail(err, verbose)
-    table = Table(title=f"{out}  ({run.preset}, {sum(len(s) for s in Plan.from_run(run).shards.values())} prompts)")
-    for column in ("stage", "done", "missing", "failed", "failed ids"):
-        table.add_column(column)
+        fail(err, run.verbose)
+    return summary(snapshot, layout, shown, outcome, time.monotonic() - start)
+
+
+def announce_hashing(path: Path, done: int, size: int) -> None:
+    """A line when a big checkpoint file starts being hashed (once; its digest is cached in OUT)."""
+    if done <= CHUNK_BYTES and size > 2**30:
+        console.print(f"hashing {path} ({size / 1e9:.1f} GB; once, the digest is kept in OUT)", highlight=False)
+
+
+def ready_markers(plan: Plan, stages: list[str]) -> list[Path]:
+    """The markers of the shards of `stages` whose inputs are made (`decode` runs no other stage)."""
+    ready = [plan.marker(stage, shard) for stage in stages for shard in plan.shards[stage]
+             if all(m.exists() for m in plan.input_markers(stage, shard))]
+    if not ready:
+        raise RunConfigError(f"{plan.layout.out}: no HR latents for these prompts and settings yet; run "
+                             "`pixelwizard generate` first")
+    return ready
+
+
+def _with_lineage(stages: list[str]) -> set[str]:
+    return {s for stage in stages for s in lineage(stage)}
+
+
+def prepare(plan: Plan, shown: list[str], stages: list[str] | None) -> list[status.StageStatus]:
+    """Every output's state as the run starts (under OUT's lock); the markers of shards holding an output that is
+    not done go, so that Snakemake runs those jobs again (a failed, missing, stale or corrupt output)."""
+    rows = status.collect(plan.snapshot, plan.layout, shown)
     for row in rows:
-        ids = ", ".join(row.failed_ids[:10]) + (" ..." if len(row.failed_ids) > 10 else "")
-        table.add_row(row.stage, str(row.done), str(row.missing), str(len(row.failed_ids)), ids)
-    Console().print(table)
+        if stages is None or row.stage in stages:
+            for shard in {plan.shard_of(row.stage, p.id) for p in row.problems}:
+                plan.marker(row.stage, shard).unlink(missing_ok=True)
+    return rows
+
+
+def dry_run_report(plan: Plan, rows: list[status.StageStatus]) -> int:
+    try:
+        runner.check_free(plan.layout)
+    except runner.RunBusyError as busy:
+        console.print(f"note: {busy}", highlight=False)
+    console.print(status.table(rows, f"{plan.layout.out} (dry run: nothing was changed)"))
+    for row in rows:
+        shards = {plan.shard_of(row.stage, p.id) for p in row.problems}
+        if shards:
+            console.print(f"  {row.label}: {len(row.problems)} outputs to make in {len(shards)} job(s)",
+                          highlight=False)
+    status.print_problems(console, rows)
+    return 0
+
+
+def summary(snapshot: RunSnapshot, layout: Layout, shown: list[str], outcome: runner.Outcome, seconds: float) -> int:
+    """The outcome in a line (or the table of what was not made, with why) and the exit code."""
+    rows = status.collect(snapshot, layout, shown)
+    left = sum(row.total - row.counts["done"] for row in rows)
+    if outcome.stop_signal is not None:
+        name = signal.Signals(outcome.stop_signal).name
+        console.print(f"[yellow]stopped[/] by {name} after {seconds:.0f} s: nothing half-written was kept; "
+                      f"{left} outputs still to make; run the same command again to go on", highlight=False)
+        return 128 + outcome.stop_signal
+    if left == 0 and outcome.code == 0:
+        console.print(f"[green]done:[/] {layout.out} in {seconds:.0f} s  (pixelwizard status {layout.out})",
+                      highlight=False)
+        return 0
+    console.print(status.table(rows, f"{layout.out}: not everything was made"))
+    status.print_problems(console, rows)
+    if outcome.code != 0:
+        console.print(f"Snakemake stopped with code {outcome.code}; its log: {outcome.log}", highlight=False)
+    console.print("Run the same command again to retry what failed.", highlight=False)
+    return 1
+
+
+@app.command("status")
+def show_status(out: Path = typer.Argument(..., help="Output directory of a generate run"),
+                verbose: bool = VERBOSE) -> None:
+    """Per stage: done, stale (with what changed), missing, blocked, failed (with the error) and corrupt outputs."""
+    out = out.resolve()
+    try:
+        snapshot = status.last_snapshot(out)
+        rows = status.collect(snapshot, Layout(out))
+    except USER_ERRORS as err:
+        fail(err, verbose)
+    title = f"{out}  ({snapshot.config.preset}, {len(snapshot.prompts)} prompts)"
+    Console().print(status.table(rows, title))
+    status.print_problems(Console(), rows)
 
 
 @app.command("make-tiny-weights")
@@ -195,23 +350,29 @@ def make_tiny_weights(directory: Path = typer.Argument(..., help="Where to write
     """Tiny random-weight checkpoints in the real layouts (Wan2.2 directory, PixelWizard lr/ and tiny/ model.pt)."""
     from pixelwizard.checkpoints.tiny import write_tiny_weights
 
-    paths = write_tiny_weights(directory, seed=seed)
-    for name, path in paths.items():
-        console.print(f"{name}: {path}")
+    for name, path in write_tiny_weights(directory, seed=seed).items():
+        console.print(f"{name}: {path}", highlight=False)
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o"), cores: int = typer.Option(2),
-         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """The whole pipeline on tiny random weights (CPU, a few minutes): MP4s and contact sheets in OUT/videos."""
+def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output directory"),
+         cores: int = typer.Option(2, help="Jobs at once"), verbose: bool = VERBOSE, quiet: bool = QUIET) -> None:
+    """The whole pipeline on tiny random weights (CPU, well under a minute): videos in OUT/decode/, the weights in
+    OUT/weights/ (use them with `generate --preset tiny`)."""
     from pixelwizard.checkpoints.tiny import write_tiny_weights
 
     out = out.resolve()
     paths = write_tiny_weights(out / "weights", seed=0)
-    run = RunConfig(prompts=str(DEMO_PROMPTS), out=str(out), preset="tiny", shard_size=2,
-                    **{k: str(v) for k, v in paths.items()})
-    launch(run, profile="local", cores=cores, jobs=None, dry_run=False, until=None, quiet=False, verbose=verbose)
+    items = read_prompts(runner.workflow_files() / "prompts" / "demo.txt")
+    config = RunConfig(prompts=PROMPTS, preset="tiny", shard_sizes=dict.fromkeys(STAGES, 2),
+                       **{k: str(v) for k, v in paths.items()})
+    run = RunOptions(cores=cores, verbose=verbose, quiet=quiet)
+    raise typer.Exit(execute(out, config, items, None, run, until=None, record=True))
+
+
+def main() -> None:
+    app()
 
 
 if __name__ == "__main__":
-    app()
+    main()

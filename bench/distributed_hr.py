@@ -28,10 +28,11 @@ from report import report
 from pixelwizard import distributed
 from pixelwizard.checkpoints.tiny import randomize_
 from pixelwizard.checkpoints.trainer import load_hr_model, save_trainer_checkpoint
-from pixelwizard.models.config import DiTConfig, config_from_json, config_to_json
+from pixelwizard.models.config import DiTConfig, VAEConfig, config_from_json, config_to_json
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.pipeline.presets import get_preset
-from pixelwizard.sampling.samplers import Conditioning, latent_shape, sample_hr
+from pixelwizard.sampling.samplers import Conditioning, sample_hr
+from pixelwizard.sampling.seeds import gaussian_noise
 
 # head_dim 128 as in the real model; 4 heads divide over 1, 2 and 4 ranks; 16 thin blocks so that one gathered
 # block is a small part of the model, as one of the real 30 is.
@@ -60,11 +61,13 @@ def worker(ckpt_dir: Path) -> None:
     gen = torch.Generator().manual_seed(0)
     cond = Conditioning(torch.randn(64, config.text_dim, generator=gen),
                         torch.randn(32, config.text_dim, generator=gen))
-    lr_latent = torch.randn(latent_shape(config.out_dim, preset.frames, preset.lr_width, preset.lr_height),
-                            generator=gen)
+    geometry = VAEConfig()
+    lr_latent = torch.randn(geometry.latent_shape(preset.frames, preset.lr_height, preset.lr_width), generator=gen)
+    noise = gaussian_noise(geometry.latent_shape(preset.frames, preset.height, preset.width), seed=0)
     stamps = []
     start = time.perf_counter()
-    sample_hr(model, cond, lr_latent, preset, seed=0, on_step=lambda done, total: stamps.append(time.perf_counter()))
+    sample_hr(model, cond, lr_latent, noise, **preset.hr_sampling(),
+              on_step=lambda done, total: done and stamps.append(time.perf_counter()))
     steps = [b - a for a, b in zip([start, *stamps], stamps)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     mine = (baseline, peak, distributed.local_parameter_bytes(model) / 2**20)
@@ -72,7 +75,7 @@ def worker(ckpt_dir: Path) -> None:
     if processes > 1:
         dist.all_gather_object(per_rank, mine)
     if distributed.is_writer():
-        _, t, h, w = latent_shape(config.out_dim, preset.frames, preset.width, preset.height)
+        _, t, h, w = noise.shape
         print(json.dumps({
             "processes": processes, "threads_per_rank": torch.get_num_threads(), "device": "cpu (gloo)",
             "config": "small " + json.dumps(SMALL), "tokens": t * (h // 2) * (w // 2), "hr_steps": preset.hr_steps,

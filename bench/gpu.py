@@ -45,7 +45,10 @@ from pixelwizard.models.dit import WanDiT  # noqa: E402
 from pixelwizard.models.hr_model import HRDiT  # noqa: E402
 from pixelwizard.models.vae import WanVAE  # noqa: E402
 from pixelwizard.pipeline.presets import Preset, get_preset  # noqa: E402
-from pixelwizard.sampling.samplers import Conditioning, latent_shape, sample_hr, sample_lr  # noqa: E402
+from pixelwizard.sampling.samplers import Conditioning, sample_hr, sample_lr  # noqa: E402
+from pixelwizard.sampling.seeds import gaussian_noise  # noqa: E402
+
+latent_shape = VAEConfig().latent_shape  # [48, T, H/16, W/16]: the tiny VAEs share the geometry
 
 SECTIONS = ("matmul", "hr", "fidelity", "stages", "lr", "decode", "load", "offload")
 BLOCKS_TIMED = 3
@@ -153,8 +156,8 @@ def conditioning(config: DiTConfig, device: str) -> Conditioning:
 
 def hr_inputs(config: DiTConfig, preset: Preset, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
-    hr = latent_shape(config.out_dim, preset.frames, preset.width, preset.height)
-    lr = latent_shape(config.out_dim, preset.frames, preset.lr_width, preset.lr_height)
+    hr = latent_shape(preset.frames, preset.height, preset.width)
+    lr = latent_shape(preset.frames, preset.lr_height, preset.lr_width)
     return torch.randn(1, *hr, generator=gen).to(device), torch.randn(1, *lr, generator=gen).to(device)
 
 
@@ -272,16 +275,18 @@ def section_stages(scale: Scale, results: dict) -> None:
         cond = conditioning(scale.dit, device)
         with peak_memory(device) as measured["lr"]:
             start = time.perf_counter()
-            lr_latent = sample_lr(lr_model, cond, preset, seed=0)
+            noise = gaussian_noise(latent_shape(preset.frames, preset.lr_height, preset.lr_width), seed=0)
+            lr_latent = sample_lr(lr_model, cond, noise, **preset.lr_sampling())
             sync(device)
             measured["lr"]["seconds"] = round(time.perf_counter() - start, 2)
         del lr_model
         hr_model = random_model(HRDiT, scale.dit, device)
         with peak_memory(device) as measured["hr"], first_blocks(hr_model, BLOCKS_TIMED):
-            sample_hr(hr_model, cond, lr_latent, preset, seed=0)
+            noise = gaussian_noise(latent_shape(preset.frames, preset.height, preset.width), seed=0)
+            sample_hr(hr_model, cond, lr_latent, noise, **preset.hr_sampling())
         del hr_model
         vae = random_model(WanVAE, scale.vae, device)
-        z = torch.randn(latent_shape(scale.vae.z_dim, 1 + 4 * (DECODE_FRAMES - 1), preset.width, preset.height))
+        z = torch.randn(latent_shape(1 + 4 * (DECODE_FRAMES - 1), preset.height, preset.width))
         with peak_memory(device) as measured["decode"]:
             for _ in decode_patched(vae, z.to(device), num_patches=preset.num_patches, patch_dim=preset.patch_dim,
                                     overlap=preset.overlap):
@@ -311,7 +316,7 @@ def section_lr(scale: Scale, results: dict) -> None:
     preset = scale.presets["2k"]
     model = random_model(WanDiT, config, device)
     cond = conditioning(config, device)
-    shape = latent_shape(config.out_dim, preset.frames, preset.lr_width, preset.lr_height)
+    shape = latent_shape(preset.frames, preset.lr_height, preset.lr_width)
     x = torch.randn(1, *shape, device=device)
     t = torch.tensor([900.0], device=device)
     contexts = [cond.prompt, cond.uncond]
@@ -345,7 +350,7 @@ def section_decode(scale: Scale, results: dict) -> None:
     rows = results.setdefault("decode", [])
 
     def run(vae: WanVAE, preset: Preset, patches: int) -> dict:
-        z = torch.randn(latent_shape(scale.vae.z_dim, 1 + 4 * (DECODE_FRAMES - 1), preset.width, preset.height),
+        z = torch.randn(latent_shape(1 + 4 * (DECODE_FRAMES - 1), preset.height, preset.width),
                         generator=torch.Generator().manual_seed(2)).to(device)
         with peak_memory(device) as row:
             sync(device)

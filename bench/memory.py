@@ -50,7 +50,10 @@ from pixelwizard.models.dit import WanDiT, rope_for_grid  # noqa: E402
 from pixelwizard.models.hr_model import HRDiT  # noqa: E402
 from pixelwizard.models.vae import WanVAE  # noqa: E402
 from pixelwizard.pipeline.presets import get_preset  # noqa: E402
-from pixelwizard.sampling.samplers import Conditioning, latent_shape, sample_hr, sample_lr  # noqa: E402
+from pixelwizard.sampling.samplers import Conditioning, sample_hr, sample_lr  # noqa: E402
+from pixelwizard.sampling.seeds import gaussian_noise  # noqa: E402
+
+latent_shape = VAEConfig().latent_shape  # [48, T, H/16, W/16]: the tiny VAEs share the geometry
 
 GIB = 2**30
 CUDA_BLOCK = 512  # the caching allocator's smallest block
@@ -258,7 +261,9 @@ def stage_text(preset, device: str) -> None:
 
 def stage_lr(preset, device: str, config: DiTConfig = DiTConfig()) -> None:
     model = build(WanDiT, config, device)
-    sample_lr(model, conditioning(config, device), preset.override(lr_steps=min(preset.lr_steps, LR_STEPS)), seed=0)
+    preset = preset.override(lr_steps=min(preset.lr_steps, LR_STEPS))
+    noise = gaussian_noise(latent_shape(preset.frames, preset.lr_height, preset.lr_width), seed=0)
+    sample_lr(model, conditioning(config, device), noise, **preset.lr_sampling())
 
 
 def stage_hr(preset, device: str, config: DiTConfig = DiTConfig(), offload: bool = False) -> None:
@@ -268,8 +273,9 @@ def stage_hr(preset, device: str, config: DiTConfig = DiTConfig(), offload: bool
 
         streamer = offload_blocks(model, device)  # noqa: F841 (keeps the hooks' owner alive)
         track_parameter_devices(model)
-    lr_latent = torch.randn(latent_shape(config.out_dim, preset.frames, preset.lr_width, preset.lr_height))
-    sample_hr(model, conditioning(config, device), lr_latent, preset, seed=0)
+    lr_latent = torch.randn(latent_shape(preset.frames, preset.lr_height, preset.lr_width))
+    noise = gaussian_noise(latent_shape(preset.frames, preset.height, preset.width), seed=0)
+    sample_hr(model, conditioning(config, device), lr_latent, noise, **preset.hr_sampling())
 
 
 def track_parameter_devices(model: nn.Module) -> None:
@@ -291,7 +297,7 @@ def track_parameter_devices(model: nn.Module) -> None:
 
 def stage_decode(preset, device: str, config: VAEConfig = VAEConfig(), vae_dtype: str = "bfloat16") -> None:
     vae = build(WanVAE, config, device, dtype=getattr(torch, vae_dtype))
-    z = torch.randn(latent_shape(config.z_dim, preset.frames, preset.width, preset.height))
+    z = torch.randn(latent_shape(preset.frames, preset.height, preset.width))
     for _ in decode_patched(vae, z, num_patches=preset.num_patches, patch_dim=preset.patch_dim,
                             overlap=preset.overlap):
         pass
@@ -312,7 +318,7 @@ def offload_price(preset, config: DiTConfig = DiTConfig()) -> dict:
     with torch.device("meta"):
         model = HRDiT(config)
     block_bytes = sum(p.numel() * 2 for p in model.blocks.parameters()) / config.num_layers  # bf16
-    _, t, h, w = latent_shape(config.out_dim, preset.frames, preset.width, preset.height)
+    _, t, h, w = latent_shape(preset.frames, preset.height, preset.width)
     tokens = t * (h // 2) * (w // 2)
     block_s = forward_flops(config, tokens, hr=True) / config.num_layers / (ASSUMED_TFLOPS * 1e12)
     copy_s = block_bytes / PCIE_BYTES_PER_S
@@ -388,13 +394,14 @@ def validate() -> list[dict]:
 def validate_hr(preset, device: str, init: bool, dtype: torch.dtype) -> None:
     model = build(HRDiT, VALIDATE_DIT, device, init, dtype)
     model.chunk_tokens = VALIDATE_CHUNK
-    lr = torch.randn(latent_shape(VALIDATE_DIT.out_dim, preset.frames, preset.lr_width, preset.lr_height))
-    sample_hr(model, conditioning(VALIDATE_DIT, device), lr, preset, seed=0)
+    lr = torch.randn(latent_shape(preset.frames, preset.lr_height, preset.lr_width))
+    noise = gaussian_noise(latent_shape(preset.frames, preset.height, preset.width), seed=0)
+    sample_hr(model, conditioning(VALIDATE_DIT, device), lr, noise, **preset.hr_sampling())
 
 
 def validate_decode(preset, device: str, init: bool, dtype: torch.dtype) -> None:
     vae = build(WanVAE, VALIDATE_VAE, device, init, dtype)
-    z = torch.randn(latent_shape(VALIDATE_VAE.z_dim, preset.frames, preset.width, preset.height))
+    z = torch.randn(latent_shape(preset.frames, preset.height, preset.width))
     for _ in decode_patched(vae, z, num_patches=preset.num_patches, patch_dim=preset.patch_dim,
                             overlap=preset.overlap):
         pass

@@ -104,6 +104,18 @@ def on_rank0(fn: Callable[[], T]) -> T | None:
     return _decide_on_rank0(fn, share=False)
 
 
+def broadcast_tensor(read: Callable[[], Tensor], device: torch.device) -> Tensor:
+    """`read()` on rank 0 (a file read, say), the tensor on every rank: its shape and dtype travel pickled, the data
+    as a tensor (over nccl from the GPU). One process: `read()` as it is."""
+    if world_size() == 1:
+        return read()
+    tensor = on_rank0(read)
+    meta = from_rank0(lambda: (tuple(tensor.shape), tensor.dtype))
+    buffer = tensor.to(device) if rank() == 0 else torch.empty(meta[0], dtype=meta[1], device=device)
+    dist.broadcast(buffer, src=0)
+    return buffer
+
+
 def check_ulysses_size(num_heads: int, processes: int) -> None:
     """Ulysses gives each rank num_heads / processes whole heads."""
     if num_heads % processes:
@@ -198,26 +210,24 @@ def load_sharded(
     *,
     source: Path | str,
     layout: str,
-    dtype: Callable[[str], torch.dtype],
+    fix: str,
     device: torch.device,
     mesh: DeviceMesh,
     replicated: Iterable[nn.Module] = (),
 ) -> nn.Module:
-    """Fill `model`, built on meta, sharded by `shard_dit`: only rank 0 calls `read_state` (memory-mapped) and
-    checks it strictly; each tensor is then broadcast in turn and every rank keeps its shard (cast to its
-    parameter's dtype), so no rank other than 0 ever holds a full copy. Parameters only: the model has no
-    buffers."""
+    """Fill `model`, built on meta in its target dtypes, sharded by `shard_dit`: only rank 0 calls `read_state`
+    (memory-mapped) and checks it strictly; each tensor is then broadcast in turn and every rank keeps its shard
+    (cast to its parameter's dtype), so no rank other than 0 ever holds a full copy. Parameters only: the model
+    has no buffers."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    for key, param in model.named_parameters():
-        param.data = param.data.to(dtype(key))
     shard_dit(model, mesh, replicated)
     model.to_empty(device=device)
     shapes = expected_shapes(model)  # global shapes, also for DTensor shards
 
     def read_checked() -> Mapping[str, Tensor]:
         state = read_state()
-        check_state_dict(shapes, {k: v.shape for k, v in state.items()}, source=source, layout=layout)
+        check_state_dict(shapes, {k: v.shape for k, v in state.items()}, source=source, layout=layout, fix=fix)
         return state
 
     state = on_rank0(read_checked)

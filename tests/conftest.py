@@ -1,9 +1,104 @@
-import pytest
+"""Shared fixtures and helpers: tiny checkpoints in the real layouts, prompt files, and `pixelwizard` runs as real
+processes reading back what they wrote."""
 
-from pixelwizard.checkpoints.tiny import write_tiny_checkpoint
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixelwizard.checkpoints.tiny import write_tiny_checkpoint, write_tiny_weights
+from pixelwizard.io.latent_store import write_store
+from pixelwizard.io.sidecar import write_sidecar
+from pixelwizard.io.video import read_video
+from pixelwizard.pipeline.events import read_events
+from pixelwizard.pipeline.provenance import Provenance
+from pixelwizard.pipeline.stages import STAGES as STAGE_TABLE
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = [("fox", "A red fox trots through fresh snow at dawn."), ("waves", "Waves roll onto a black sand beach."),
+           ("market", "A street market in the rain at night."), ("owl", "An owl blinks on a mossy branch.")]
+STAGES = ("text", "lr", "preview", "hr", "decode")  # the per-prompt stages (uncond is per distinct text)
+TAG = "p2w-ov1-24fps"  # the tiny preset's decode settings
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """A complete tiny Wan2.2-TI2V-5B checkpoint directory (shared, read-only for tests)."""
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "Wan2.2-TI2V-5B", seed=0)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """The tiny Wan2.2 directory and the PixelWizard lr/ and tiny/ model.pt (shared, read-only for tests)."""
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"), seed=0)
+
+
+def write_prompts(path: Path, prompts=PROMPTS, **extra) -> Path:
+    path.write_text("".join(json.dumps({"id": i, "text": t, **extra.get(i, {})}) + "\n" for i, t in prompts))
+    return path
+
+
+def pixelwizard(*args: str, check: bool = True, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+    """`pixelwizard ARGS` as a user runs it (a fresh process), output captured."""
+    result = subprocess.run([sys.executable, "-m", "pixelwizard.workflow.cli", *map(str, args)],
+                            capture_output=True, text=True, timeout=timeout, **popen)
+    if check:
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def generate_args(weights, prompts: Path | None, out: Path, *extra: str) -> list[str]:
+    source = [str(prompts)] if prompts is not None else []
+    return ["generate", *source, "--out", str(out), "--preset", "tiny", "--ckpt-dir", str(weights["ckpt_dir"]),
+            "--hr-ckpt", str(weights["hr_ckpt"]), "--lr-ckpt", str(weights["lr_ckpt"]), "--cores", "2",
+            "--quiet", *extra]
+
+
+def generate(weights, prompts: Path | None, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    return pixelwizard(*generate_args(weights, prompts, out, *extra), check=check)
+
+
+def popen_generate(weights, prompts: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pixelwizard.workflow.cli", *generate_args(weights, prompts, out, *extra)]
+    return subprocess.Popen(command, **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen})
+
+
+def events(out: Path) -> list[dict]:
+    return read_events(out / "logs" / "events.jsonl")[0]
+
+
+def computed(out: Path, since: int = 0) -> Counter:
+    """(stage, id) -> how often it was computed, from event `since` on."""
+    return Counter((e["stage"], e["id"]) for e in events(out)[since:] if e["action"] == "computed")
+
+
+def frames_of(out: Path, prompt_id: str, tag: str = TAG) -> np.ndarray:
+    frames, fps = read_video(out / "decode" / tag / f"{prompt_id}.mp4")
+    assert fps == 24
+    return frames
+
+
+def python_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def make_outputs(provenance: Provenance, stages=tuple(STAGE_TABLE)) -> None:
+    """Every output of `stages` as a finished job leaves it (zarr stores, or an MP4 stand-in with its sidecar)."""
+    for stage in stages:
+        for item in provenance.snapshot.items(stage):
+            path = provenance.output(stage, item.id)
+            if STAGE_TABLE[stage].output == "zarr":
+                write_store(path, {"x": torch.zeros(2)}, provenance.attrs(stage, item.id))
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"video")
+                write_sidecar(provenance.layout.sidecar(stage, item.id, provenance.tag(stage)),
+                              provenance.attrs(stage, item.id), [path])

@@ -17,11 +17,12 @@ import torch.distributed as dist
 from pixelwizard import distributed
 from pixelwizard.checkpoints.tiny import randomize_
 from pixelwizard.checkpoints.trainer import load_hr_model, save_trainer_checkpoint
-from pixelwizard.models.config import DiTConfig, config_from_json, config_to_json
+from pixelwizard.models.config import DiTConfig, VAEConfig, config_from_json, config_to_json
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.pipeline.presets import get_preset
-from pixelwizard.sampling.samplers import Conditioning, latent_shape, sample_hr
+from pixelwizard.sampling.samplers import Conditioning, sample_hr
+from pixelwizard.sampling.seeds import gaussian_noise
 
 # 6 heads: Ulysses over 2 or 3 ranks; dim 192 keeps the adapter's GroupNorm(16, dim / 4) valid.
 CONFIG = DiTConfig(dim=192, ffn_dim=384, freq_dim=32, num_heads=6, num_layers=2, text_dim=32, text_len=16)
@@ -39,11 +40,11 @@ def write_run(run_dir: Path) -> None:
     save_trainer_checkpoint(randomize_(HRDiT(CONFIG), seed=3), run_dir / "model.pt")
     preset = get_preset("tiny", **SETTINGS)
     gen = torch.Generator().manual_seed(11)
-    hr_shape = latent_shape(CONFIG.out_dim, preset.frames, preset.width, preset.height)
+    hr_shape = VAEConfig().latent_shape(preset.frames, preset.height, preset.width)
     torch.save({
         "prompt": torch.randn(5, CONFIG.text_dim, generator=gen),
         "uncond": torch.randn(3, CONFIG.text_dim, generator=gen),
-        "lr_latent": torch.randn(latent_shape(CONFIG.out_dim, preset.frames, preset.lr_width, preset.lr_height),
+        "lr_latent": torch.randn(VAEConfig().latent_shape(preset.frames, preset.lr_height, preset.lr_width),
                                  generator=gen),
         "x": torch.randn(1, *hr_shape, generator=gen),
         "tokens": hr_shape[1] * (hr_shape[2] // 2) * (hr_shape[3] // 2),
@@ -62,7 +63,7 @@ def outputs(model: HRDiT, inputs: dict[str, torch.Tensor], sharded: bool = False
             t = torch.linspace(0.0, 999.0, inputs["tokens"])[None]
             result["per_token"] = WanDiT.forward(model, x, t, [inputs["prompt"]])
     result["latent"] = sample_hr(model, Conditioning(inputs["prompt"], inputs["uncond"]), inputs["lr_latent"],
-                                 preset, SEED)
+                                 gaussian_noise(inputs["x"].shape[1:], SEED), **preset.hr_sampling())
     return result
 
 

@@ -1,26 +1,22 @@
 """Multi-process HR inference on the CPU (gloo, torchrun): Ulysses and FSDP2 against one process, and the HR
 stage run by two processes in lockstep with rank 0 alone writing."""
 
-import importlib.util
-import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from distributed_worker import CONFIG, SETTINGS, load, outputs, write_run
+from conftest import PROMPTS, events, generate, write_prompts
+from distributed_worker import SETTINGS, load, outputs, write_run
 
 from pixelwizard.distributed import check_ulysses_size, local_parameter_bytes
-from pixelwizard.io.latent_store import read_store, write_store
-from pixelwizard.pipeline.plan import UNCOND, Layout, StageSpec
-from pixelwizard.pipeline.prompts import Prompt
-from pixelwizard.pipeline.run_config import RunConfig
-from pixelwizard.sampling.samplers import latent_shape
+from pixelwizard.io.latent_store import read_store
+from pixelwizard.models.config import VAEConfig
 
 REPO = Path(__file__).parents[1]
 WORKER = REPO / "tests" / "distributed_worker.py"
-STAGE = REPO / "stages" / "hr_shortcut.py"
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}  # one process vs several: only summation order differs
 
 
@@ -53,7 +49,7 @@ def model_run(tmp_path_factory):
 
 
 def test_token_count_is_divisible_by_neither_process_count(model_run):
-    _, t, h, w = latent_shape(CONFIG.out_dim, SETTINGS["frames"], SETTINGS["width"], SETTINGS["height"])
+    _, t, h, w = VAEConfig().latent_shape(SETTINGS["frames"], SETTINGS["height"], SETTINGS["width"])
     tokens = t * (h // 2) * (w // 2)
     assert tokens % 2 and tokens % 3
     assert model_run["reference"]["velocity"].shape[2:] == (t, h, w)
@@ -89,59 +85,24 @@ def test_ulysses_size_must_divide_the_heads():
         check_ulysses_size(24, 5)
 
 
-def write_stage_inputs(out: Path, weights: Path, ids: list[str], hr_gpus: int) -> Path:
-    """A run directory with text, uncond and LR stores for `ids`, and the HR stage spec; returns the spec."""
-    layout = Layout(out)
-    gen = torch.Generator().manual_seed(5)
-    run = RunConfig(prompts=str(out / "prompts.txt"), out=str(out), ckpt_dir=str(weights),
-                    hr_ckpt=str(weights / "model.pt"), preset="tiny", settings=SETTINGS, device="cpu",
-                    hr_gpus=hr_gpus)
-    preset = run.resolved_preset()
-    lr_shape = latent_shape(CONFIG.out_dim, preset.frames, preset.lr_width, preset.lr_height)
-    write_store(layout.text(UNCOND), {"negative": torch.randn(4, CONFIG.text_dim, generator=gen),
-                                      "empty": torch.randn(2, CONFIG.text_dim, generator=gen)}, {"digest": "u"})
-    for prompt_id in ids:
-        write_store(layout.text(prompt_id), {"context": torch.randn(6, CONFIG.text_dim, generator=gen)},
-                    {"digest": f"text-{prompt_id}"})
-        write_store(layout.lr(prompt_id), {"latent": torch.randn(lr_shape, generator=gen)},
-                    {"digest": f"lr-{prompt_id}"})
-    spec = StageSpec(stage="hr", shard="00000", run=run, prompts=tuple(Prompt(i, f"prompt {i}") for i in ids))
-    return spec.save()
-
-
-def events(out: Path) -> list[dict]:
-    return [json.loads(line) for line in Layout(out).events.read_text().splitlines()]
-
-
-def test_hr_stage_on_two_processes_matches_one_and_only_rank0_writes(tmp_path):
-    weights = tmp_path / "weights"
-    write_run(weights)
-    ids = ["a", "b", "c"]
-    solo_spec = write_stage_inputs(tmp_path / "solo", weights, ids, hr_gpus=1)
-    duo_spec = write_stage_inputs(tmp_path / "duo", weights, ids, hr_gpus=2)
-    module_spec = importlib.util.spec_from_file_location("hr_shortcut", STAGE)
-    stage = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(stage)
-    assert stage.main([str(solo_spec)]) == 0
-
-    duo = Layout(tmp_path / "duo")
-    lr_c = duo.lr("c").rename(tmp_path / "lr-c.zarr")  # rank 0 finds c's anchor missing: all ranks must agree
-    result = torchrun(2, STAGE, str(duo_spec))
-    assert result.returncode != 0
-    first = events(duo.out)
-    assert [(e["id"], e["action"]) for e in first] == [("a", "computed"), ("b", "computed"), ("c", "failed")]
-    assert "lr stage" in first[2]["error"]
-    assert len({e["pid"] for e in first}) == 1  # one process records events
-    assert not duo.done("hr", "00000").exists()
-
-    lr_c.rename(duo.lr("c"))
-    check(torchrun(2, STAGE, str(duo_spec)))
-    assert [(e["id"], e["action"]) for e in events(duo.out)[3:]] == [("a", "skipped"), ("b", "skipped"),
-                                                                    ("c", "computed")]
-    assert duo.done("hr", "00000").exists()
-    for prompt_id in ids:
-        got = read_store(duo.hr(prompt_id), ["latent"])[0]["latent"]
-        want = read_store(Layout(tmp_path / "solo").hr(prompt_id), ["latent"])[0]["latent"]
+@pytest.mark.slow
+def test_hr_stage_on_two_processes_matches_one_and_only_rank0_writes(weights, tmp_path):
+    """The HR stage through the pipeline as one torchrun job of two processes (FSDP + Ulysses, gloo) against the
+    same stage in one plain process, from the same LR anchors."""
+    prompts = write_prompts(tmp_path / "prompts.jsonl", PROMPTS[:3])
+    solo, duo = tmp_path / "solo", tmp_path / "duo"
+    generate(weights, prompts, solo, "--until", "lr", "--no-previews")
+    shutil.copytree(solo, duo, symlinks=True)
+    generate(weights, prompts, solo, "--until", "hr", "--no-previews")
+    before = len(events(duo))
+    generate(weights, prompts, duo, "--until", "hr", "--no-previews", "--hr-gpus", "2")
+    hr_events = [e for e in events(duo)[before:] if e["stage"] == "hr"]
+    assert [(e["id"], e["action"]) for e in hr_events if e["action"] == "computed"] == \
+        [(p, "computed") for p, _ in PROMPTS[:3]]
+    assert len({e["pid"] for e in hr_events}) == 1  # one process records events
+    for prompt_id, _ in PROMPTS[:3]:
+        got = read_store(duo / "hr" / f"{prompt_id}.zarr", ["latent"])[0]["latent"]
+        want = read_store(solo / "hr" / f"{prompt_id}.zarr", ["latent"])[0]["latent"]
         torch.testing.assert_close(got, want, **TOLERANCE)
-    leftovers = [p.name for p in (duo.out / "hr").iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in (duo / "hr").iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no second writer's temporary stores

@@ -1,4 +1,7 @@
 import multiprocessing
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -50,7 +53,19 @@ def test_asking_for_more_than_visible(four_gpus):
             pass
 
 
-def test_a_slurm_allocation_keeps_its_own_gpus(four_gpus, monkeypatch):
+def test_jobs_in_one_slurm_allocation_share_its_gpus_without_overlap(four_gpus, monkeypatch):
+    """`salloc` + the local profile: every job runs inside allocation 42 and must get GPUs of its own."""
     monkeypatch.setenv("SLURM_JOB_ID", "42")
-    with gpus.gpu_lease(2) as first, gpus.gpu_lease(2) as second:  # no locks taken: the allocation owns them
-        assert first == second == {}
+    with gpus.gpu_lease(2) as first, gpus.gpu_lease(2) as second:
+        assert first == {"CUDA_VISIBLE_DEVICES": "0,1"} and second == {"CUDA_VISIBLE_DEVICES": "2,3"}
+        monkeypatch.setenv("SLURM_JOB_ID", "43")  # another allocation numbers its own GPUs from 0
+        with gpus.gpu_lease(2) as other:
+            assert other == {"CUDA_VISIBLE_DEVICES": "0,1"}
+
+
+def test_the_launcher_runs_the_job_on_its_lease_and_passes_its_exit_code(four_gpus, tmp_path):
+    script = "import os, sys; print(os.environ['CUDA_VISIBLE_DEVICES']); sys.exit(3)"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "pixelwizard.pipeline.gpu_lease", "2", "--", sys.executable, "-c",
+                             script], capture_output=True, text=True, env=env)
+    assert result.returncode == 3 and result.stdout.strip() == "0,1"

@@ -11,15 +11,17 @@ import pytest
 import torch
 import zarr
 
+from pixelwizard.io.files import remove_stale_temps
 from pixelwizard.io.latent_store import (
     FORMAT_VERSION,
+    CorruptStoreError,
     IncompleteStoreError,
-    provenance_digest,
     read_store,
-    remove_stale_temps,
     store_attrs,
+    verify_store,
     write_store,
 )
+from pixelwizard.pipeline.provenance import provenance_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +53,9 @@ def test_round_trip_is_bit_exact(tmp_path):
     for name, tensor in arrays.items():
         assert tensors[name].dtype == tensor.dtype and torch.equal(_bits(tensors[name]), _bits(tensor)), name
     expected = {"prompt": "a fox", "seed": 7, "size": [256, 448], "complete": True, "format_version": FORMAT_VERSION}
-    assert attrs == expected
+    assert {k: v for k, v in attrs.items() if k != "files"} == expected
+    assert set(attrs["files"]) == {p.relative_to(path).as_posix() for p in path.rglob("*")
+                                   if p.is_file() and p != path / "zarr.json"}
     assert store_attrs(path) == attrs
     only, _ = read_store(path, ["latent_bf16"])
     assert list(only) == ["latent_bf16"] and only["latent_bf16"].dtype == torch.bfloat16
@@ -199,3 +203,60 @@ def test_provenance_digest():
         {**base, "seed": 7.0},
     ]
     assert len({provenance_digest(v) for v in variants} | {digest}) == len(variants) + 1
+
+
+def _chunk(path: Path) -> Path:
+    return path / "latent" / "c" / "0" / "1" / "0" / "0"
+
+
+@pytest.fixture
+def latent_store(tmp_path):
+    path = tmp_path / "hr.zarr"
+    write_store(path, {"latent": torch.randn(4, 3, 5, 6)}, {"digest": "d"})
+    return path
+
+
+def test_an_untouched_store_verifies_from_its_stamps_alone(latent_store, monkeypatch):
+    from pixelwizard.io import latent_store as store
+
+    monkeypatch.setattr(store, "_check_chunks", lambda path: pytest.fail("read the chunks of an untouched store"))
+    assert verify_store(latent_store)["digest"] == "d"
+
+
+def test_flipped_bytes_are_found_by_the_check_and_by_readers(latent_store):
+    chunk = _chunk(latent_store)
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # 1 byte inside the compressed payload: size unchanged, mtime moves
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="latent/c/0/1/0/0 fails its checksum"):
+        verify_store(latent_store)
+    with pytest.raises(CorruptStoreError, match="corrupt store"):
+        read_store(latent_store)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "uncomplete"])
+def test_truncated_deleted_or_uncompleted_stores_are_not_accepted(latent_store, damage):
+    chunk = _chunk(latent_store)
+    if damage == "truncate":
+        chunk.write_bytes(chunk.read_bytes()[:-7])
+    elif damage == "delete":
+        chunk.unlink()
+    else:
+        meta = json.loads((latent_store / "zarr.json").read_text())
+        del meta["attributes"]["complete"]
+        (latent_store / "zarr.json").write_text(json.dumps(meta))
+    error = IncompleteStoreError if damage == "uncomplete" else CorruptStoreError
+    with pytest.raises(error):
+        verify_store(latent_store)
+    if damage == "uncomplete":
+        assert store_attrs(latent_store) is None
+
+
+def test_a_copied_store_is_checked_once_then_trusted(latent_store, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    subprocess.run(["cp", "-a", str(latent_store), str(copy)], check=True)  # same mtimes, new inodes
+    before = json.loads((copy / "zarr.json").read_text())["attributes"]["files"]
+    assert verify_store(copy)["digest"] == "d"  # read and checked in full, then re-stamped
+    after = json.loads((copy / "zarr.json").read_text())["attributes"]["files"]
+    assert before != after and after == verify_store(copy)["files"]
+    assert torch.equal(read_store(copy)[0]["latent"], read_store(latent_store)[0]["latent"])

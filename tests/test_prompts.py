@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from pixelwizard.pipeline.prompts import Prompt, PromptFileError, read_prompts, shard
+from pixelwizard.pipeline.prompts import Prompt, PromptFileError, read_ids, read_prompts, shard, single_prompt
 
 
 def _write(tmp_path, name, lines):
@@ -132,3 +132,29 @@ def test_shard():
     for size in (0, -1):
         with pytest.raises(ValueError, match="size"):
             shard(prompts, size)
+
+
+def test_an_id_ending_in_a_newline_is_not_a_file_name(tmp_path):
+    path, message = _error(tmp_path, [json.dumps({"id": "fox\n", "text": "a fox"})])
+    assert message.startswith(f"{path}:1: invalid prompt id 'fox\\n'")
+    with pytest.raises(ValueError):
+        Prompt("fox\n", "a fox")
+
+
+def test_per_prompt_seed_and_negative_prompt(tmp_path):
+    path = _write(tmp_path, "p.jsonl", [json.dumps({"id": "a", "text": "x", "seed": 7, "negative_prompt": "blur"}),
+                                        json.dumps({"id": "b", "text": "y", "category": "kept for the user"})])
+    assert read_prompts(path) == [Prompt("a", "x", seed=7, negative_prompt="blur"), Prompt("b", "y")]
+    for record, problem in (({"seed": -1}, "seed -1 is not a whole number"), ({"seed": 1.5}, "seed 1.5"),
+                            ({"seed": True}, "seed True"), ({"negative_prompt": 3}, "negative_prompt 3")):
+        _, message = _error(tmp_path, [json.dumps({"id": "a", "text": "x", **record})])
+        assert problem in message
+
+
+def test_single_prompt_and_id_files(tmp_path):
+    (prompt,) = single_prompt("  A red fox runs through the snow.  ")
+    assert prompt == read_prompts(_write(tmp_path, "p.txt", ["A red fox runs through the snow."]))[0]
+    ids = _write(tmp_path, "ids.txt", [prompt.id, "", "# a comment", prompt.id])
+    assert read_ids(ids, [prompt]) == (prompt.id,)
+    with pytest.raises(PromptFileError, match=r"ids.txt:1: 'cat' is not an id of the run's prompts"):
+        read_ids(_write(tmp_path, "ids.txt", ["cat"]), [prompt])

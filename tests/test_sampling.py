@@ -3,11 +3,13 @@ import torch
 
 from pixelwizard.checkpoints import wan as weights
 from pixelwizard.checkpoints.tiny import TINY_DIT, randomize_
+from pixelwizard.models.config import VAEConfig
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.pipeline.presets import PresetError, get_preset
-from pixelwizard.sampling.samplers import Conditioning, make_schedule, sample_hr, sample_lr
+from pixelwizard.sampling.samplers import Conditioning, sample_hr, sample_lr
 from pixelwizard.sampling.schedules import shortcut_dt
-from pixelwizard.sampling.seeds import prompt_seed
+from pixelwizard.sampling.seeds import gaussian_noise, prompt_seed
+from pixelwizard.sampling.solvers import solver_kind
 
 
 @pytest.mark.parametrize("preset, t, dt", [
@@ -16,7 +18,7 @@ from pixelwizard.sampling.seeds import prompt_seed
 ])
 def test_hr_tables_come_from_the_presets(preset, t, dt):
     p = get_preset(preset)
-    schedule = make_schedule(p.hr_solver, p.hr_steps, p.hr_shift)
+    schedule = solver_kind(p.hr_solver).schedule(p.hr_steps, p.hr_shift)
     assert list(schedule.timesteps) == t
     assert shortcut_dt(schedule.timesteps) == dt
 
@@ -52,9 +54,16 @@ def generate(models, prompt_id, text, preset):
     encoder, lr_model, hr_model = models
     prompt, negative = encoder.encode([text, preset.negative_prompt])
     cond = Conditioning(prompt=prompt, uncond=negative)
-    lr = sample_lr(lr_model, cond, preset, prompt_seed(preset.seed, prompt_id, "lr"))
-    hr = sample_hr(hr_model, cond, lr, preset, prompt_seed(preset.seed, prompt_id, "hr"))
+    lr = sample_lr(lr_model, cond, noise(preset, "lr", prompt_seed(preset.seed, prompt_id, "lr")),
+                   **preset.lr_sampling())
+    hr = sample_hr(hr_model, cond, lr, noise(preset, "hr", prompt_seed(preset.seed, prompt_id, "hr")),
+                   **preset.hr_sampling())
     return lr, hr
+
+
+def noise(preset, stage, seed=0):
+    size = (preset.lr_height, preset.lr_width) if stage == "lr" else (preset.height, preset.width)
+    return gaussian_noise(VAEConfig().latent_shape(preset.frames, *size), seed)
 
 
 def test_end_to_end_is_deterministic_and_independent_of_the_batch(models):
@@ -77,9 +86,9 @@ def test_adapter_backbone_runs_once_per_video(models):
         preset = get_preset("tiny")
         cond = Conditioning(prompt=torch.randn(6, TINY_DIT.text_dim), uncond=torch.randn(9, TINY_DIT.text_dim))
         lr = torch.randn(48, 3, 4, 8)
-        sample_hr(hr_model, cond, lr, preset, seed=0)
+        sample_hr(hr_model, cond, lr, noise(preset, "hr"), **preset.hr_sampling())
         assert len(calls) == 1  # 4 steps x 2 CFG branches = 8 model calls, one backbone pass
-        sample_hr(hr_model, cond, lr, preset.override(uncond_anchor="zero"), seed=0)
+        sample_hr(hr_model, cond, lr, noise(preset, "hr"), **preset.override(uncond_anchor="zero").hr_sampling())
         assert len(calls) == 3  # plus the zero anchor's, once
     finally:
         handle.remove()
@@ -91,8 +100,32 @@ def test_alternative_solvers_and_uncond_options_change_the_result(models, solver
     preset = get_preset("tiny")
     cond = Conditioning(prompt=torch.randn(6, TINY_DIT.text_dim), uncond=torch.randn(9, TINY_DIT.text_dim))
     lr = torch.randn(48, 3, 4, 8)
-    reference = sample_hr(hr_model, cond, lr, preset, seed=0)
-    other = sample_hr(hr_model, cond, lr, preset.override(hr_solver=solver), seed=0)
-    zero_anchor = sample_hr(hr_model, cond, lr, preset.override(uncond_anchor="zero"), seed=0)
+    x = noise(preset, "hr")
+    reference = sample_hr(hr_model, cond, lr, x, **preset.hr_sampling())
+    other = sample_hr(hr_model, cond, lr, x, **preset.override(hr_solver=solver).hr_sampling())
+    zero_anchor = sample_hr(hr_model, cond, lr, x, **preset.override(uncond_anchor="zero").hr_sampling())
     assert other.shape == reference.shape and not torch.allclose(other, reference)
     assert not torch.allclose(zero_anchor, reference)
+
+
+def test_batched_cfg_is_two_forwards_in_one(models):
+    """The LR sampler's B = 2 forward (cond and uncond together) gives the two batch-1 forwards' result."""
+    _, lr_model, _ = models
+    preset = get_preset("tiny")
+    cond = Conditioning(prompt=torch.randn(6, TINY_DIT.text_dim), uncond=torch.randn(9, TINY_DIT.text_dim))
+    x = noise(preset, "lr", seed=3)
+    batched = sample_lr(lr_model, cond, x, **preset.lr_sampling(), batch_cfg=True)
+    sequential = sample_lr(lr_model, cond, x, **preset.lr_sampling(), batch_cfg=False)
+    torch.testing.assert_close(batched, sequential, atol=1e-5, rtol=1e-5)
+
+
+def test_samplers_take_given_noise_and_report_every_step(models):
+    _, lr_model, _ = models
+    preset = get_preset("tiny")
+    cond = Conditioning(prompt=torch.randn(6, TINY_DIT.text_dim), uncond=torch.randn(9, TINY_DIT.text_dim))
+    steps = []
+    x = noise(preset, "lr", seed=5)
+    out = sample_lr(lr_model, cond, x, **preset.lr_sampling(), on_step=lambda done, total: steps.append((done, total)))
+    assert steps == [(k, preset.lr_steps) for k in range(preset.lr_steps + 1)]
+    assert torch.equal(out, sample_lr(lr_model, cond, x.clone(), **preset.lr_sampling()))
+    assert not torch.equal(out, sample_lr(lr_model, cond, noise(preset, "lr", seed=6), **preset.lr_sampling()))

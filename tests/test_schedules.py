@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pixelwizard.sampling.schedules import Schedule, dpmpp_schedule, shift_sigmas, shortcut_dt, unipc_schedule
+from pixelwizard.sampling.schedules import Schedule, flow_schedule, shift_sigmas, shortcut_dt, unipc_schedule
 
 # Wan2.2 LR stage: 50 UniPC steps at shift 5.0 (wan22.md 6.4)
 LR_UNIPC_T = [999, 995, 991, 987, 982, 978, 973, 968, 963, 957, 952, 946, 940, 934, 927, 920, 913, 906, 898, 890,
@@ -35,7 +35,7 @@ def test_unipc_lr_schedule():
 
 
 def test_dpmpp_lr_schedule():
-    s = dpmpp_schedule(50, 5.0)
+    s = flow_schedule(50, 5.0)
     assert list(s.timesteps) == LR_DPMPP_T
     assert s.sigmas[0] == 1.0 and s.sigmas[-1] == 0.0 and len(s.sigmas) == 51
 
@@ -56,7 +56,7 @@ def test_hr_unipc_tables(steps, shift, sigmas, t, dt):
 
 
 def test_hr_dpmpp_table():
-    s = dpmpp_schedule(4, 5.5)
+    s = flow_schedule(4, 5.5)
     assert list(s.timesteps) == [1000, 942, 846, 647]
     assert shortcut_dt(s.timesteps) == [58, 96, 198, 646]
 

@@ -6,7 +6,6 @@ slurm-wlm and munge when missing); skipped otherwise, or failed when PIXELWIZARD
     .venv/bin/python -m pytest -m slurm tests/test_slurm.py      # 3-5 minutes on 2 cores
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import PROMPTS, STAGES, computed, events, frames_of, generate_args, write_prompts
 from slurm_local import ACTIVE_STATES, LocalSlurm, SlurmUnavailable
 
 from pixelwizard.checkpoints.tiny import write_tiny_weights
@@ -24,11 +24,6 @@ from pixelwizard.io.video import read_video
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
-PROMPTS = [("fox", "A red fox trots through fresh snow at dawn."), ("waves", "Waves roll onto a black sand beach."),
-           ("market", "A street market in the rain at night."), ("owl", "An owl blinks on a mossy branch.")]
-STAGES = ("text", "lr", "lr_preview", "hr", "decode")
-TAG = "p2w-ov1-24fps"  # the tiny preset's decode settings
 HR_GPUS = 2  # one torchrun job of 2 processes (gloo on the CPU) holding 2 fake GPUs
 SLOW_HR_STEPS = 60  # seconds per prompt on 2 cores: room to cancel a job between two prompts
 RUN_TIMEOUT = 240  # seconds per `pixelwizard generate`: a hung status poll must fail the test, not hang CI
@@ -47,28 +42,14 @@ def cluster(request, tmp_path_factory):
     return slurm, env
 
 
-def events(out: Path) -> list[dict]:
-    path = out / "logs" / "events.jsonl"
-    parsed = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            parsed.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being appended while we read
-            pass
-    return parsed
-
-
-def computed(out: Path, since: int = 0) -> Counter:
-    return Counter((e["stage"], e["id"]) for e in events(out)[since:] if e["action"] == "computed")
+def per_prompt(counts: Counter) -> Counter:
+    return Counter({k: v for k, v in counts.items() if k[0] != "uncond"})
 
 
 def generate(weights: dict, out: Path, *extra: str) -> list[str]:
-    prompts = out.parent / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in PROMPTS))
-    return [sys.executable, str(REPO / "cli.py"), "generate", str(prompts), "--out", str(out), "--preset", "tiny",
-            "--ckpt-dir", str(weights["ckpt_dir"]), "--hr-ckpt", str(weights["hr_ckpt"]),
-            "--lr-ckpt", str(weights["lr_ckpt"]), "--shard-size", "2", "--hr-gpus", str(HR_GPUS),
-            "--profile", "slurm", *extra]
+    prompts = write_prompts(out.parent / "prompts.jsonl")
+    return [sys.executable, "-m", "pixelwizard.workflow.cli", *generate_args(
+        weights, prompts, out, "--shard-size", "2", "--hr-gpus", str(HR_GPUS), "--profile", "slurm", *extra)]
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -111,20 +92,19 @@ def first_run(cluster, tmp_path_factory):
 def test_pipeline_runs_as_slurm_jobs(cluster, first_run):
     slurm, _ = cluster
     _, out = first_run
-    assert computed(out) == Counter({(s, p): 1 for s in STAGES for p, _ in PROMPTS})
+    assert per_prompt(computed(out)) == Counter({(s, p): 1 for s in STAGES for p, _ in PROMPTS})
     for prompt_id, _ in PROMPTS:
-        frames, fps = read_video(out / "videos" / TAG / f"{prompt_id}.mp4")
-        assert frames.shape == (9, 160, 256, 3) and fps == 24  # tiny preset: 9 frames of 256x160
+        frames = frames_of(out, prompt_id)
+        assert frames.shape == (9, 160, 256, 3)  # tiny preset: 9 frames of 256x160
         assert frames.std() > 1  # not a flat image
-        preview, fps = read_video(out / "lr" / f"{prompt_id}.mp4")
+        preview, fps = read_video(out / "preview" / f"{prompt_id}.mp4")
         assert preview.shape == (9, 64, 128, 3) and fps == 24
 
     # Every stage job went through sbatch with the profile's resources; HR as one task holding all its GPUs.
     per_rule = Counter(j["Comment"].split("_wildcards")[0].removeprefix("rule_") for j in slurm.jobs()
                        if j.get("Comment", "").startswith("rule_"))
-    assert per_rule == {"encode_uncond": 1, "encode_text": 2, "lr_anchor": 2, "lr_preview": 2, "hr_shortcut": 2,
-                        "decode": 2}
-    for job in rule_jobs(slurm, "hr_shortcut"):
+    assert per_rule == {"uncond": 1, "text": 2, "lr": 2, "preview": 2, "hr": 2, "decode": 2}
+    for job in rule_jobs(slurm, "hr"):
         assert job["JobState"] == "COMPLETED" and job["Partition"] == slurm.partition
         assert job["TresPerJob"] == f"gres:gpu:{HR_GPUS}" and job["NumTasks"] == "1"
         assert job["NumCPUs"] == str(8 * HR_GPUS) and job["MinMemoryNode"] == "96000M"
@@ -146,19 +126,18 @@ def test_cancelled_hr_job_resumes_without_recomputing(cluster, first_run, tmp_pa
         if time.monotonic() > deadline:
             finish(process, slurm, log, timeout=0)  # kills the run and fails
         time.sleep(0.05)
-    running = [j["JobId"] for j in rule_jobs(slurm, "hr_shortcut") if j["JobState"] == "RUNNING"]
+    running = [j["JobId"] for j in rule_jobs(slurm, "hr") if j["JobState"] == "RUNNING"]
     assert running, "no HR job running to cancel"
     subprocess.run(["scancel", *running], env=env, check=True)
     assert finish(process, slurm, log) != 0  # Snakemake saw the job fail
     hr_done = {p for (stage, p) in computed(out, before) if stage == "hr"}
     assert 0 < len(hr_done) < len(PROMPTS), "the cancel did not land mid-shard"
-    assert {j["JobState"] for j in rule_jobs(slurm, "hr_shortcut") if j["JobId"] in running} == {"CANCELLED"}
+    assert {j["JobState"] for j in rule_jobs(slurm, "hr") if j["JobId"] in running} == {"CANCELLED"}
 
     run(args, slurm, env, tmp_path / "resumed.log")
     # Across the cancelled run and the rerun: every prompt's HR and decode computed exactly once, nothing upstream.
     assert computed(out, before) == Counter({(s, p): 1 for s in ("hr", "decode") for p, _ in PROMPTS})
     for prompt_id, _ in PROMPTS:
-        frames, _ = read_video(out / "videos" / TAG / f"{prompt_id}.mp4")
-        assert frames.shape == (9, 160, 256, 3)
+        assert frames_of(out, prompt_id).shape == (9, 160, 256, 3)
         assert read_store(out / "hr" / f"{prompt_id}.zarr")[1]["provenance"]["settings"]["hr_steps"] == SLOW_HR_STEPS
     assert not [j for j in slurm.jobs() if j["JobState"] in ACTIVE_STATES]

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelwizard.sampling.schedules import Schedule, dpmpp_schedule, unipc_schedule
-from pixelwizard.sampling.solvers import SOLVERS, UniPC, make_solver
+from pixelwizard.sampling.schedules import Schedule, flow_schedule, unipc_schedule
+from pixelwizard.sampling.solvers import SOLVERS, UniPC, make_solver, solver_kind
 
-SCHEDULES = [unipc_schedule(50, 5.0), unipc_schedule(4, 5.5), unipc_schedule(5, 5.8), dpmpp_schedule(4, 5.5)]
+SCHEDULES = [unipc_schedule(50, 5.0), unipc_schedule(4, 5.5), unipc_schedule(5, 5.8), flow_schedule(4, 5.5)]
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
@@ -45,7 +45,7 @@ def test_euler_step():
     assert torch.equal(out, x + (s1 - s0) * v)
 
 
-@pytest.mark.parametrize("schedule", [unipc_schedule(4, 5.5), dpmpp_schedule(4, 5.8)], ids=["unipc", "dpmpp"])
+@pytest.mark.parametrize("schedule", [unipc_schedule(4, 5.5), flow_schedule(4, 5.8)], ids=["unipc", "dpmpp"])
 def test_first_step_is_euler(schedule: Schedule):
     torch.manual_seed(0)
     x, v = torch.randn(4, 6), torch.randn(4, 6)
@@ -96,9 +96,9 @@ REFERENCE = [
                                        -0.09047667682170868, 0.42253896594047546, 1.048013687133789]),
     ("unipc", unipc_schedule(50, 5.0), [-3.0138494968414307, -2.2677886486053467, -1.504529356956482,
                                         -0.7256428599357605, 0.06616581231355667, 0.8667302131652832]),
-    ("dpm++", dpmpp_schedule(4, 5.5), [-1.2988442182540894, -0.827085018157959, -0.42989784479141235,
+    ("dpm++", flow_schedule(4, 5.5), [-1.2988442182540894, -0.827085018157959, -0.42989784479141235,
                                        -0.02295871078968048, 0.469603031873703, 1.0764116048812866]),
-    ("dpm++", dpmpp_schedule(50, 5.0), [-3.0145909786224365, -2.268120765686035, -1.504607081413269,
+    ("dpm++", flow_schedule(50, 5.0), [-3.0145909786224365, -2.268120765686035, -1.504607081413269,
                                         -0.7256786227226257, 0.06605502218008041, 0.8665676116943359]),
 ]
 
@@ -115,3 +115,13 @@ def test_matches_wan22_reference(name: str, schedule: Schedule, expected: list[f
 def test_make_solver_rejects_unknown_name():
     with pytest.raises(ValueError, match="unipc, dpm\\+\\+, euler"):
         make_solver("heun", unipc_schedule(4, 5.5))
+
+
+def test_each_solver_samples_its_own_schedule():
+    """UniPC starts at the Wan2.2 sigma 0.999, DPM++ and the shortcut Euler rule at the training grid's sigma 1."""
+    assert solver_kind("unipc").schedule(4, 5.5) == unipc_schedule(4, 5.5)
+    for name in ("dpm++", "euler"):
+        schedule = solver_kind(name).schedule(4, 5.5)
+        assert schedule == flow_schedule(4, 5.5) and schedule.sigmas[0] == 1.0 and schedule.timesteps[0] == 1000
+    with pytest.raises(ValueError, match="unknown solver 'heun'; valid: unipc, dpm\\+\\+, euler"):
+        solver_kind("heun")

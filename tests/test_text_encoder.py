@@ -1,7 +1,8 @@
+from __future__ import annotations
+
 import dataclasses
-import json
+import hashlib
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +25,13 @@ from pixelwizard.models.text_encoder import (
 
 VOCAB = 384
 CFG = T5Config(vocab_size=VOCAB, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2, text_len=512)
-MANIFEST = Path("/work/shared/reference/manifests/umt5_xxl_encoder.json")
 PROMPTS = ["a cat on the street", "a small red boat on the sea at night, cinematic wide shot", "dog"]
+
+# From the published checkpoint's manifest (models_t5_umt5-xxl-enc-bf16.pth, the keys that Wan-Video/Wan2.2@42bf4cf
+# wan/modules/t5.py umt5_xxl(encoder_only=True) loads strictly): sha256 of its sorted "key (shape)" lines, its tensor
+# count and its parameter count.
+FULL_LAYOUT_SHA256 = "6be56588df8911137e2b6abd9599f670fcf50bf704b4c833c9ec671067a2ff0e"
+FULL_TENSORS, FULL_PARAMS = 242, 5_680_910_336
 
 
 @pytest.fixture(scope="module")
@@ -175,12 +181,15 @@ def test_key_map_is_one_table_both_ways():
 
 
 def test_full_size_meta_build_matches_the_published_manifest():
-    manifest = json.loads(MANIFEST.read_text())
     with torch.device("meta"):
         model = UMT5EncoderModel(umt5_config(T5Config()))
-    shapes = {k: list(v.shape) for k, v in wan_state_dict(model).items()}
-    assert shapes == {k: v["shape"] for k, v in manifest["tensors"].items()}
-    assert sum(math.prod(s) for s in shapes.values()) == manifest["params"]
+    state = wan_state_dict(model)
+    assert len(state) == FULL_TENSORS and sum(v.numel() for v in state.values()) == FULL_PARAMS
+    assert state["token_embedding.weight"].shape == (256384, 4096)
+    assert state["blocks.23.pos_embedding.embedding.weight"].shape == (32, 64)  # one bucket table per layer
+    assert state["blocks.0.ffn.gate.0.weight"].shape == (10240, 4096)
+    listing = "\n".join(f"{k} {tuple(v.shape)}" for k, v in sorted(state.items()))
+    assert hashlib.sha256(listing.encode()).hexdigest() == FULL_LAYOUT_SHA256
 
 
 def test_transformers_umt5_is_wan_t5_attention():

@@ -11,7 +11,9 @@ from pixelwizard.models.vae import CausalConv3d, FeatureCache, WanVAE
 TINY = VAEConfig(dim=8, dec_dim=16, z_dim=48)
 H, W = 32, 48
 
-# sha256 of the sorted "key (shape)" lines of the original WanVAE_ state dict (manifests/wan22_vae.json).
+# From the published checkpoint's manifest (Wan2.2_VAE.pth, the keys that Wan-Video/Wan2.2@42bf4cf
+# wan/modules/vae2_2.py WanVAE_ loads strictly): sha256 of its sorted "key (shape)" lines; 196 tensors,
+# 704,688,668 parameters.
 FULL_LAYOUT_SHA256 = "df1561c09771a39f08562c1d9f6e0a566c5bd37b0a8cc953ba0ae809f3417f56"
 
 

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import av
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from pixelwizard.checkpoints.tiny import TINY_VAE, randomize_
+from pixelwizard.io.render import render_video
 from pixelwizard.io.video import ContactSheet, VideoWriter, check_frame_size, read_video, to_uint8
+from pixelwizard.models.vae import WanVAE
 
 H, W = 96, 160
 
@@ -17,6 +25,10 @@ def smooth_chunks(frames: int = 9) -> list[torch.Tensor]:
                              torch.linspace(0, 1, W), indexing="ij")
     video = torch.stack([0.8 * torch.sin(3 * x + 0.2 * t), 0.8 * torch.cos(2 * y - 0.1 * t), x + y - 1])  # [3, F, H, W]
     return list(video.split([1] + [4] * ((frames - 1) // 4), dim=1))
+
+
+def encoder_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("encode ")]
 
 
 def write(path, chunks, **kw) -> VideoWriter:
@@ -100,3 +112,69 @@ def test_contact_sheet(tmp_path) -> None:
     assert sorted(collector.picks) == [0, 17, 34, 51, 69, 86, 103, 120]
     collector.add(np.zeros((121, 64, 512, 3), dtype=np.uint8))
     assert collector.image().size == (4 * 256, 2 * 32)
+
+
+def test_readback_is_the_mp4(tmp_path) -> None:
+    """The frames handed to `readback` (the encoder's packets decoded as they come out) are the MP4's frames."""
+    seen, threads = [], set()
+
+    def readback(frames: np.ndarray) -> None:
+        seen.append(frames)
+        threads.add(threading.current_thread())
+
+    path = tmp_path / "clip.mp4"
+    write(path, smooth_chunks(13), readback=readback)
+    frames, _ = read_video(path)
+    assert frames.shape == (13, H, W, 3)
+    assert np.array_equal(np.concatenate(seen), frames)
+    assert threading.main_thread() not in threads  # encoded and read back off the caller's thread
+    assert not encoder_threads()
+
+
+def test_encoder_thread_errors_reach_the_caller(tmp_path) -> None:
+    # libx264 opens at the first frame, in the encoder thread, and rejects the preset there.
+    with pytest.raises(av.error.FFmpegError):
+        write(tmp_path / "clip.mp4", smooth_chunks(), preset="no-such-preset")
+
+    def broken(frames: np.ndarray) -> None:
+        raise RuntimeError("meter broke")
+
+    with pytest.raises(RuntimeError, match="meter broke"):
+        write(tmp_path / "clip.mp4", smooth_chunks(), readback=broken)
+    assert list(tmp_path.iterdir()) == []
+    assert not encoder_threads()
+
+
+class StopRequested(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop", ["exception", "sigint"])
+def test_render_stopped_from_on_step_leaves_nothing(tmp_path, stop) -> None:
+    """A custom exception or a real SIGINT (KeyboardInterrupt) from `on_step` once the encoder thread has started
+    the MP4 (x264 emits its first packet after ~40 frames): no MP4, no contact sheet, no temporary file, no
+    encoder thread."""
+    vae = randomize_(WanVAE(TINY_VAE), seed=1).eval()
+    latent = torch.randn(48, 13, 2, 2, generator=torch.Generator().manual_seed(0))  # 49 frames of 32 x 32
+    out = tmp_path / "videos"
+    partial = []
+
+    def on_step(step: int, total: int) -> None:
+        if step < total:
+            return
+        for _ in range(600):  # the last chunk is queued; wait for the encoder to have written part of the MP4
+            partial.extend(out.glob(".clip.mp4.tmp-*"))  # files.temp_sibling
+            if partial:
+                break
+            time.sleep(0.1)
+        if stop == "sigint":
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(10)  # Python raises KeyboardInterrupt here, in the main thread
+            raise AssertionError("SIGINT was not delivered")
+        raise StopRequested
+
+    with torch.inference_mode(), pytest.raises(KeyboardInterrupt if stop == "sigint" else StopRequested):
+        render_video(vae, latent, out / "clip.mp4", fps=24, sheet_path=out / "clip.png", on_step=on_step)
+    assert partial  # the stop came while a partial MP4 existed
+    assert list(out.iterdir()) == []
+    assert not encoder_threads()

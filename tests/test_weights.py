@@ -27,7 +27,8 @@ def test_tiny_checkpoint_is_deterministic_per_seed(tmp_path):
     for name in ("diffusion_pytorch_model-00001-of-00003.safetensors",):
         sa, sb = load_file(a / name), load_file(b / name)
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert torch.equal(torch.load(a / weights.VAE_FILE)["conv1.weight"], torch.load(b / weights.VAE_FILE)["conv1.weight"])
+    vae_a, vae_b = torch.load(a / weights.VAE_FILE), torch.load(b / weights.VAE_FILE)
+    assert torch.equal(vae_a["conv1.weight"], vae_b["conv1.weight"])
 
 
 def test_dit_round_trip_and_dtype(tiny_ckpt):
@@ -112,3 +113,25 @@ def test_vae_and_t5_missing_or_malformed(ckpt_copy):
     (ckpt_copy / weights.T5_FILE).unlink()
     with pytest.raises(CheckpointError, match="models_t5_umt5-xxl-enc-bf16.pth: missing"):
         weights.load_text_encoder(ckpt_copy)
+
+
+def test_truncated_shard_is_named_by_the_loader(ckpt_copy):
+    shard = ckpt_copy / "diffusion_pytorch_model-00002-of-00003.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(CheckpointError) as err:
+        weights.load_dit(ckpt_copy)
+    assert str(err.value).startswith(f"{shard}: truncated: the header lists ")
+
+
+def test_shard_with_tensors_the_index_does_not_list(ckpt_copy):
+    shard = _rewrite_shard(ckpt_copy, lambda t: t.__setitem__("stray.weight", torch.zeros(2)))
+    with pytest.raises(CheckpointError, match="holds tensors that the index .* does not map to it .stray.weight.; "
+                                              "download the checkpoint again") as err:
+        weights.load_dit(ckpt_copy)
+    assert str(err.value).startswith(f"{shard}: ")
+
+
+def test_dit_files_are_config_index_and_shards(tiny_ckpt):
+    assert [p.name for p in weights.dit_files(tiny_ckpt)] == [
+        weights.DIT_CONFIG, weights.DIT_INDEX, *(f"diffusion_pytorch_model-0000{i}-of-00003.safetensors"
+                                                 for i in (1, 2, 3))]

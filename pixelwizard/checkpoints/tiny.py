@@ -86,6 +86,30 @@ def write_tiny_weights(directory: Path, *, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+def write_hollow_dit(ckpt_dir: Path, config: DiTConfig, *, num_shards: int = 3) -> None:
+    """The DiT of `config` in the published sharded layout with real headers but holes for the tensor data:
+    the shards have their full size (20 GB for the real config) yet take no disk, for tests and benchmarks of
+    what must never read tensor data. Loading tensors from them gives zeros."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanDiT(config).state_dict().items()}
+    shards = weights.dit_shard_keys(list(shapes), num_shards)
+    total = 0
+    for name, keys in shards.items():
+        header, offset = {}, 0
+        for key in keys:
+            size = shapes[key].numel() * 4
+            header[key] = {"dtype": "F32", "shape": list(shapes[key]), "data_offsets": [offset, offset + size]}
+            offset += size
+        raw = json.dumps(header).encode()
+        with open(ckpt_dir / name, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little") + raw)
+            f.truncate(8 + len(raw) + offset)  # a hole: no blocks are written
+        total += offset
+    weights.write_dit_index(ckpt_dir, config, shards, total)
+
+
 # Tiny tokenizer: same file format and special ids as google/umt5-xxl, a small vocabulary built in code.
 _SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2
 _WORDS = (

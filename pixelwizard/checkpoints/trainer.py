@@ -1,22 +1,31 @@
 """PixelWizard's trainer checkpoints (`lr/model.pt`, `2k/model.pt`, `4k/model.pt`), loaded strictly.
 
-Layout as the original trainer saves it: `{"generator": state_dict}` and optionally `"generator_ema"`; keys may
+Layout as the original trainer saves it: `{"generator": state_dict}` (and an unused `"generator_ema"`); keys may
 carry FSDP/activation-checkpoint/compile wrapper substrings and a `model.` prefix on every key. Unlike the
 original (strict=False for the LR model and the adapter, with only a warning), a missing DiT, dt or adapter key
-is an error here. The files carry no resolution, so each load records a fingerprint for provenance.
+is an error here, and a file holding the other role's network is named as such. The files carry no resolution:
+only the folder they were published in (`2k/`, `4k/`) says which preset they were trained for.
+
+Both loaders take `device="meta"`: they then check the file, its keys and shapes from the zip directory only
+(the up-front check) and return a model without weights.
 """
 
 from __future__ import annotations
 
-import hashlib
-import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from pixelwizard.checkpoints.strict import CheckpointError, assign_state_dict, read_torch_file
-from pixelwizard.checkpoints.wan import dit_dtypes
+from pixelwizard.checkpoints.strict import (
+    CheckpointError,
+    assign_state_dict,
+    check_state_dict,
+    expected_shapes,
+    read_torch_file,
+    state_dict_problems,
+)
 from pixelwizard.models.config import DiTConfig
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
@@ -25,24 +34,27 @@ if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
 WRAPPER_SUBSTRINGS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-FINGERPRINT_BYTES = 1 << 20  # hash the first and last MiB: cheap on a 20 GB file, catches a changed file
+HR_ONLY_PREFIXES = ("dt_embedding.", "spatial_adapter.")
+RESOLUTION_FOLDERS = ("2k", "4k")
+LR_LAYOUT = "the Wan2.2-TI2V-5B DiT (a PixelWizard lr/model.pt)"
+HR_LAYOUT = "the PixelWizard HR model (Wan DiT + dt_embedding + spatial_adapter)"
+TRAINER_FIX = "use PixelWizard's checkpoint for Wan2.2-TI2V-5B (huggingface.co/wxli318/PixelWizard)"
 
 
-def generator_state_dict(path: Path, *, use_ema: bool = False) -> dict[str, torch.Tensor]:
+def generator_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The generator weights of a trainer checkpoint with wrapper substrings and the shared prefix removed."""
     raw = read_torch_file(path)
-    wanted = "generator_ema" if use_ema else "generator"
-    if wanted in raw:
-        state = raw[wanted]
+    if "generator" in raw:
+        state = raw["generator"]
     elif all(isinstance(v, torch.Tensor) for v in raw.values()):
         state = raw  # a bare state dict
     else:
         raise CheckpointError(
-            f"{path}: no '{wanted}' entry (found {', '.join(sorted(map(str, raw))) or 'nothing'}); expected a "
-            "PixelWizard trainer checkpoint {'generator': state_dict}"
+            f"{path}: no 'generator' entry (found {', '.join(sorted(map(str, raw))) or 'nothing'}); expected a "
+            "PixelWizard trainer checkpoint {'generator': state_dict}: give the model.pt PixelWizard's trainer saved"
         )
     if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path}: '{wanted}' is not a non-empty state dict")
+        raise CheckpointError(f"{path}: 'generator' is not a non-empty state dict; {TRAINER_FIX}")
     cleaned = {}
     for key, tensor in state.items():
         for wrapper in WRAPPER_SUBSTRINGS:
@@ -53,18 +65,39 @@ def generator_state_dict(path: Path, *, use_ema: bool = False) -> dict[str, torc
     return cleaned
 
 
-def load_lr_model(path: Path, config: DiTConfig, *, dtype=torch.float32, device="cpu", use_ema=False) -> WanDiT:
+def check_role(path: Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], role: str) -> None:
+    """Check `state` strictly against the `role` ("lr" or "hr") model's keys and shapes; a file holding the other
+    role's network is named as such, since its missing or extra keys alone would not say so."""
+    found = {k: v.shape for k, v in state.items()}
+    holds_hr = any(k.startswith(HR_ONLY_PREFIXES) for k in found)
+    problems = "; ".join(state_dict_problems(expected, found))
+    if role == "hr" and problems and not holds_hr:
+        raise CheckpointError(f"{path}: a base Wan2.2 DiT, not a PixelWizard HR checkpoint (no dt_embedding/"
+                              f"spatial_adapter; {problems}); give --hr-ckpt PixelWizard's 2k/model.pt or 4k/model.pt")
+    if role == "lr" and problems and holds_hr:
+        raise CheckpointError(f"{path}: a PixelWizard HR checkpoint, not an LR DiT (it has dt_embedding/"
+                              f"spatial_adapter; {problems}); give --lr-ckpt PixelWizard's lr/model.pt, or leave "
+                              "it out to use the base DiT")
+    check_state_dict(expected, found, source=path, layout=LR_LAYOUT if role == "lr" else HR_LAYOUT, fix=TRAINER_FIX)
+
+
+def _read_checked(path: Path, expected: Mapping[str, torch.Size], role: str) -> dict[str, torch.Tensor]:
+    state = generator_state_dict(path)
+    check_role(path, state, expected, role)
+    return state
+
+
+def load_lr_model(path: Path, config: DiTConfig, *, dtype=torch.float32, device="cpu") -> WanDiT:
     """A fine-tuned LR DiT (`lr/model.pt`): the base WanModel keys, nothing more, nothing less."""
     with torch.device("meta"):
-        model = WanDiT(config)
-    assign_state_dict(model, generator_state_dict(path, use_ema=use_ema), source=path,
-                      layout="the Wan2.2-TI2V-5B DiT (a PixelWizard lr/model.pt)", dtype=dit_dtypes(model, dtype),
-                      device=device)
+        model = WanDiT(config).cast_for_inference(dtype)
+    state = _read_checked(path, expected_shapes(model), "lr")
+    assign_state_dict(model, state, source=path, layout=LR_LAYOUT, fix=TRAINER_FIX, device=device)
     return model.eval().requires_grad_(False)
 
 
 def load_hr_model(
-    path: Path, config: DiTConfig, *, dtype=torch.float32, device="cpu", use_ema=False, mesh: DeviceMesh | None = None
+    path: Path, config: DiTConfig, *, dtype=torch.float32, device="cpu", mesh: DeviceMesh | None = None
 ) -> HRDiT:
     """The HR shortcut model: base DiT + `dt_embedding.*` + `spatial_adapter.*`, all required.
 
@@ -72,39 +105,26 @@ def load_hr_model(
     file; the spatial adapter, small and used outside forward, stays whole on every rank.
     """
     with torch.device("meta"):
-        model = HRDiT(config)
-    layout = "the PixelWizard HR model (Wan DiT + dt_embedding + spatial_adapter)"
+        model = HRDiT(config).cast_for_inference(dtype)
+    expected = expected_shapes(model)
     if mesh is None:
-        assign_state_dict(model, generator_state_dict(path, use_ema=use_ema), source=path, layout=layout,
-                          dtype=dit_dtypes(model, dtype), device=device)
+        assign_state_dict(model, _read_checked(path, expected, "hr"), source=path, layout=HR_LAYOUT,
+                          fix=TRAINER_FIX, device=device)
     else:
         from pixelwizard.distributed import load_sharded  # FSDP's imports: only multi-process runs pay for them
 
-        load_sharded(model, lambda: generator_state_dict(path, use_ema=use_ema), source=path, layout=layout,
-                     dtype=dit_dtypes(model, dtype), device=torch.device(device), mesh=mesh,
-                     replicated=(model.spatial_adapter,))
+        load_sharded(model, lambda: _read_checked(path, expected, "hr"), source=path, layout=HR_LAYOUT,
+                     fix=TRAINER_FIX, device=torch.device(device), mesh=mesh, replicated=(model.spatial_adapter,))
     return model.eval().requires_grad_(False)
 
 
-def fingerprint(path: Path) -> dict[str, object]:
-    """Identity of a checkpoint file for provenance: path, size, mtime and a hash of its ends."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        digest.update(f.read(FINGERPRINT_BYTES))
-        if stat.st_size > FINGERPRINT_BYTES:
-            f.seek(max(FINGERPRINT_BYTES, stat.st_size - FINGERPRINT_BYTES))
-            digest.update(f.read())
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_ends": digest.hexdigest()}
-
-
-def warn_if_resolution_mismatch(path: Path, preset_name: str) -> None:
-    """The files carry no resolution: a checkpoint kept under `2k/` or `4k/` hints at the one it was trained for."""
+def check_resolution_folder(path: Path, preset_name: str) -> None:
+    """The files carry no resolution: a checkpoint kept under `2k/` or `4k/` says the one it was trained for."""
     folder = Path(path).parent.name.lower()
-    if folder in ("2k", "4k") and folder != preset_name:
-        warnings.warn(f"{path}: sits in a '{folder}' folder but the preset is '{preset_name}'; "
-                      "check that --hr-ckpt matches the resolution", stacklevel=2)
+    if folder in RESOLUTION_FOLDERS and folder != preset_name:
+        raise CheckpointError(f"{path}: sits in a '{folder}' folder but the preset is '{preset_name}'; use "
+                              f"--preset {folder} with this checkpoint, or give --hr-ckpt the one trained for "
+                              f"{preset_name}")
 
 
 def save_trainer_checkpoint(model: torch.nn.Module, path: Path, *, prefix: str = "model.") -> None:

@@ -1,5 +1,5 @@
 """Load the three Wan2.2-TI2V-5B networks from a checkpoint directory laid out as
-`huggingface-cli download Wan-AI/Wan2.2-TI2V-5B` leaves it, and write that layout back (tiny checkpoints).
+`hf download Wan-AI/Wan2.2-TI2V-5B` leaves it, and write that layout back (tiny checkpoints).
 
     <ckpt_dir>/config.json                                      DiT config (WanModel)
     <ckpt_dir>/diffusion_pytorch_model.safetensors.index.json   DiT weight map over the shards
@@ -7,6 +7,9 @@
     <ckpt_dir>/Wan2.2_VAE.pth                                   VAE state dict (+ optional vae_config.json)
     <ckpt_dir>/models_t5_umt5-xxl-enc-bf16.pth                  umT5 encoder state dict (+ optional t5_config.json)
     <ckpt_dir>/google/umt5-xxl/                                 tokenizer
+
+Every loader takes `device="meta"`: it then checks every file, key and shape exactly as the real load does,
+from headers and zip directories only, and returns a model without weights (the up-front check).
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pixelwizard.checkpoints.strict import CheckpointError, assign_state_dict, read_torch_file
+from pixelwizard.checkpoints.strict import (
+    CheckpointError,
+    assign_state_dict,
+    first_line,
+    listed_keys,
+    read_safetensors_header,
+    read_torch_file,
+)
 from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig, config_from_json, config_to_json
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.vae import WanVAE
@@ -38,9 +48,11 @@ T5_CONFIG = "t5_config.json"
 TOKENIZER_DIR = "google/umt5-xxl"
 
 LAYOUT = (
-    "the Wan2.2-TI2V-5B checkpoint layout (as `huggingface-cli download Wan-AI/Wan2.2-TI2V-5B` writes it: "
+    "the Wan2.2-TI2V-5B checkpoint layout (as `hf download Wan-AI/Wan2.2-TI2V-5B` writes it: "
     f"{DIT_CONFIG}, {DIT_INDEX} + shards, {VAE_FILE}, {T5_FILE}, {TOKENIZER_DIR}/)"
 )
+DIT_LAYOUT = f"the WanModel DiT of {DIT_CONFIG}"
+REDOWNLOAD = "download the checkpoint again (hf download Wan-AI/Wan2.2-TI2V-5B --local-dir DIR)"
 
 
 def _require_file(path: Path) -> Path:
@@ -54,46 +66,87 @@ def _optional_config(cls, path: Path):
     return config_from_json(cls, path) if path.exists() else cls()
 
 
+def _dit_weights_file(ckpt_dir: Path) -> Path:
+    """The file that names the DiT's tensors: the index json, or the single safetensors file when there is one."""
+    if not (ckpt_dir / DIT_INDEX).exists() and (ckpt_dir / DIT_SINGLE).exists():
+        return ckpt_dir / DIT_SINGLE
+    return _require_file(ckpt_dir / DIT_INDEX)
+
+
 def _dit_shards(ckpt_dir: Path) -> dict[str, Path]:
-    """key -> shard file, from the index json (sharded layout) or a single safetensors file."""
-    index = ckpt_dir / DIT_INDEX
-    if not index.exists() and (ckpt_dir / DIT_SINGLE).exists():
-        with safe_open(ckpt_dir / DIT_SINGLE, framework="pt") as f:
-            return {k: ckpt_dir / DIT_SINGLE for k in f.keys()}
+    """key -> shard file, from the index json (sharded layout) or a single safetensors file's header."""
+    weights_file = _dit_weights_file(ckpt_dir)
+    if weights_file.name == DIT_SINGLE:
+        return dict.fromkeys(read_safetensors_header(weights_file), weights_file)
     try:
-        weight_map = json.loads(_require_file(index).read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({err})") from None
-    files = {name: _require_file(ckpt_dir / name) for name in set(weight_map.values())}
+        weight_map = json.loads(weights_file.read_text())["weight_map"]
+        names = {name: ckpt_dir / name for name in set(weight_map.values())}
+    except (AttributeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{weights_file}: not a safetensors index with a 'weight_map' ({first_line(err)}); "
+                              f"{REDOWNLOAD}") from None
+    files = {name: _require_file(path) for name, path in names.items()}
     return {k: files[name] for k, name in weight_map.items()}
 
 
-def dit_dtypes(model: WanDiT, dtype: torch.dtype):
-    """Per-key target dtype: `dtype` for the big layers, float32 for the model's float32 islands."""
-    return lambda key: torch.float32 if model.keeps_float32(key) else dtype
+def dit_tensors(ckpt_dir: Path) -> tuple[dict[str, Path], dict[str, torch.Size]]:
+    """(key -> shard, key -> shape) of the DiT, from the index and the shard headers; every shard's header is
+    checked against its file's size, and the index against the shards. No tensor data is read."""
+    key_to_file = _dit_shards(ckpt_dir)
+    headers = {path: read_safetensors_header(path) for path in sorted(set(key_to_file.values()))}
+    shapes = {}
+    for key, path in key_to_file.items():
+        if key not in headers[path]:
+            raise CheckpointError(f"{path}: the index {DIT_INDEX} maps {key} to this shard, which lacks it; "
+                                  f"{REDOWNLOAD}")
+        shapes[key] = headers[path][key]
+    for path, header in headers.items():
+        unmapped = [k for k in header if key_to_file.get(k) != path]
+        if unmapped:
+            raise CheckpointError(f"{path}: holds tensors that the index {DIT_INDEX} does not map to it "
+                                  f"({listed_keys(unmapped)}); {REDOWNLOAD}")
+    return key_to_file, shapes
+
+
+def read_dit_config(ckpt_dir: Path) -> DiTConfig:
+    return config_from_json(DiTConfig, _require_file(Path(ckpt_dir) / DIT_CONFIG))
 
 
 def load_dit(ckpt_dir: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> WanDiT:
-    """The DiT, built on meta and filled shard by shard (memory-mapped), each tensor cast straight to its
-    inference dtype (`dtype`, or float32 for the time path, modulations, norms and head)."""
-    ckpt_dir = Path(ckpt_dir)
-    config = config_from_json(DiTConfig, _require_file(ckpt_dir / DIT_CONFIG))
-    key_to_file = _dit_shards(ckpt_dir)
+    """The DiT, built on meta in its inference dtypes (`dtype`, float32 for the time path, modulations, norms
+    and head) and filled shard by shard, each tensor read once, straight onto `device`, and cast there."""
+    ckpt_dir, device = Path(ckpt_dir), torch.device(device)
+    if device.type == "cuda" and device.index is None:  # torch's "cuda" is the current device, not safetensors' 0
+        device = torch.device("cuda", torch.cuda.current_device())
+    config = read_dit_config(ckpt_dir)
+    key_to_file, shapes = dit_tensors(ckpt_dir)
     with torch.device("meta"):
-        model = WanDiT(config)
+        model = WanDiT(config).cast_for_inference(dtype)
+    source = _dit_weights_file(ckpt_dir)
     with ExitStack() as stack:
-        handles = {p: stack.enter_context(safe_open(p, framework="pt")) for p in set(key_to_file.values())}
-        shapes = {}
-        for key, path in key_to_file.items():
-            if key not in handles[path].keys():
-                raise CheckpointError(f"{path}: the index {DIT_INDEX} maps {key} to this shard, which lacks it")
-            shapes[key] = torch.Size(handles[path].get_slice(key).get_shape())
-        assign_state_dict(
-            model, lambda key: handles[key_to_file[key]].get_tensor(key), shapes=shapes,
-            source=ckpt_dir / DIT_INDEX, layout=f"the WanModel DiT of {DIT_CONFIG}", dtype=dit_dtypes(model, dtype),
-            device=device,
-        )
+        if device.type == "meta":  # the up-front check: the headers are all there is to read
+            tensors = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+        else:
+            handles = {p: stack.enter_context(safe_open(p, framework="pt", device=str(device)))
+                       for p in set(key_to_file.values())}
+            tensors = lambda key: handles[key_to_file[key]].get_tensor(key)  # noqa: E731
+        assign_state_dict(model, tensors, shapes=shapes, source=source, layout=DIT_LAYOUT, fix=REDOWNLOAD,
+                          device=device)
     return model.eval().requires_grad_(False)
+
+
+def dit_shard_keys(keys: list[str], num_shards: int) -> dict[str, list[str]]:
+    """Shard file name -> the keys it holds, in the published naming, `keys` in order over `num_shards` files."""
+    per_shard = -(-len(keys) // num_shards)
+    names = (f"diffusion_pytorch_model-{i + 1:05d}-of-{num_shards:05d}.safetensors" for i in range(num_shards))
+    return {name: keys[i * per_shard:(i + 1) * per_shard] for i, name in enumerate(names)}
+
+
+def write_dit_index(ckpt_dir: Path, config: DiTConfig, shards: dict[str, list[str]], total_size: int) -> None:
+    """`config.json` and the index json of a DiT written as `shards` (file name -> keys)."""
+    weight_map = {key: name for name, keys in shards.items() for key in keys}
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    (ckpt_dir / DIT_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    config_to_json(config, ckpt_dir / DIT_CONFIG, _class_name="WanModel")
 
 
 def save_dit(model: WanDiT, ckpt_dir: Path, *, num_shards: int = 3) -> None:
@@ -101,28 +154,30 @@ def save_dit(model: WanDiT, ckpt_dir: Path, *, num_shards: int = 3) -> None:
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    keys = list(state)
-    per_shard = -(-len(keys) // num_shards)
-    weight_map = {}
-    for i in range(num_shards):
-        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
-        chunk = keys[i * per_shard:(i + 1) * per_shard]
-        save_file({k: state[k] for k in chunk}, ckpt_dir / name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(chunk, name))
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (ckpt_dir / DIT_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    config_to_json(model.config, ckpt_dir / DIT_CONFIG, _class_name="WanModel")
+    shards = dit_shard_keys(list(state), num_shards)
+    for name, keys in shards.items():
+        save_file({k: state[k] for k in keys}, ckpt_dir / name, metadata={"format": "pt"})
+    write_dit_index(ckpt_dir, model.config, shards, sum(t.numel() * t.element_size() for t in state.values()))
+
+
+def t5_config(ckpt_dir: Path) -> T5Config:
+    """The umT5 encoder's config: `t5_config.json` beside the weights (tiny checkpoints), else umT5-XXL's."""
+    return _optional_config(T5Config, Path(ckpt_dir) / T5_CONFIG)
+
+
+def vae_config(ckpt_dir: Path) -> VAEConfig:
+    """The VAE's config: `vae_config.json` beside the weights (tiny checkpoints), else Wan2.2's."""
+    return _optional_config(VAEConfig, Path(ckpt_dir) / VAE_CONFIG)
 
 
 def load_vae(ckpt_dir: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WanVAE:
     ckpt_dir = Path(ckpt_dir)
     path = _require_file(ckpt_dir / VAE_FILE)
-    config = _optional_config(VAEConfig, ckpt_dir / VAE_CONFIG)
+    config = vae_config(ckpt_dir)
     with torch.device("meta"):
-        model = WanVAE(config)
-    assign_state_dict(model, read_torch_file(path), source=path, layout=f"the Wan2.2 VAE ({config})",
-                      dtype=dtype, device=device)
+        model = WanVAE(config).to(dtype)
+    assign_state_dict(model, read_torch_file(path), source=path, layout=f"the Wan2.2 VAE ({config})", fix=REDOWNLOAD,
+                      device=device)
     return model.eval().requires_grad_(False)
 
 
@@ -138,22 +193,29 @@ def load_text_encoder(
     from pixelwizard.models.text_encoder import TextEncoder
 
     ckpt_dir = Path(ckpt_dir)
-    config = _optional_config(T5Config, ckpt_dir / T5_CONFIG)
-    return TextEncoder.load(_require_file(ckpt_dir / T5_FILE), _require_file(ckpt_dir / TOKENIZER_DIR), config,
-                            device=device, dtype=dtype)
+    return TextEncoder.load(_require_file(ckpt_dir / T5_FILE), _require_file(ckpt_dir / TOKENIZER_DIR),
+                            t5_config(ckpt_dir), device=device, dtype=dtype)
 
 
 def dit_files(ckpt_dir: Path) -> list[Path]:
-    """Every file the base DiT is read from (config, index, shards): what its provenance fingerprints."""
+    """Every file the base DiT is read from: config, index (or the single safetensors file), shards."""
     ckpt_dir = Path(ckpt_dir)
-    return [ckpt_dir / DIT_CONFIG, *sorted(set(_dit_shards(ckpt_dir).values()))]
+    weights_file = _dit_weights_file(ckpt_dir)
+    shards = sorted(set(_dit_shards(ckpt_dir).values()) - {weights_file})
+    return [_require_file(ckpt_dir / DIT_CONFIG), weights_file, *shards]
 
 
-def check_checkpoint_dir(ckpt_dir: Path) -> None:
-    """Fail fast, before any long run, if a file of the layout is missing (contents are checked at load)."""
+def vae_files(ckpt_dir: Path) -> list[Path]:
     ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        raise CheckpointError(f"{ckpt_dir}: not a directory; expected {LAYOUT}")
-    for name in (DIT_CONFIG, VAE_FILE, T5_FILE, TOKENIZER_DIR):
-        _require_file(ckpt_dir / name)
-    _dit_shards(ckpt_dir)
+    return [_require_file(ckpt_dir / VAE_FILE), *_present(ckpt_dir / VAE_CONFIG)]
+
+
+def text_encoder_files(ckpt_dir: Path) -> list[Path]:
+    """The umT5 weights, their optional config and every file of the tokenizer folder."""
+    ckpt_dir = Path(ckpt_dir)
+    tokenizer = sorted(p for p in _require_file(ckpt_dir / TOKENIZER_DIR).rglob("*") if p.is_file())
+    return [_require_file(ckpt_dir / T5_FILE), *_present(ckpt_dir / T5_CONFIG), *tokenizer]
+
+
+def _present(path: Path) -> list[Path]:
+    return [path] if path.exists() else []

@@ -1,40 +1,49 @@
-"""Per-prompt zarr v3 stores that are published atomically and never read half-written.
+"""Per-prompt zarr v3 stores that are published atomically, carry checksums and are never read half-written or
+corrupt.
 
-A store is written into a hidden sibling `.<name>.tmp-<pid>-<hex>`, its group attributes (with `complete: true`) are
-written after every array, and only then is it renamed to its final path. Readers refuse any store without `complete`,
-because zarr silently reads unwritten chunks as the fill value.
+A store is written into a hidden temporary sibling, its group attributes (with `complete: true`) are written after
+every array, and only then is it renamed to its final path. Readers refuse any store without `complete`, because
+zarr silently reads unwritten chunks as the fill value. Every chunk ends in its crc32c (zarr's crc32c codec), every
+chunk is written (also all-zero ones), and the group attributes record each file's stamp (size, mtime, inode):
+
+    verify_store()   cheap when the stamps still match (a stat per file); otherwise every chunk is read and its
+                     checksum checked once, and on success the stamps are renewed (after a copy, say)
+    read_store()     zarr checks each chunk's crc32c as it decodes it
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import secrets
-import shutil
-import time
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import torch
 import zarr
 
-FORMAT_VERSION = 1
-RESERVED_ATTRS = ("complete", "format_version")
-_TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
+from pixelwizard.io.files import file_stamp, publish, remove_temp, temp_sibling, write_atomic
+
+FORMAT_VERSION = 2  # 2: crc32c per chunk, every chunk written, file stamps
+RESERVED_ATTRS = ("complete", "format_version", "files")
+METADATA = "zarr.json"
 
 
-class IncompleteStoreError(RuntimeError):
+class StoreError(RuntimeError):
+    """A store that cannot be used: absent, incomplete or corrupt. The message says which and what to do."""
+
+
+class IncompleteStoreError(StoreError):
     def __init__(self, path: Path):
         super().__init__(f"{path}: zarr store is incomplete (its writer crashed or is still running); "
                          "re-run the stage that writes it")
 
 
-def _temp_sibling(path: Path) -> Path:
-    return path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+class CorruptStoreError(StoreError):
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: corrupt store ({problem}); it is recomputed on the next run")
 
 
 def _check_attrs(attrs: Mapping[str, Any]) -> None:
@@ -58,26 +67,26 @@ def _write_array(group: zarr.Group, name: str, tensor: torch.Tensor) -> None:
     data = tensor.numpy()
     # [C, T, H, W] latents: one latent frame per chunk, so a reader can fetch frames lazily; anything else: one chunk
     chunks = (data.shape[0], 1, *data.shape[2:]) if data.ndim == 4 else data.shape
-    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=tuple(max(c, 1) for c in chunks),
-                               compressors=zarr.codecs.ZstdCodec(level=3), fill_value=0, attributes=attributes)
+    array = group.create_array(
+        name, shape=data.shape, dtype=data.dtype, chunks=tuple(max(c, 1) for c in chunks), fill_value=0,
+        compressors=[zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec()], attributes=attributes,
+        config={"write_empty_chunks": True},  # a missing chunk file then always means damage
+    )
     array[...] = data
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    if not path.exists():
-        os.rename(tmp, path)
-        return
-    # rename(2) cannot replace a non-empty directory: swap the old store aside, move the new one in, then delete the
-    # old. Between the two renames (microseconds) nothing is at `path`; a crash there leaves the old store in a temp
-    # sibling that remove_stale_temps() collects.
-    old = _temp_sibling(path)
-    os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(old, path)
-        raise
-    shutil.rmtree(old)
+def _content_files(path: Path) -> list[Path]:
+    """Every file of the store but the group's own zarr.json (which holds the stamps)."""
+    return sorted(p for p in path.rglob("*") if p.is_file() and p != path / METADATA)
+
+
+def _stamps(path: Path) -> dict[str, list[int]]:
+    return {p.relative_to(path).as_posix(): file_stamp(p) for p in _content_files(path)}
+
+
+def _write_group_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
+    meta = {"zarr_format": 3, "node_type": "group", "attributes": dict(attrs)}
+    write_atomic(path / METADATA, json.dumps(meta, ensure_ascii=False, indent=1))
 
 
 def write_store(path: Path, arrays: Mapping[str, torch.Tensor], attrs: Mapping[str, Any]) -> None:
@@ -89,16 +98,17 @@ def write_store(path: Path, arrays: Mapping[str, torch.Tensor], attrs: Mapping[s
     path = Path(path)
     _check_attrs(attrs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path)
+    tmp = temp_sibling(path)
     tmp.mkdir()
     try:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         for name, tensor in arrays.items():
             _write_array(group, name, tensor)
-        group.attrs.update({**attrs, "format_version": FORMAT_VERSION, "complete": True})  # last: marks completion
-        _publish(tmp, path)
+        # Last: the stamps of the finished files (a rename keeps them) and the completion mark.
+        _write_group_attrs(tmp, {**attrs, "format_version": FORMAT_VERSION, "files": _stamps(tmp), "complete": True})
+        publish(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temp(tmp)
         raise
 
 
@@ -107,7 +117,7 @@ def _group_attrs(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such zarr store; run the stage that writes it")
     try:
-        meta = json.loads((path / "zarr.json").read_text())
+        meta = json.loads((path / METADATA).read_text())
     except (OSError, ValueError):
         raise IncompleteStoreError(path) from None
     attrs = meta.get("attributes", {}) if meta.get("node_type") == "group" else {}
@@ -124,10 +134,47 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def read_store(path: Path, names: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Arrays (all, or `names`) as CPU tensors in their logical dtype, and the group attributes.
+def _check_chunks(path: Path) -> None:
+    """Every chunk of every array present and matching its crc32c; raises CorruptStoreError."""
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    for name in group.array_keys():
+        array = group[name]
+        grid = [range(math.ceil(s / c)) for s, c in zip(array.shape, array.chunks)]
+        for index in np.ndindex(*(len(g) for g in grid)) if grid else [()]:
+            chunk = path / name / "c" / "/".join(map(str, index)) if index else path / name / "c"
+            try:
+                data = chunk.read_bytes()
+            except OSError:
+                raise CorruptStoreError(path, f"chunk {chunk.relative_to(path)} is missing") from None
+            crc = np.uint32(google_crc32c.value(data[:-4])).tobytes()
+            if len(data) < 4 or crc != data[-4:]:
+                raise CorruptStoreError(path, f"chunk {chunk.relative_to(path)} fails its checksum")
 
-    The attributes include the internal `complete` and `format_version` keys; callers check `format_version`.
+
+def verify_store(path: Path) -> dict[str, Any]:
+    """The attributes of a complete, intact store; raises FileNotFoundError, IncompleteStoreError or
+    CorruptStoreError. Reads the chunks only when a file changed since the stamps were taken."""
+    path = Path(path)
+    attrs = _group_attrs(path)
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise CorruptStoreError(path, f"format {attrs.get('format_version')}, this version writes {FORMAT_VERSION}")
+    stamps = _stamps(path)
+    if stamps == attrs.get("files"):
+        return attrs
+    recorded = set(attrs.get("files") or {})
+    if missing := sorted(recorded - set(stamps)):
+        raise CorruptStoreError(path, f"{missing[0]} is missing")
+    _check_chunks(path)
+    attrs = {**attrs, "files": stamps}  # intact, e.g. a copy: renew the stamps so the next check is cheap
+    _write_group_attrs(path, attrs)
+    return attrs
+
+
+def read_store(path: Path, names: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Arrays (all, or `names`) as CPU tensors in their logical dtype, and the group attributes; every chunk's
+    checksum is checked as it is decoded (a mismatch raises CorruptStoreError).
+
+    The attributes include the internal `complete`, `format_version` and `files` keys.
     """
     path = Path(path)
     attrs = _group_attrs(path)
@@ -137,40 +184,12 @@ def read_store(path: Path, names: Sequence[str] | None = None) -> tuple[dict[str
         if name not in group:
             raise KeyError(f"{path}: no array {name!r}")
         array = group[name]
-        tensor = torch.from_numpy(np.asarray(array[...]))  # np.asarray: 0-d arrays come back as numpy scalars
+        try:
+            data = np.asarray(array[...])  # np.asarray: 0-d arrays come back as numpy scalars
+        except ValueError as err:  # zarr's crc32c codec, or a truncated chunk
+            raise CorruptStoreError(path, f"array {name}: {err}") from None
+        tensor = torch.from_numpy(data)
         if array.attrs.get("logical_dtype") == "bfloat16":
             tensor = tensor.view(torch.bfloat16)
         tensors[name] = tensor
     return tensors, attrs
-
-
-def provenance_digest(provenance: Mapping[str, Any]) -> str:
-    """sha256 hex of the canonical JSON of `provenance` (sorted keys, no whitespace); 1 and 1.0 differ."""
-    canonical = json.dumps(provenance, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # PermissionError: alive, owned by another user
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def remove_stale_temps(parent: Path, min_age_s: float = 3600.0) -> int:
-    """Delete temp siblings left by crashed writers in `parent`; returns how many were removed.
-
-    A temp is removed only if its writer pid is not alive on this host AND it was last modified at least `min_age_s`
-    ago. The age guard is what makes this safe on a shared filesystem, where a pid says nothing about writers on other
-    nodes; pass 0 only when every writer runs on this host.
-    """
-    parent, cutoff = Path(parent), time.time() - min_age_s
-    stale = [entry for entry in (parent.iterdir() if parent.is_dir() else ())
-             if (match := _TEMP_RE.match(entry.name)) and entry.is_dir() and not _pid_alive(int(match.group(1)))
-             and entry.stat().st_mtime <= cutoff]
-    for entry in stale:
-        shutil.rmtree(entry, ignore_errors=True)
-    return len(stale)

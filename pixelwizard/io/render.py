@@ -1,15 +1,17 @@
-"""Latent -> MP4 (+ contact sheet): patched, streamed VAE decode straight into the video encoder."""
+"""Latent -> MP4 (+ contact sheet, + quality numbers): patched, streamed VAE decode into a background encoder."""
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from pixelwizard.io.files import write_atomic
 from pixelwizard.io.patched_decode import decode_patched
+from pixelwizard.io.quality import QualityMeter, seam_boundaries
 from pixelwizard.io.video import VideoWriter
 from pixelwizard.models.vae import WanVAE
 
@@ -26,20 +28,29 @@ def render_video(
     sheet_path: Path | None = None,
     on_step: Callable[[int, int], None] | None = None,
     group: dist.ProcessGroup | None = None,
-) -> None:
-    """Decode `latent` [C, T, h, w] chunk by chunk (never the whole clip in memory) into an MP4 at `path`;
-    both files appear only once complete. With a process `group` this is rank 0's side of a decode whose
-    patches the other ranks share (they iterate `decode_patched` with the same arguments)."""
+) -> dict:
+    """Decode `latent` [C, T, h, w] chunk by chunk (never the whole clip in memory) into an MP4 at `path` and
+    return its quality numbers (`QualityMeter.result()`, measured on the MP4's frames decoded back, with the
+    patch seams of this decode). The next chunk decodes while the previous one encodes; both files appear only
+    once complete, and any exception (from `on_step` too) leaves neither. With a process `group` this is rank 0's
+    side of a decode whose patches the other ranks share (they iterate `decode_patched` with the same arguments)."""
     c, t, h, w = latent.shape
     frames = 1 + vae.time_factor * (t - 1)
+    scale = vae.space_factor
+    width, height = w * scale, h * scale
+    boundaries = seam_boundaries(w if patch_dim == "w" else h, num_patches, overlap, scale)
+    meter = QualityMeter(width, height, boundaries, axis=patch_dim, cell=scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     chunks = decode_patched(vae, latent, num_patches=num_patches, patch_dim=patch_dim, overlap=overlap, group=group)
-    with VideoWriter(path, w * vae.space_factor, h * vae.space_factor, fps=fps, total_frames=frames) as writer:
+    if on_step is not None:
+        on_step(0, t)
+    with VideoWriter(path, width, height, fps=fps, total_frames=frames, readback=meter.add) as writer:
         for i, chunk in enumerate(chunks):
             writer.write(chunk)
             if on_step is not None:
                 on_step(i + 1, t)
     if sheet_path is not None:
-        tmp = sheet_path.with_name(f".{sheet_path.name}.tmp-{os.getpid()}.png")
-        writer.contact_sheet().save(tmp)
-        tmp.replace(sheet_path)
+        png = io.BytesIO()
+        writer.contact_sheet().save(png, format="PNG")
+        write_atomic(sheet_path, png.getvalue())
+    return meter.result()

@@ -315,8 +315,9 @@ class WanDiT(nn.Module):
         )
 
     def cast_for_inference(self, dtype: torch.dtype) -> WanDiT:
-        """Cast every parameter to `dtype` except the float32 islands of `keeps_float32`. Call it on float32
-        weights: an island already rounded to bf16 cannot be recovered."""
+        """Cast every parameter to `dtype` except the float32 islands of `keeps_float32`. The one way the dtype
+        policy is applied: the loaders call it on the model built on meta, then cast each tensor to its
+        parameter's dtype as they assign it. Call it on float32 weights: a rounded island cannot be recovered."""
         for key, param in self.named_parameters():
             param.data = param.data.to(torch.float32 if self.keeps_float32(key) else dtype)
         return self

@@ -15,7 +15,13 @@ import ftfy
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 
-from pixelwizard.checkpoints.strict import CheckpointError, check_state_dict, expected_shapes, read_torch_file
+from pixelwizard.checkpoints.strict import (
+    CheckpointError,
+    check_state_dict,
+    expected_shapes,
+    first_line,
+    read_torch_file,
+)
 from pixelwizard.models.config import ConfigError, T5Config
 
 LAYOUT = "the Wan2.2 umT5-XXL encoder layout (models_t5_umt5-xxl-enc-bf16.pth)"
@@ -114,7 +120,8 @@ def load_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{directory}: cannot load a tokenizer from this folder ({err})") from None
+        raise CheckpointError(f"{directory}: cannot load a tokenizer from this folder ({first_line(err)}); copy the "
+                              "google/umt5-xxl folder of Wan-AI/Wan2.2-TI2V-5B there again") from None
 
 
 class TextEncoder:
@@ -139,13 +146,14 @@ class TextEncoder:
         tokenizer = load_tokenizer(tokenizer_dir)
         if len(tokenizer) > config.vocab_size:
             raise CheckpointError(f"{tokenizer_dir}: tokenizer has {len(tokenizer)} tokens, more than the encoder's "
-                                  f"vocab_size {config.vocab_size}")
+                                  f"vocab_size {config.vocab_size}; use the tokenizer that came with the encoder")
         state = read_torch_file(pth_path)  # memory-mapped
         with torch.device("meta"):
             model = UMT5EncoderModel(umt5_config(config))
         expected = {wan_key(k): shape for k, shape in expected_shapes(model).items() if k != _TIED_KEY}
         found = {k: v.shape for k, v in state.items()}
-        check_state_dict(expected, found, source=pth_path, layout=f"{LAYOUT} ({config})")
+        check_state_dict(expected, found, source=pth_path, layout=f"{LAYOUT} ({config})",
+                         fix="use the models_t5_umt5-xxl-enc-bf16.pth of Wan-AI/Wan2.2-TI2V-5B")
         # `.to` is a no-op when the file already has the target dtype/device, so the mmap is the only copy.
         tensors = {hf_key(k): v.to(device=device, dtype=dtype) for k, v in state.items()}
         tensors[_TIED_KEY] = tensors["shared.weight"]

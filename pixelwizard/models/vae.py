@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from pixelwizard.models.config import VAEConfig
+from pixelwizard.models.config import PIXEL_PATCH, VAEConfig
 
 # Per-channel statistics of the z_dim-48 posterior mean; other widths (tiny test models) use mean 0, std 1.
 LATENT_MEAN = (
@@ -34,7 +34,6 @@ LATENT_STD = (
     0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
 )  # fmt: skip
 
-PIXEL_PATCH = 2  # 2x2 pixel-unshuffle before the encoder, 3 -> 12 channels
 NORM_EPS = 1e-12  # F.normalize's default
 
 Prologue = Callable[[Tensor, Tensor], None]  # (x, out): writes a conv's input, computed from x, into out
@@ -306,8 +305,7 @@ class WanVAE(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
-        self.time_factor = 2 ** sum(config.temperal_downsample)
-        self.space_factor = PIXEL_PATCH * 2 ** (len(config.dim_mult) - 1)
+        self.time_factor, self.space_factor = config.time_factor, config.space_factor
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)  # -> (mu, log_var); log_var unused
         self.conv2 = CausalConv3d(config.z_dim, config.z_dim, 1)

@@ -1,8 +1,12 @@
 """GPU leases for stage jobs on one machine: each job takes whole GPUs, marked by flock'ed files, and runs with
 CUDA_VISIBLE_DEVICES naming them. Locks vanish with their holder, so a killed job never strands a GPU.
 
-Snakemake's `gpu` resource bounds how many GPUs the running jobs hold together; the lease decides which. Under
-SLURM the allocation's CUDA_VISIBLE_DEVICES already names the job's GPUs and the lease leaves them alone.
+Snakemake's `gpu` resource bounds how many GPUs the running jobs hold together; the lease decides which. The locks
+of a SLURM allocation are its own (the allocation's GPUs are numbered from 0 in every allocation): jobs that share
+one allocation (`salloc` + the local profile) share its GPUs without overlap, and a job that is an allocation of its
+own (the slurm profile) finds every lock free.
+
+    python -m pixelwizard.pipeline.gpu_lease N -- COMMAND...     # what every stage job of the Snakefile runs
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,23 +38,27 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
 
 
+def lock_dir() -> Path:
+    return LOCK_DIR / os.environ.get("SLURM_JOB_ID", "host")
+
+
 @contextmanager
 def gpu_lease(count: int, timeout_s: float = 24 * 3600) -> Iterator[dict[str, str]]:
     """Hold `count` free GPUs; yields the environment additions for the job (empty on a machine without GPUs)."""
     gpus = visible_gpus()
-    if not gpus or count == 0 or "SLURM_JOB_ID" in os.environ:
-        # Under SLURM the allocation owns its GPUs (often renumbered from 0 per job): nothing to share.
+    if not gpus or count == 0:
         yield {}
         return
     if count > len(gpus):
         raise RuntimeError(f"a job needs {count} GPUs but only {len(gpus)} are visible ({','.join(gpus)})")
-    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    directory = lock_dir()
+    directory.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     while True:
         with ExitStack() as held:
             taken: list[str] = []
             for gpu in gpus:
-                if len(taken) < count and _try_lock(held, gpu):
+                if len(taken) < count and _try_lock(held, directory / f"{gpu}.lock"):
                     taken.append(gpu)
             if len(taken) == count:
                 yield {"CUDA_VISIBLE_DEVICES": ",".join(taken)}
@@ -59,8 +69,8 @@ def gpu_lease(count: int, timeout_s: float = 24 * 3600) -> Iterator[dict[str, st
         time.sleep(POLL_S)
 
 
-def _try_lock(held: ExitStack, gpu: str) -> bool:
-    handle = open(LOCK_DIR / f"{gpu}.lock", "w")
+def _try_lock(held: ExitStack, path: Path) -> bool:
+    handle = open(path, "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -68,3 +78,20 @@ def _try_lock(held: ExitStack, gpu: str) -> bool:
         return False
     held.enter_context(handle)
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Lease the GPUs, run the command with them, pass stop signals on, exit with the command's code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
+        print("usage: python -m pixelwizard.pipeline.gpu_lease N -- COMMAND...", file=sys.stderr)
+        return 2
+    with gpu_lease(int(argv[0])) as env:
+        child = subprocess.Popen(argv[2:], env={**os.environ, **env})
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda number, _frame: child.send_signal(number))
+        return child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

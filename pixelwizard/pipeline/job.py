@@ -1,177 +1,319 @@
-"""The loop every stage job runs: for each prompt of its shard, skip what is already done (same provenance
-digest), compute the rest, isolate failures, record events, and mark the shard done only when all succeeded."""
+"""The bookkeeping around a stage script's loop, so the script itself reads top to bottom:
+
+    with Job.start("hr") as job:                       # leaves the shard's marker when the loop ran through
+        model = job.lazy(load_hr_model, ...)           # loaded once, on first use; a load error is kept
+        for prompt in job.pending():                   # not current yet and every input ready; rank 0 decides
+            with job.record(prompt) as out:            # times it, records the event, isolates a failure
+                context = job.read("text", prompt, "context")
+                latent = sample_hr(model(), ..., on_step=out.step)
+                out.write_store({"latent": latent})
+
+The script ends with `return job.exit_code`.
+
+A job is one shard of one stage of one run snapshot: `python -m pixelwizard.workflow.stages.<stage> SNAPSHOT SHARD`,
+run in OUT (Snakemake's working directory). Under torchrun every rank runs the same loop in lockstep: rank 0 decides
+what to compute and reads the inputs, which reach the other ranks as tensors; only rank 0 writes.
+
+SIGTERM, SIGINT and SIGHUP stop a job cleanly: a denoising step or decode chunk under way is finished, nothing
+half-written is published (every output is written under a temporary name and renamed when complete), no new prompt
+is started, and the job exits with 128 + the signal number. Outside a step (loading weights, say) it stops at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
+import signal
+import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pixelwizard import __version__
-from pixelwizard.checkpoints.trainer import fingerprint
-from pixelwizard.io.latent_store import provenance_digest, read_store, remove_stale_temps, store_attrs
-from pixelwizard.pipeline.plan import StageSpec
+from pixelwizard import __version__, distributed
+from pixelwizard.io.files import remove_stale_temps, write_atomic
+from pixelwizard.io.latent_store import read_store, write_store
+from pixelwizard.io.sidecar import write_sidecar
+from pixelwizard.pipeline import steps
+from pixelwizard.pipeline.events import append_event, read_events, write_progress
+from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.prompts import Prompt
+from pixelwizard.pipeline.provenance import CORRUPT, DONE, FAILED, Provenance
+from pixelwizard.pipeline.snapshot import RunSnapshot
+from pixelwizard.pipeline.stages import STAGES
 
 log = logging.getLogger("pixelwizard")
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PROGRESS_EVERY_S = 0.5
+PR_SET_PDEATHSIG = 1
 
 
-class MissingUpstreamError(RuntimeError):
-    """An input of this stage is absent or incomplete."""
+class Stopped(BaseException):
+    """A stop signal arrived: the job ends without publishing what it was computing (not an Exception, so no
+    handler meant for failures catches it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but torch sees no CUDA device; use device: auto or cpu")
-    return torch.device(requested)
+def die_with_parent() -> None:
+    """torchrun starts its workers in a session of their own, so a kill of the job's process group misses them:
+    have the kernel kill this process when its parent dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(128 + signal.SIGKILL)
 
 
-def dit_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """bf16 matmuls on a GPU; float32 on the CPU, where bf16 is slow and not what parity is checked in."""
-    return torch.float32 if device.type == "cpu" else getattr(torch, requested)
+class Output:
+    """One prompt's output being made: its path, its provenance attributes, the progress callback."""
+
+    def __init__(self, job: Job, item: Prompt):
+        self.job, self.item = job, item
+        self.stage = job.stage
+        self.path = job.provenance.output(job.stage, item.id)
+        self.attrs = {**job.provenance.attrs(job.stage, item.id), "version": __version__}
+        self.extra: dict[str, Any] = {}  # recorded in the computed event (e.g. dropped tokens)
+        self.stepping = False
+        self._last_progress = 0.0
+
+    def step(self, done: int, total: int) -> None:
+        """The samplers' and decoders' callback: progress for the live view; a requested stop ends the prompt
+        here, between two steps."""
+        self.stepping = done < total
+        if self.job.stop_requested():
+            raise Stopped(self.job.stop_signal or signal.SIGTERM)
+        now = time.monotonic()
+        if self.job.is_writer and (now - self._last_progress >= PROGRESS_EVERY_S or done == total):
+            self._last_progress = now
+            self.job.progress(self.item.id, done, total)
+        if done > 0 and self.job.first_step_s is None:
+            self.job.first_step_s = round(time.monotonic() - self.job.process_start, 2)
+
+    def warn(self, message: str) -> None:
+        """A warning about this prompt, for the console (the live view prints it) and the event log."""
+        log.warning("%s %s: %s", self.stage, self.item.id, message)
+        self.job.event(self.item.id, "warning", warning=message)
+
+    @property
+    def seed(self) -> int:
+        return steps.stage_seed(self.item, self.job.preset, self.stage)
+
+    def write_store(self, arrays: dict[str, torch.Tensor], **attrs: Any) -> None:
+        if self.job.is_writer:
+            write_store(self.path, arrays, {**self.attrs, **attrs})
+
+    def write_sidecar(self, files: list[Path], **attrs: Any) -> None:
+        """Complete an MP4 output: the JSON beside it, written last."""
+        if self.job.is_writer:
+            sidecar = self.job.layout.sidecar(self.stage, self.item.id, self.job.provenance.tag(self.stage))
+            write_sidecar(sidecar, {**self.attrs, **attrs}, files)
 
 
-def checkpoint_identity(path: Path) -> dict[str, Any]:
-    """The part of a checkpoint's fingerprint that enters provenance digests: content, not location."""
-    fp = fingerprint(path)
-    return {"size": fp["size"], "sha256_ends": fp["sha256_ends"]}
+class Job:
+    def __init__(self, stage: str, snapshot: RunSnapshot, shard: str, layout: Layout, device: torch.device):
+        self.stage, self.snapshot, self.shard, self.layout, self.device = stage, snapshot, shard, layout, device
+        self.config, self.preset = snapshot.config, snapshot.preset
+        self.events = layout.events
+        self.provenance = Provenance(snapshot, layout, read_events(layout.events)[0] if self._rank0() else [])
+        self.plan = Plan(snapshot, layout, self.provenance)
+        self.items = self.plan.shards[stage][shard]
+        self.is_writer = distributed.is_writer()
+        self.process_start = time.monotonic()
+        self.first_step_s: float | None = None
+        self.stop_signal: int | None = None
+        self.current: Output | None = None
+        self.outcomes: dict[str, str] = {}
+        self.exit_code = 0
 
+    @staticmethod
+    def _rank0() -> bool:
+        return distributed.rank() == 0
 
-def output_attrs(provenance: dict[str, Any]) -> dict[str, Any]:
-    """Metadata stored with every output: what it was made from, that record's digest, the library version."""
-    return {"provenance": provenance, "digest": provenance_digest(provenance), "version": __version__}
+    @classmethod
+    def start(cls, stage: str, argv: list[str] | None = None) -> Job:
+        """Parse `SNAPSHOT SHARD`, set up logging, signals and the process group; the working directory is OUT."""
+        parser = argparse.ArgumentParser(prog=f"stages/{stage}.py", description=f"The {stage} stage of a run.")
+        parser.add_argument("snapshot", type=Path, help="a run snapshot: OUT/.pixelwizard/runs/<digest>.json")
+        parser.add_argument("shard", help="which shard of the stage's items, e.g. 00003")
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if "LOCAL_RANK" in os.environ:
+            die_with_parent()
+        snapshot = RunSnapshot.load(args.snapshot)
+        layout = Layout(Path("."))
+        _hold_jobs_lock(layout)
+        device = distributed.init_from_env(steps.pick_device(snapshot.config.device))
+        job = cls(stage, snapshot, args.shard, layout, device)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, job._on_signal)
+        if job.is_writer and STAGES[stage].output == "zarr":
+            removed = remove_stale_temps(job.provenance.output(stage, job.items[0].id).parent)
+            if removed:
+                log.info("removed %d temporary store(s) left by killed writers", removed)
+        return job
 
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_signal = signum
+        log.warning("%s: stopping after the current step", signal.Signals(signum).name)
+        if self.current is None or not self.current.stepping:
+            raise Stopped(signum)
 
-def store_is_current(path: Path, digest: str) -> bool:
-    attrs = store_attrs(path)
-    return attrs is not None and attrs.get("digest") == digest
+    def stop_requested(self) -> bool:
+        """Whether any rank was asked to stop (every rank agrees, so none is left waiting in a collective)."""
+        if distributed.world_size() == 1:
+            return self.stop_signal is not None
+        flag = torch.tensor([float(self.stop_signal or 0)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and self.stop_signal is None:
+            self.stop_signal = int(flag.item())
+        return bool(flag.item())
 
+    def lazy(self, load: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[[], T]:
+        """`load(*args, **kwargs)` on first use, once: later prompts reuse the model, or fail at once with the
+        same error instead of reading a broken file again."""
+        outcome: list[Any] = []
 
-def read_array(path: Path, name: str) -> torch.Tensor:
-    return read_store(path, [name])[0][name]
+        def get() -> T:
+            if not outcome:
+                try:
+                    outcome.append((True, load(*args, **kwargs)))
+                except Exception as err:
+                    outcome.append((False, err))
+            ok, value = outcome[0]
+            if not ok:
+                raise value
+            return value
 
+        return get
 
-def sidecar_is_current(sidecar: Path, media: Path, digest: str) -> bool:
-    """For outputs that are not zarr stores (videos): a json written after the media file carries the digest."""
-    try:
-        return media.exists() and json.loads(sidecar.read_text()).get("digest") == digest
-    except (OSError, ValueError):
+    def event(self, item_id: str, action: str, **fields: Any) -> None:
+        if self.is_writer:
+            append_event(self.events, stage=self.stage, id=item_id, shard=self.shard,
+                         digest=self.provenance.digest(self.stage, item_id), action=action, **fields)
+
+    def progress(self, item_id: str, done: int, total: int) -> None:
+        write_progress(self.layout.progress(self.stage, self.shard), stage=self.stage, shard=self.shard, id=item_id,
+                       done=done, total=total, items=len(self.items))
+
+    def pending(self) -> Iterator[Prompt]:
+        """The shard's items that are not current and whose inputs are: rank 0 decides, every rank follows.
+        Items that failed before come last, so one that fails every time does not hold up the others."""
+        ids = distributed.from_rank0(self._decide)
+        by_id = {item.id: item for item in self.items}
+        for item_id in ids:
+            if self.stop_requested():
+                return
+            yield by_id[item_id]
+
+    def _decide(self) -> list[str]:
+        todo, retry = [], []
+        for item in self.items:
+            state = self.provenance.state(self.stage, item.id)
+            waiting = [f"{up} {self.provenance.state(up, up_id).state}"
+                       for up, up_id in self.provenance.inputs(self.stage, item.id).items()
+                       if not self.provenance.state(up, up_id).done]
+            if state.state == DONE:
+                self.event(item.id, "skipped")
+                self.outcomes[item.id] = "skipped"
+            elif waiting:
+                self.event(item.id, "blocked", error=f"input not ready: {', '.join(waiting)}")
+                self.outcomes[item.id] = "blocked"
+            else:
+                if state.state == CORRUPT:
+                    self.event(item.id, "corrupt", error=state.reasons[0])
+                (retry if state.state == FAILED else todo).append(item.id)
+        return todo + retry
+
+    @contextmanager
+    def record(self, item: Prompt) -> Iterator[Output]:
+        """Around one prompt's computation: events, timing, failure isolation. A failure is recorded (its first line
+        in the event log, the traceback in the job's log) and the loop goes on with the next prompt; with several
+        processes, where the others may be waiting in a collective, the job ends instead."""
+        out = Output(self, item)
+        self.current = out
+        start = time.perf_counter()
+        self.event(item.id, "started")
+        try:
+            yield out
+        except Stopped as stop:
+            self.event(item.id, "interrupted", error=str(stop))
+            self.outcomes[item.id] = "interrupted"
+            raise
+        except Exception as err:
+            log.error("%s %s failed:\n%s", self.stage, item.id, traceback.format_exc())
+            message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            append_event(self.events, stage=self.stage, id=item.id, shard=self.shard,
+                         digest=self.provenance.digest(self.stage, item.id), action="failed", error=message)
+            self.outcomes[item.id] = "failed"
+            if distributed.world_size() > 1:
+                logging.shutdown()
+                os._exit(1)  # torchrun then ends the other ranks at once
+        else:
+            seconds = round(time.perf_counter() - start, 3)
+            self.event(item.id, "computed", seconds=seconds, startup_s=self.first_step_s, **out.extra)
+            self.outcomes[item.id] = "computed"
+            log.info("%s %s computed in %.1f s", self.stage, item.id, seconds)
+        finally:
+            self.current = None
+
+    def read(self, stage: str, item: Prompt, name: str) -> torch.Tensor:
+        """Array `name` of the output of upstream `stage` that this job's `item` reads, checked against the digest
+        this run expects; read on rank 0 and broadcast to the others as a tensor."""
+        up_id = self.provenance.inputs(self.stage, item.id)[stage]
+
+        def load() -> torch.Tensor:
+            path = self.provenance.output(stage, up_id)
+            tensors, attrs = read_store(path, [name])
+            if attrs.get("digest") != self.provenance.digest(stage, up_id):
+                raise RuntimeError(f"{path} changed while this job ran; run again")
+            return tensors[name]
+
+        return distributed.broadcast_tensor(load, self.device)
+
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        """A loop that ran through leaves the shard's marker (exit code 0, whatever single prompts did); a stop
+        leaves no marker (exit code 128 + the signal number); a crash propagates."""
+        if self.is_writer:
+            self.layout.progress(self.stage, self.shard).unlink(missing_ok=True)
+        if isinstance(exc, Stopped):
+            log.warning("%s shard %s %s", self.stage, self.shard, exc)
+            self.exit_code = 128 + exc.signum
+            return True
+        if exc is None and self.is_writer:
+            marker = self.plan.marker(self.stage, self.shard)
+            for old in marker.parent.glob(f"{self.shard}-*.json"):
+                old.unlink(missing_ok=True)
+            write_atomic(marker, json.dumps({"stage": self.stage, "shard": self.shard, "outcomes": self.outcomes}))
+        distributed.shutdown()
         return False
 
 
-def upstream_digest(path: Path, stage: str) -> str:
-    attrs = store_attrs(path)
-    if attrs is None:
-        raise MissingUpstreamError(f"{path} is missing or incomplete: run the {stage} stage for it first")
-    return attrs["digest"]
+def _hold_jobs_lock(layout: Layout) -> None:
+    """A shared lock on OUT/.pixelwizard/jobs.lock for the job's lifetime: `generate` refuses to start while jobs
+    of an earlier run still work in OUT (the kernel drops the lock when the process dies)."""
+    layout.jobs_lock.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(layout.jobs_lock, "a")
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    _held.append(handle)
 
 
-def append_event(path: Path, **event: Any) -> None:
-    """One json line per prompt and stage; lines this short are written whole by O_APPEND."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"time": time.time(), "pid": os.getpid(), **event}, ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
 
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1))
-    tmp.replace(path)
-
-
-def run_prompts(
-    spec: StageSpec,
-    *,
-    provenance: Callable[[Prompt], dict[str, Any]],
-    is_done: Callable[[Prompt, str], bool],
-    compute: Callable[[Prompt, dict[str, Any]], None],
-    write_outputs: bool = True,
-    store_dir: Path | None = None,
-) -> int:
-    """Process the shard; returns the process exit code (1 when any prompt failed).
-
-    `compute(prompt, attrs)` writes the prompt's outputs atomically; `attrs` carries the provenance, its
-    digest and the library version for the output's metadata. Ranks other than 0 pass write_outputs=False:
-    they take part in the computation but record nothing. `store_dir`: where the stage's zarr stores live;
-    temp stores that killed writers left there (over an hour old, writer gone) are removed first.
-    """
-    layout = spec.layout
-    if write_outputs and store_dir is not None:
-        removed = remove_stale_temps(store_dir)
-        if removed:
-            log.info("removed %d temp store(s) left in %s by killed writers", removed, store_dir)
-    failed = []
-    for prompt in spec.prompts:
-        event = {"stage": spec.stage, "id": prompt.id, "shard": spec.shard}
-        start = time.perf_counter()
-        try:
-            attrs = output_attrs(provenance(prompt))
-            if is_done(prompt, attrs["digest"]):
-                action = "skipped"
-            else:
-                compute(prompt, attrs)
-                action = "computed"
-        except Exception as err:  # one bad prompt must not cost the shard: record it, go on
-            log.exception("%s %s failed", spec.stage, prompt.id)
-            failed.append(prompt.id)
-            if write_outputs:
-                append_event(layout.events, **event, action="failed", error=f"{type(err).__name__}: {err}")
-            continue
-        seconds = time.perf_counter() - start
-        log.info("%s %s %s in %.1f s", spec.stage, prompt.id, action, seconds)
-        if write_outputs:
-            append_event(layout.events, **event, action=action, seconds=round(seconds, 3))
-    if failed:
-        log.error("%s shard %s: %d prompt(s) failed: %s", spec.stage, spec.shard, len(failed), ", ".join(failed))
-        return 1
-    if write_outputs:
-        write_json_atomic(layout.done(spec.marker, spec.shard), {"ids": [p.id for p in spec.prompts]})
-    return 0
-
-
-def parse_spec(description: str, argv: list[str] | None = None) -> StageSpec:
-    """The command line of every stage script: one argument, the job spec the Snakefile wrote."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", type=Path, help="a job spec: OUT/.specs/<stage>/<shard>.json")
-    args = parser.parse_args(argv)
-    setup_logging()
-    return StageSpec.load(args.spec)
-
-
-def run_on_ranks(spec: StageSpec, run_shard: Callable[[StageSpec, torch.device], int]) -> int:
-    """Run a stage that may be launched by torchrun: join the process group (if any) on the right device."""
-    from pixelwizard import distributed
-
-    device = distributed.init_from_env(pick_device(spec.run.device))
-    try:
-        return run_shard(spec, device)
-    finally:
-        distributed.shutdown()
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-@contextmanager
-def progress(description: str, total: int) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr; yields the `(done, total)` callback the samplers and decoders call."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True)) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done, n: bar.update(task, completed=done, total=n)
+_held: list[Any] = []

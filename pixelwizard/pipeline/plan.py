@@ -1,175 +1,109 @@
-"""Where every output of a run lives, and what each stage job is given: the single description of the
-on-disk layout that the Snakefile, the stage scripts, `pixelwizard status` and the tests share.
+"""A run cut into stage jobs, as the Snakefile and the CLI see it: each stage's items in shards of its shard size,
+one Snakemake job per shard, whose output is a marker named by the digest of what the shard must produce. The
+graph follows the stage table: a shard's inputs are the markers of the upstream shards holding what it reads.
 
-    OUT/pixelwizard.yaml                      the run configuration
-    OUT/text/<id>.zarr, OUT/text/_uncond.zarr  umT5 embeddings (prompt; negative and empty prompts)
-    OUT/lr/<id>.zarr, OUT/lr/<id>.mp4         LR anchor latent and its 448x256 preview
-    OUT/hr/<id>.zarr                          HR latent
-    OUT/videos/<decode tag>/<id>.{mp4,png,json}   video, contact sheet, provenance
-    OUT/.done/<stage>/<shard>.json            shard markers (the Snakemake outputs)
-    OUT/.specs/<stage>/<shard>.json           what a stage job processes (ids, texts, run configuration)
-    OUT/logs/<stage>/<shard>.log, OUT/logs/events.jsonl
+A marker means "this shard's job ran through with these settings"; whether each output is current is the
+provenance's to say. Settings or checkpoints that change an output change its digest and so the marker's name:
+Snakemake runs the job again without any help. Before a run the CLI also removes the markers of shards holding an
+output that is missing, failed, stale or corrupt, so that those jobs run again.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import functools
+import hashlib
+import shlex
+import sys
 from pathlib import Path
-from typing import Any
 
-from pixelwizard.pipeline.presets import Preset
-from pixelwizard.pipeline.prompts import Prompt, read_prompts, shard
+from pixelwizard.checkpoints.identity import DigestCache
+from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.prompts import Prompt, shard
+from pixelwizard.pipeline.provenance import Provenance
 from pixelwizard.pipeline.run_config import RunConfig
+from pixelwizard.pipeline.snapshot import RunSnapshot
+from pixelwizard.pipeline.stages import STAGES, Stage, enabled_stages
 
-RUN_CONFIG = "pixelwizard.yaml"
-UNCOND = "_uncond"  # not a valid prompt id (ids start with a letter or digit), so it cannot collide
-
-# The preset fields each stage's output depends on: a change re-runs that stage and what follows, nothing else.
-STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "uncond": ("negative_prompt",),
-    "text": (),
-    "lr": ("frames", "seed", "lr_width", "lr_height", "lr_steps", "lr_shift", "lr_guidance", "lr_solver"),
-    "lr_preview": ("fps",),
-    "hr": ("frames", "seed", "width", "height", "hr_steps", "hr_shift", "hr_guidance", "hr_solver",
-           "uncond_prompt", "uncond_anchor"),
-    "decode": ("num_patches", "patch_dim", "overlap", "fps"),
-}
-# Each stage with the stages its outputs are made from (itself included).
-LINEAGE: dict[str, tuple[str, ...]] = {
-    "uncond": ("uncond",),
-    "text": ("text",),
-    "lr": ("uncond", "text", "lr"),
-    "lr_preview": ("uncond", "text", "lr", "lr_preview"),
-    "hr": ("uncond", "text", "lr", "hr"),
-    "decode": ("uncond", "text", "lr", "hr", "decode"),
-}
+STOP_AFTER = {"lr": ("lr", "preview"), "hr": ("hr",)}  # --until: the last stages of a shortened run
 
 
-def decode_tag(preset: Preset) -> str:
-    """Decode settings as a folder name: re-decoding with other settings writes beside, never over."""
-    return f"p{preset.num_patches}{preset.patch_dim}-ov{preset.overlap}-{preset.fps}fps"
+class Plan:
+    def __init__(self, snapshot: RunSnapshot, layout: Layout, provenance: Provenance | None = None):
+        self.snapshot = snapshot
+        self.layout = layout
+        self.provenance = provenance or Provenance(snapshot, layout)
+        self.stages: list[Stage] = enabled_stages(snapshot.config)
+        self.shards: dict[str, dict[str, list[Prompt]]] = {}
+        self._shard_of: dict[str, dict[str, str]] = {}
+        for stage in self.stages:
+            pieces = shard(snapshot.items(stage.name), self.shard_size(stage.name))
+            self.shards[stage.name] = {f"{i:05d}": piece for i, piece in enumerate(pieces)}
+            self._shard_of[stage.name] = {item.id: name for name, piece in self.shards[stage.name].items()
+                                          for item in piece}
 
+    def shard_of(self, stage: str, item_id: str) -> str:
+        return self._shard_of[stage][item_id]
 
-def stage_settings(stage: str, preset: Preset) -> dict[str, Any]:
-    return {name: getattr(preset, name) for name in STAGE_SETTINGS[stage]}
+    def shard_size(self, stage: str) -> int:
+        return self.snapshot.config.shard_sizes.get(stage, STAGES[stage].shard_size)
 
+    def gpus(self, stage: str) -> int:
+        field = STAGES[stage].gpus
+        return getattr(self.snapshot.config, field) if field else 1
 
-@dataclass(frozen=True)
-class Layout:
-    out: Path
+    @functools.cache
+    def shard_digest(self, stage: str, shard_name: str) -> str:
+        lines = "".join(f"{p.id} {self.provenance.digest(stage, p.id)}\n" for p in self.shards[stage][shard_name])
+        return hashlib.sha256(f"{stage}\n{lines}".encode()).hexdigest()
 
-    def text(self, prompt_id: str) -> Path:
-        return self.out / "text" / f"{prompt_id}.zarr"
+    def marker(self, stage: str, shard_name: str) -> Path:
+        return self.layout.marker(stage, shard_name, self.shard_digest(stage, shard_name),
+                                  self.provenance.tag(stage))
 
-    def lr(self, prompt_id: str) -> Path:
-        return self.out / "lr" / f"{prompt_id}.zarr"
+    def markers(self, stage: str) -> list[Path]:
+        return [self.marker(stage, name) for name in self.shards.get(stage, {})]
 
-    def lr_preview(self, prompt_id: str) -> Path:
-        return self.out / "lr" / f"{prompt_id}.mp4"
-
-    def hr(self, prompt_id: str) -> Path:
-        return self.out / "hr" / f"{prompt_id}.zarr"
-
-    def video(self, tag: str, prompt_id: str, suffix: str = ".mp4") -> Path:
-        return self.out / "videos" / tag / f"{prompt_id}{suffix}"
-
-    def done(self, stage: str, shard_name: str) -> Path:
-        return self.out / ".done" / stage / f"{shard_name}.json"
-
-    def spec(self, stage: str, shard_name: str) -> Path:
-        return self.out / ".specs" / stage / f"{shard_name}.json"
+    def marker_pattern(self, stage: str) -> str:
+        return str(self.layout.marker(stage, "{shard}", "{digest}", self.provenance.tag(stage)))
 
     def log(self, stage: str, shard_name: str) -> Path:
-        return self.out / "logs" / stage / f"{shard_name}.log"
+        return self.layout.log(stage, shard_name, self.provenance.tag(stage))
 
-    @property
-    def events(self) -> Path:
-        return self.out / "logs" / "events.jsonl"
+    def input_markers(self, stage: str, shard_name: str) -> list[Path]:
+        """The markers of the upstream shards holding what this shard's items read."""
+        needed = {(up, up_id) for item in self.shards[stage][shard_name]
+                  for up, up_id in self.provenance.inputs(stage, item.id).items()}
+        shards = sorted({(up, self._shard_of[up][up_id]) for up, up_id in needed})
+        return [self.marker(up, name) for up, name in shards]
 
+    def targets(self, until: str | None = None) -> list[Path]:
+        """The markers that make a whole run (or one stopped after `until`'s stages)."""
+        wanted = STOP_AFTER[until] if until else [s.name for s in self.stages if not self._read_by_later(s.name)]
+        return [marker for stage in wanted if stage in self.shards for marker in self.markers(stage)]
 
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage job: a shard of prompts and everything needed to process them, as plain json."""
+    def _read_by_later(self, stage: str) -> bool:
+        return any(stage in s.reads for s in self.stages)
 
-    stage: str
-    shard: str
-    run: RunConfig
-    prompts: tuple[Prompt, ...]
-
-    @property
-    def preset(self) -> Preset:
-        return self.run.resolved_preset()
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(Path(self.run.out))
-
-    @property
-    def marker(self) -> str:
-        """The stage's folder under .done/, .specs/ and logs/: decodes with other settings keep their own."""
-        return f"decode-{decode_tag(self.preset)}" if self.stage == "decode" else self.stage
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "stage": self.stage, "shard": self.shard, "run": self.run.to_mapping(),
-            "prompts": [{"id": p.id, "text": p.text} for p in self.prompts],
-        }, ensure_ascii=False, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> StageSpec:
-        values = json.loads(text)
-        return cls(stage=values["stage"], shard=values["shard"], run=RunConfig.from_mapping(values["run"]),
-                   prompts=tuple(Prompt(**p) for p in values["prompts"]))
-
-    def save(self) -> Path:
-        path = self.layout.spec(self.marker, self.shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> StageSpec:
-        return cls.from_json(Path(path).read_text())
+    def command(self, stage: str, shard_name: str, snapshot_path: Path) -> str:
+        """The shell command of a stage job: the GPU lease, then the stage script (through torchrun when the job
+        spans several GPUs), its output into the job's log."""
+        gpus = self.gpus(stage)
+        python = shlex.quote(sys.executable)
+        script = f"-m pixelwizard.workflow.stages.{stage} {shlex.quote(str(snapshot_path))} {shard_name}"
+        launch = f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus}" if gpus > 1 else python
+        log = self.log(stage, shard_name)
+        return (f"mkdir -p {shlex.quote(str(log.parent))} && {python} -m pixelwizard.pipeline.gpu_lease {gpus} -- "
+                f"{launch} {script} > {shlex.quote(str(log))} 2>&1")
 
 
-@dataclass(frozen=True)
-class Plan:
-    """A run's prompts cut into shards, as the Snakefile sees them."""
-
-    run: RunConfig
-    shards: dict[str, tuple[Prompt, ...]]
-
-    @classmethod
-    def from_run(cls, run: RunConfig) -> Plan:
-        prompts = read_prompts(Path(run.prompts))
-        return cls(run, {f"{i:05d}": tuple(s) for i, s in enumerate(shard(prompts, run.shard_size))})
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(Path(self.run.out))
-
-    def markers(self, marker: str) -> list[str]:
-        """The shard markers of a stage (or of a decode's `decode-<tag>`) for every shard: Snakemake targets."""
-        return [str(self.layout.done(marker, shard)) for shard in self.shards]
-
-    def spec(self, stage: str, shard_name: str) -> StageSpec:
-        prompts = () if stage == "uncond" else self.shards[shard_name]
-        return StageSpec(stage=stage, shard=shard_name, run=self.run, prompts=prompts)
-
-    def params(self, stage: str, shard_name: str) -> str:
-        """What Snakemake compares between runs: the settings of the stage and of every stage upstream of it,
-        and the shard's prompts. Upstream settings matter even though an upstream change also re-runs this
-        stage through its inputs: if the upstream job fails, Snakemake deletes only the upstream marker, and
-        this stage's own marker must still read as outdated on the next run. Settings of unrelated stages
-        (decode settings for the HR job) are left out, so changing them does not re-launch this stage."""
-        spec = self.spec(stage, shard_name)
-        preset = spec.preset
-        own = {
-            "settings": {name: stage_settings(name, preset) for name in LINEAGE[stage]},
-            "prompts": [[p.id, p.text] for p in spec.prompts],
-            "checkpoints": {k: getattr(self.run, k) for k in ("ckpt_dir", "lr_ckpt", "hr_ckpt")},
-        }
-        return json.dumps(own, ensure_ascii=False, sort_keys=True)
+def snakemake_plan(config: dict) -> tuple[Plan, Path]:
+    """The Snakefile's plan and run snapshot, in OUT (the working directory): the snapshot `pixelwizard generate`
+    wrote (`--config snapshot=PATH`), or one made here from a run configuration (`--configfile my-run.yaml`)."""
+    layout = Layout(Path("."))
+    if set(config) == {"snapshot"}:
+        path = Path(config["snapshot"])
+        snapshot = RunSnapshot.load(path)
+    else:
+        snapshot = RunSnapshot.from_files(RunConfig.from_mapping(dict(config)), Path("."), DigestCache(layout.digests))
+        path = snapshot.save(layout)
+    return Plan(snapshot, layout), path

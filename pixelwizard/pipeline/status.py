@@ -1,56 +1,85 @@
-"""Per-stage counts of a run for `pixelwizard status`: done, missing, failed (with ids), read from the outputs
-themselves and the events log, never from Snakemake's state."""
+"""A run's state, per stage and per prompt, from its outputs and their provenance (pipeline/provenance.py): what is
+done, stale (and why), missing, blocked behind an input, failed (and with what error) or corrupt. `pixelwizard
+status`, the summary at the end of `generate` and the report all read it from here.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixelwizard.io.latent_store import store_attrs
-from pixelwizard.pipeline.plan import Layout, Plan, decode_tag
+from rich.console import Console
+from rich.table import Table
+
+from pixelwizard.checkpoints.identity import DigestCache
+from pixelwizard.pipeline.events import read_events
+from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.plan import Plan
+from pixelwizard.pipeline.provenance import DONE, OutputState, Provenance
 from pixelwizard.pipeline.run_config import RunConfig
+from pixelwizard.pipeline.snapshot import RunSnapshot
+
+STATES = ("done", "stale", "missing", "blocked", "failed", "corrupt")
 
 
-@dataclass(frozen=True)
+@dataclass
 class StageStatus:
     stage: str
-    done: int
-    missing: int
-    failed_ids: list[str]
+    label: str  # the stage, with its tag where it has one (decode p3w-ov3-24fps)
+    counts: Counter = field(default_factory=Counter)
+    problems: list[OutputState] = field(default_factory=list)  # every output not done
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
 
 
-def last_actions(events: Path) -> dict[tuple[str, str], str]:
-    """(stage, id) -> the last recorded action; a torn last line (a writer killed mid-line) is ignored."""
-    actions = {}
-    if events.exists():
-        for line in events.read_text(encoding="utf-8").splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            actions[event["stage"], event["id"]] = event["action"]
-    return actions
+def last_snapshot(out: Path) -> RunSnapshot:
+    """The run as the last `generate` in OUT configured it (its pixelwizard.yaml, prompts.jsonl, only.txt)."""
+    layout = Layout(out)
+    config = RunConfig.load(layout.config)
+    return RunSnapshot.from_files(config, out, DigestCache(layout.digests))
 
 
-def stage_status(run: RunConfig) -> list[StageStatus]:
-    layout = Layout(Path(run.out))
-    ids = [p.id for shard in Plan.from_run(run).shards.values() for p in shard]
-    tag = decode_tag(run.resolved_preset())
-    outputs = {
-        "text": lambda i: store_attrs(layout.text(i)) is not None,
-        "lr": lambda i: store_attrs(layout.lr(i)) is not None,
-        "lr_preview": lambda i: layout.lr_preview(i).exists(),
-        "hr": lambda i: store_attrs(layout.hr(i)) is not None,
-        "decode": lambda i: layout.video(tag, i, ".json").exists() and layout.video(tag, i).exists(),
-    }
-    if not run.lr_preview:
-        del outputs["lr_preview"]
-    actions = last_actions(layout.events)
+def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = None) -> list[StageStatus]:
+    provenance = Provenance(snapshot, layout, read_events(layout.events)[0])
+    plan = Plan(snapshot, layout, provenance)
     rows = []
-    for stage, exists in outputs.items():
-        done = {i for i in ids if exists(i)}
-        failed = [i for i in ids if i not in done and actions.get((stage, i)) == "failed"]
-        label = f"decode {tag}" if stage == "decode" else stage
-        rows.append(StageStatus(label, len(done), len(ids) - len(done) - len(failed), failed))
+    for stage in plan.stages:
+        if stages is not None and stage.name not in stages:
+            continue
+        tag = provenance.tag(stage.name)
+        row = StageStatus(stage.name, f"{stage.name} {tag}" if tag else stage.name)
+        for item in snapshot.items(stage.name):
+            state = provenance.state(stage.name, item.id)
+            row.counts[state.state] += 1
+            if state.state != DONE:
+                row.problems.append(state)
+        rows.append(row)
     return rows
+
+
+def table(rows: list[StageStatus], title: str) -> Table:
+    grid = Table(title=title, title_justify="left")
+    grid.add_column("stage")
+    for state in STATES:
+        grid.add_column(state, justify="right")
+    for row in rows:
+        grid.add_row(row.label, *(str(row.counts[s]) if row.counts[s] else "·" for s in STATES))
+    return grid
+
+
+def print_problems(console: Console, rows: list[StageStatus], limit: int = 10) -> None:
+    """Why outputs are not done: stale ones grouped by reason, each failure with its error, blocked ones by input."""
+    for row in rows:
+        grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        for problem in row.problems:
+            grouped.setdefault((problem.state, problem.reasons), []).append(problem.id)
+        for (state, reasons), ids in grouped.items():
+            if state == "missing":
+                continue
+            shown = ", ".join(ids[:limit]) + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+            why = "; ".join(reasons)
+            console.print(f"  {row.label}: {state} {shown}" + (f": {why}" if why else ""), highlight=False,
+                          markup=False)

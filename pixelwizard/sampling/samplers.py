@@ -2,6 +2,8 @@
 
     v = v_uncond + g * (v_cond - v_uncond)                      (classifier-free guidance)
     x <- solver.step(v, x)                                      (UniPC by default, DPM++ or Euler)
+
+They take plain parameters and the starting noise; the product's presets are mapped onto them by the stages.
 """
 
 from __future__ import annotations
@@ -10,104 +12,100 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
-from pixelwizard.pipeline.presets import Preset
-from pixelwizard.sampling.schedules import Schedule, dpmpp_schedule, shortcut_dt, unipc_schedule
-from pixelwizard.sampling.seeds import gaussian_noise
-from pixelwizard.sampling.solvers import make_solver
-
-VAE_STRIDE = (4, 16, 16)  # (T, H, W) compression of the Wan2.2 VAE
+from pixelwizard.sampling.schedules import shortcut_dt
+from pixelwizard.sampling.solvers import solver_kind
 
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all)
+Velocity = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x, t [1], dt [1]) -> v
 
 
 @dataclass(frozen=True)
 class Conditioning:
     """Text embeddings of one prompt and of its unconditional branch, each [L_i, text_dim]."""
 
-    prompt: torch.Tensor
-    uncond: torch.Tensor
+    prompt: Tensor
+    uncond: Tensor
 
 
-def latent_shape(channels: int, frames: int, width: int, height: int) -> tuple[int, int, int, int]:
-    st, sh, sw = VAE_STRIDE
-    return channels, (frames - 1) // st + 1, height // sh, width // sw
-
-
-def make_schedule(solver: str, steps: int, shift: float) -> Schedule:
-    return dpmpp_schedule(steps, shift) if solver == "dpm++" else unipc_schedule(steps, shift)
-
-
-def _denoise(
-    velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    noise: torch.Tensor,
-    schedule: Schedule,
-    solver_name: str,
-    on_step: StepCallback | None,
-) -> torch.Tensor:
-    """Integrate from pure noise to the data end of `schedule`; `velocity(x, t, dt)` gets [1]-shaped t and dt."""
-    solver = make_solver(solver_name, schedule)
-    dts = shortcut_dt(schedule.timesteps)
+def denoise(velocity: Velocity, noise: Tensor, *, steps: int, shift: float, solver: str,
+            on_step: StepCallback | None = None) -> Tensor:
+    """Integrate from pure noise (sigma at the schedule's start) to the data end of the solver's schedule;
+    `on_step(k, steps)` is called before the first step (k = 0) and after each."""
+    kind = solver_kind(solver)
+    schedule = kind.schedule(steps, shift)
+    stepper = kind.make(schedule)
     x = noise
-    n = len(schedule.timesteps)
-    for i, (t, dt) in enumerate(zip(schedule.timesteps, dts)):
+    if on_step is not None:
+        on_step(0, schedule.steps)
+    for i, (t, dt) in enumerate(zip(schedule.timesteps, shortcut_dt(schedule.timesteps))):
         t_, dt_ = (torch.tensor([float(v)], device=x.device) for v in (t, dt))
-        x = solver.step(velocity(x, t_, dt_), x)
+        x = stepper.step(velocity(x, t_, dt_), x)
         if on_step is not None:
-            on_step(i + 1, n)
+            on_step(i + 1, schedule.steps)
     return x
 
 
 @torch.inference_mode()
 def sample_lr(
-    model: WanDiT, cond: Conditioning, preset: Preset, seed: int, *, on_step: StepCallback | None = None
-) -> torch.Tensor:
-    """Stage I: the LR anchor latent [C, T, h, w] (float32) at preset.lr_width x preset.lr_height."""
+    model: WanDiT,
+    cond: Conditioning,
+    noise: Tensor,
+    *,
+    steps: int,
+    shift: float,
+    guidance: float,
+    solver: str = "unipc",
+    batch_cfg: bool = True,
+    on_step: StepCallback | None = None,
+) -> Tensor:
+    """Stage I: noise [C, T, h, w] -> the LR anchor latent [C, T, h, w] (float32).
+
+    `batch_cfg` runs the two CFG branches as one forward of batch 2 (the same maths as two forwards of batch 1).
+    """
     device = next(model.parameters()).device
-    shape = latent_shape(model.config.out_dim, preset.frames, preset.lr_width, preset.lr_height)
-    prompt, uncond = [cond.prompt.to(device)], [cond.uncond.to(device)]
+    prompt, uncond = cond.prompt.to(device), cond.uncond.to(device)
 
-    def guided(x: torch.Tensor, t: torch.Tensor, _dt: torch.Tensor) -> torch.Tensor:
-        v_c = model(x, t, prompt)
-        v_u = model(x, t, uncond)
-        return v_u + preset.lr_guidance * (v_c - v_u)
+    def guided(x: Tensor, t: Tensor, _dt: Tensor) -> Tensor:
+        if batch_cfg:
+            v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), [prompt, uncond]).chunk(2)
+        else:
+            v_c, v_u = model(x, t, [prompt]), model(x, t, [uncond])
+        return v_u + guidance * (v_c - v_u)
 
-    schedule = make_schedule(preset.lr_solver, preset.lr_steps, preset.lr_shift)
-    noise = gaussian_noise((1, *shape), seed, device)
-    return _denoise(guided, noise, schedule, preset.lr_solver, on_step)[0]
+    return denoise(guided, noise[None].to(device), steps=steps, shift=shift, solver=solver, on_step=on_step)[0]
 
 
 @torch.inference_mode()
 def sample_hr(
     model: HRDiT,
     cond: Conditioning,
-    lr_latent: torch.Tensor,
-    preset: Preset,
-    seed: int,
+    lr_latent: Tensor,
+    noise: Tensor,
     *,
+    steps: int,
+    shift: float,
+    guidance: float,
+    solver: str = "unipc",
+    zero_uncond_anchor: bool = False,
     on_step: StepCallback | None = None,
-) -> torch.Tensor:
-    """Stage II: the HR latent [C, T, H, W] from pure noise, the LR anchor entering through the adapter.
-
-    The unconditional branch sees `cond.uncond` (the negative prompt by default, the empty prompt when the
-    caller encoded that) and the same anchor, or a zero anchor with `preset.uncond_anchor == "zero"`.
-    """
+) -> Tensor:
+    """Stage II: noise [C, T, H, W] -> the HR latent [C, T, H, W] (float32), the LR anchor [C, T, h, w] entering
+    through the adapter. The unconditional branch sees `cond.uncond` and the same anchor, or a zero anchor with
+    `zero_uncond_anchor` (the training-time anchor dropout)."""
     device = next(model.parameters()).device
-    shape = latent_shape(model.config.out_dim, preset.frames, preset.width, preset.height)
     anchor = lr_latent[None].to(device)
-    features = model.anchor_features(anchor, (1, *shape))
-    uncond_features = (
-        model.anchor_features(torch.zeros_like(anchor), (1, *shape)) if preset.uncond_anchor == "zero" else features
-    )
+    hr_shape = (1, *noise.shape)
+    features = model.anchor_features(anchor, hr_shape)
+    uncond_features = model.anchor_features(torch.zeros_like(anchor), hr_shape) if zero_uncond_anchor else features
     prompt, uncond = [cond.prompt.to(device)], [cond.uncond.to(device)]
 
-    def guided(x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    def guided(x: Tensor, t: Tensor, dt: Tensor) -> Tensor:
         v_c = model(x, t, dt, prompt, features)
         v_u = model(x, t, dt, uncond, uncond_features)
-        return v_u + preset.hr_guidance * (v_c - v_u)
+        return v_u + guidance * (v_c - v_u)
 
-    schedule = make_schedule(preset.hr_solver, preset.hr_steps, preset.hr_shift)
-    noise = gaussian_noise((1, *shape), seed, device)
-    return _denoise(guided, noise, schedule, preset.hr_solver, on_step)[0]
+    return denoise(guided, noise[None].to(device), steps=steps, shift=shift, solver=solver, on_step=on_step)[0]

@@ -51,8 +51,9 @@ def unipc_schedule(steps: int, shift: float, num_train_timesteps: int = 1000) ->
     return _from_shifted(shift_sigmas(base, shift), num_train_timesteps)
 
 
-def dpmpp_schedule(steps: int, shift: float, num_train_timesteps: int = 1000) -> Schedule:
-    """The DPM++ path: starts at sigma = 1 exactly (timestep 1000)."""
+def flow_schedule(steps: int, shift: float, num_train_timesteps: int = 1000) -> Schedule:
+    """The flow-matching training grid's path, which DPM++ samples and the shortcut Euler rule was trained on:
+    starts at sigma = 1 exactly (timestep 1000)."""
     base = np.linspace(1.0, 0.0, steps + 1)[:steps]
     return _from_shifted(shift_sigmas(base, shift), num_train_timesteps)
 

@@ -11,10 +11,13 @@ the same operation order as Wan2.2's schedulers, so trajectories match them to r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from pixelwizard.sampling.schedules import Schedule
+from pixelwizard.sampling.schedules import Schedule, flow_schedule, unipc_schedule
 
 
 def _lam(sigma: Tensor) -> Tensor:
@@ -127,10 +130,27 @@ class UniPC:
         return x_next - (1 - t) * b_h * (rho[0] * d + rho[1] * d_new)
 
 
-SOLVERS = {"unipc": UniPC, "dpm++": DPMSolverPP, "euler": Euler}
+@dataclass(frozen=True)
+class SolverKind:
+    """A solver and the schedule it samples: UniPC the Wan2.2 path (sigma from 0.999), DPM++ and the shortcut Euler
+    rule the flow-matching training grid (sigma from 1)."""
+
+    make: Callable[[Schedule], UniPC | DPMSolverPP | Euler]
+    schedule: Callable[[int, float], Schedule]
+
+
+SOLVERS: dict[str, SolverKind] = {
+    "unipc": SolverKind(UniPC, unipc_schedule),
+    "dpm++": SolverKind(DPMSolverPP, flow_schedule),
+    "euler": SolverKind(Euler, flow_schedule),
+}
+
+
+def solver_kind(name: str) -> SolverKind:
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; valid: {', '.join(SOLVERS)}")
+    return SOLVERS[name]
 
 
 def make_solver(name: str, schedule: Schedule) -> UniPC | DPMSolverPP | Euler:
-    if name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; valid: {', '.join(SOLVERS)}")
-    return SOLVERS[name](schedule)
+    return solver_kind(name).make(schedule)

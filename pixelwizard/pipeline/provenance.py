@@ -1,0 +1,169 @@
+"""What every output of a run must have been made from, and whether what is on disk is that: the one answer to
+"is this output current for these settings and these inputs?", asked by the stage jobs (skip or compute), the CLI's
+plan (which jobs to run) and `pixelwizard status` alike.
+
+The provenance record of an output names its stage and prompt, the prompt's text and seed where they matter, the
+stage's settings (the stage table's `settings`), the content identity of the checkpoints it loads and the digests
+of the outputs it reads. Those digests are computed the same way, so the expected digest of every output follows
+from the run snapshot alone, without reading anything; an output is current when it is intact and carries the
+expected digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pixelwizard.io.latent_store import StoreError, verify_store
+from pixelwizard.io.sidecar import SidecarError, verify_sidecar
+from pixelwizard.pipeline.events import last_failures
+from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.prompts import Prompt, text_hash
+from pixelwizard.pipeline.snapshot import RunSnapshot, uncond_item
+from pixelwizard.pipeline.stages import STAGES
+from pixelwizard.pipeline.steps import stage_seed
+
+DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
+
+
+def provenance_digest(record: Mapping[str, Any]) -> str:
+    """sha256 hex of the canonical JSON of `record` (sorted keys, no whitespace); 1 and 1.0 differ."""
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class OutputState:
+    stage: str
+    id: str
+    state: str  # done, stale, missing, corrupt, failed or blocked
+    reasons: tuple[str, ...] = ()  # what changed (stale), what is damaged (corrupt), the error (failed), the input
+
+    @property
+    def done(self) -> bool:
+        return self.state == DONE
+
+
+class Provenance:
+    """The expected provenance of a run's outputs and their states on disk (each computed once per instance)."""
+
+    def __init__(self, snapshot: RunSnapshot, layout: Layout, events: list[dict[str, Any]] = ()):
+        self.snapshot = snapshot
+        self.layout = layout
+        self.failures = last_failures(list(events))
+        self._items = {s: {i.id: i for i in snapshot.items(s)} for s in STAGES}
+        self._records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._digests: dict[tuple[str, str], str] = {}
+        self._states: dict[tuple[str, str], OutputState] = {}
+
+    def item(self, stage: str, item_id: str) -> Prompt:
+        return self._items[stage][item_id]
+
+    def tag(self, stage: str) -> str | None:
+        tag = STAGES[stage].tag
+        return tag(self.snapshot.preset) if tag else None
+
+    def output(self, stage: str, item_id: str) -> Path:
+        return self.layout.output(stage, item_id, self.tag(stage))
+
+    def inputs(self, stage: str, item_id: str) -> dict[str, str]:
+        """upstream stage -> the id of the output of it that `stage` reads for `item_id`."""
+        item, spec = self.item(stage, item_id), STAGES[stage]
+        return {up: uncond_item(spec.uncond_text(item, self.snapshot.preset)).id if up == "uncond" else item_id
+                for up in spec.reads}
+
+    def record(self, stage: str, item_id: str) -> dict[str, Any]:
+        """The provenance record the output of `stage` for `item_id` must carry."""
+        key = (stage, item_id)
+        if key not in self._records:
+            spec, item, preset = STAGES[stage], self.item(stage, item_id), self.snapshot.preset
+            record: dict[str, Any] = {"stage": stage, "id": item_id, "text": text_hash(item.text)}
+            if spec.seeded:
+                record["seed"] = stage_seed(item, preset, stage)
+            record["settings"] = {name: getattr(preset, name) for name in spec.settings}
+            record["checkpoints"] = {role: self.snapshot.identities[role] for role in spec.checkpoints}
+            record["inputs"] = {up: self.digest(up, up_id) for up, up_id in self.inputs(stage, item_id).items()}
+            self._records[key] = record
+        return self._records[key]
+
+    def digest(self, stage: str, item_id: str) -> str:
+        key = (stage, item_id)
+        if key not in self._digests:
+            self._digests[key] = provenance_digest(self.record(stage, item_id))
+        return self._digests[key]
+
+    def attrs(self, stage: str, item_id: str) -> dict[str, Any]:
+        """What an output is written with: its provenance record and that record's digest."""
+        return {"provenance": self.record(stage, item_id), "digest": self.digest(stage, item_id)}
+
+    def read_attrs(self, stage: str, item_id: str) -> dict[str, Any]:
+        """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError."""
+        if STAGES[stage].output == "zarr":
+            return verify_store(self.output(stage, item_id))
+        return verify_sidecar(self.layout.sidecar(stage, item_id, self.tag(stage)))
+
+    def state(self, stage: str, item_id: str) -> OutputState:
+        key = (stage, item_id)
+        if key not in self._states:
+            self._states[key] = self._state(stage, item_id)
+        return self._states[key]
+
+    def _state(self, stage: str, item_id: str) -> OutputState:
+        expected = self.digest(stage, item_id)
+        try:
+            attrs = self.read_attrs(stage, item_id)
+        except FileNotFoundError:
+            return self._not_done(stage, item_id, OutputState(stage, item_id, MISSING))
+        except (StoreError, SidecarError) as err:
+            return self._not_done(stage, item_id, OutputState(stage, item_id, CORRUPT, (str(err),)))
+        if attrs.get("digest") == expected:
+            return OutputState(stage, item_id, DONE)
+        reasons = self.changes(stage, item_id, attrs.get("provenance") or {})
+        return self._not_done(stage, item_id, OutputState(stage, item_id, STALE, reasons))
+
+    def _not_done(self, stage: str, item_id: str, state: OutputState) -> OutputState:
+        """A failure recorded for exactly this output, or an input that is not there yet, says more."""
+        failure = self.failures.get((stage, item_id, self.digest(stage, item_id)))
+        if failure is not None:
+            return OutputState(stage, item_id, FAILED, (failure.get("error", "failed"),))
+        if state.state == MISSING:
+            for up, up_id in self.inputs(stage, item_id).items():
+                upstream = self.state(up, up_id)
+                if not upstream.done:
+                    return OutputState(stage, item_id, BLOCKED, (f"{up} {upstream.state}",))
+        return state
+
+    def changes(self, stage: str, item_id: str, recorded: Mapping[str, Any]) -> tuple[str, ...]:
+        """What differs between the provenance an output carries and the one it should carry, in words."""
+        expected = self.record(stage, item_id)
+        reasons = []
+        if recorded.get("text") != expected["text"]:
+            reasons.append("prompt text changed")
+        if recorded.get("seed") != expected.get("seed"):
+            reasons.append(f"seed {recorded.get('seed')} -> {expected.get('seed')}")
+        old_settings = recorded.get("settings") or {}
+        for name, value in expected["settings"].items():
+            if old_settings.get(name) != value:
+                reasons.append(f"{name} {_short(old_settings.get(name))} -> {_short(value)}")
+        for role, identity in expected["checkpoints"].items():
+            if (recorded.get("checkpoints") or {}).get(role) != identity:
+                reasons.append(f"{role} checkpoint changed")
+        recorded_inputs = recorded.get("inputs") or {}
+        for up, digest in expected["inputs"].items():
+            if up not in recorded_inputs:
+                reasons.append(f"now reads {up}")
+            elif recorded_inputs[up] != digest:
+                upstream = self.state(up, self.inputs(stage, item_id)[up])
+                why = f" ({'; '.join(upstream.reasons)})" if upstream.reasons else ""
+                reasons.append(f"its {up} input is {upstream.state}{why}" if not upstream.done
+                               else f"its {up} input was recomputed")
+        return tuple(reasons) or ("written by another version of PixelWizard",)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

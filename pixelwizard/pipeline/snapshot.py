@@ -1,0 +1,101 @@
+"""A run snapshot: everything a run's jobs are given, frozen at the start of the run and stored by content digest
+(OUT/.pixelwizard/runs/<digest>.json), so a job never sees another run's settings or prompts, whatever happens to
+the prompt file or OUT/pixelwizard.yaml meanwhile: the run configuration, the prompts, the --only ids and the
+content identity of each checkpoint role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from pixelwizard.checkpoints.identity import DigestCache, Progress, files_digest
+from pixelwizard.io.files import write_atomic
+from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.presets import Preset
+from pixelwizard.pipeline.prompts import Prompt, read_ids, read_prompts
+from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
+from pixelwizard.pipeline.stages import CHECKPOINT_FILES, STAGES, enabled_stages
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    config: RunConfig
+    prompts: tuple[Prompt, ...]
+    only: tuple[str, ...] | None
+    identities: dict[str, str]  # checkpoint role -> content digest
+    _index: dict[str, Prompt] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({p.id: p for p in self.prompts})
+
+    @classmethod
+    def build(cls, config: RunConfig, prompts: Sequence[Prompt], only: Sequence[str] | None, cache: DigestCache,
+              on_progress: Progress | None = None) -> RunSnapshot:
+        """The snapshot of a run of `prompts` (the --only ids among them) with `config`; every checkpoint file the
+        run's stages read is hashed through `cache` (once per file)."""
+        roles = sorted({role for stage in enabled_stages(config) for role in stage.checkpoints})
+        identities = {role: files_digest(CHECKPOINT_FILES[role](config), Path(config.ckpt_dir), cache, on_progress)
+                      for role in roles}
+        return cls(config, tuple(prompts), tuple(only) if only is not None else None, identities)
+
+    @classmethod
+    def from_files(cls, config: RunConfig, base: Path, cache: DigestCache) -> RunSnapshot:
+        """The snapshot of a run configuration whose prompt (and --only) files are named relative to `base`."""
+        if config.prompts is None:
+            raise RunConfigError("prompts: no prompt file given")
+        prompts = read_prompts(base / config.prompts)
+        only = read_ids(base / config.only, prompts) if config.only else None
+        return cls.build(config, prompts, only, cache)
+
+    @cached_property
+    def preset(self) -> Preset:
+        return self.config.resolved_preset()
+
+    def prompt(self, prompt_id: str) -> Prompt:
+        return self._index[prompt_id]
+
+    def items(self, stage: str) -> list[Prompt]:
+        """What a stage's jobs work through: the prompts, the --only ones, or the distinct unconditional texts."""
+        kind = STAGES[stage].items
+        if kind == "uncond":
+            texts = {s.uncond_text(p, self.preset) for p in self.prompts for s in STAGES.values() if s.uncond_text}
+            return [uncond_item(text) for text in sorted(texts)]
+        if kind == "selected" and self.only is not None:
+            chosen = set(self.only)
+            return [p for p in self.prompts if p.id in chosen]
+        return list(self.prompts)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "config": self.config.to_mapping(), "prompts": [json.loads(p.to_json()) for p in self.prompts],
+            "only": list(self.only) if self.only is not None else None, "identities": self.identities,
+        }, ensure_ascii=False, sort_keys=True)
+
+    @cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def save(self, layout: Layout) -> Path:
+        """Write the snapshot under its digest (nothing to do when it is already there); returns its path."""
+        path = layout.snapshot(self.digest)
+        if not path.exists():
+            write_atomic(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> RunSnapshot:
+        values = json.loads(Path(path).read_text())
+        only = values["only"]
+        return cls(RunConfig.from_mapping(values["config"], source=str(path)),
+                   tuple(Prompt(**p) for p in values["prompts"]), tuple(only) if only is not None else None,
+                   values["identities"])
+
+
+def uncond_item(text: str) -> Prompt:
+    """An unconditional text as an item of the uncond stage: its id is a digest of the text."""
+    return Prompt(f"u-{hashlib.sha256(text.encode()).hexdigest()[:16]}", text)

@@ -1,0 +1,94 @@
+"""What each stage computes for one prompt, given its models: the stage scripts (around which pipeline/job.py keeps
+the books) and the Python API (`pixelwizard.Pipeline`) both call these, so a video is the same made either way.
+Here the product's preset is mapped onto the models and samplers: seeds, noise shapes, sampler parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pixelwizard import distributed
+from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints.trainer import load_hr_model, load_lr_model
+from pixelwizard.models.dit import WanDiT
+from pixelwizard.models.hr_model import HRDiT
+from pixelwizard.models.text_encoder import TextEncoder, clean_prompt
+from pixelwizard.pipeline.presets import Preset
+from pixelwizard.pipeline.prompts import Prompt
+from pixelwizard.pipeline.run_config import RunConfig
+from pixelwizard.sampling.samplers import Conditioning, StepCallback, sample_hr, sample_lr
+from pixelwizard.sampling.seeds import gaussian_noise, prompt_seed
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA device; use device: auto or cpu")
+    return torch.device(requested)
+
+
+def dit_dtype(config: RunConfig, device: torch.device) -> torch.dtype:
+    """bf16 matmuls on a GPU (or the run's dtype); float32 on the CPU, where bf16 is slow and parity is checked."""
+    return torch.float32 if device.type == "cpu" else getattr(torch, config.dtype)
+
+
+def load_lr_dit(config: RunConfig, device: torch.device) -> WanDiT:
+    """The LR anchor's DiT: the base Wan2.2 DiT, or the fine-tuned `lr/model.pt`."""
+    ckpt_dir = Path(config.ckpt_dir)
+    if config.lr_ckpt is None:
+        return wan.load_dit(ckpt_dir, dtype=dit_dtype(config, device), device=device)
+    return load_lr_model(Path(config.lr_ckpt), wan.read_dit_config(ckpt_dir), dtype=dit_dtype(config, device),
+                         device=device)
+
+
+def load_hr_dit(config: RunConfig, device: torch.device) -> HRDiT:
+    """The HR shortcut model; under torchrun FSDP2-sharded over the ranks and Ulysses sequence-parallel."""
+    dit_config = wan.read_dit_config(Path(config.ckpt_dir))
+    if distributed.world_size() == 1:
+        return load_hr_model(Path(config.hr_ckpt), dit_config, dtype=dit_dtype(config, device), device=device)
+    sp = distributed.SequenceParallel()
+    sp.check_heads(dit_config.num_heads)
+    model = load_hr_model(Path(config.hr_ckpt), dit_config, dtype=dit_dtype(config, device), device=device,
+                          mesh=distributed.device_mesh(device))
+    return model.use_sequence_parallel(sp)
+
+
+def stage_seed(prompt: Prompt, preset: Preset, stage: str) -> int:
+    """The seed of a prompt's noise at a stage: from its own seed, or the run's, and its id."""
+    return prompt_seed(preset.seed if prompt.seed is None else prompt.seed, prompt.id, stage)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    context: torch.Tensor  # [L, dim], L = tokens read (at most the encoder's text_len)
+    tokens: int  # tokens of the whole text, </s> included
+    dropped: int  # tokens past text_len, not read
+
+
+def encode(encoder: TextEncoder, text: str) -> Embedding:
+    tokens = len(encoder.tokenizer(clean_prompt(text))["input_ids"])
+    (context,) = encoder.encode([text])
+    return Embedding(context, tokens, max(0, tokens - encoder.config.text_len))
+
+
+def lr_anchor(dit: WanDiT, cond: Conditioning, preset: Preset, seed: int, config: RunConfig,
+              on_step: StepCallback | None = None) -> torch.Tensor:
+    """The LR anchor latent [C, T, h, w] of a prompt (float32, on the CPU)."""
+    shape = wan.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.lr_height, preset.lr_width)
+    return sample_lr(dit, cond, gaussian_noise(shape, seed), **preset.lr_sampling(), on_step=on_step).cpu()
+
+
+def hr_latent(model: HRDiT, cond: Conditioning, anchor: torch.Tensor, preset: Preset, seed: int, config: RunConfig,
+              on_step: StepCallback | None = None) -> torch.Tensor:
+    """The HR latent [C, T, H, W] of a prompt from its LR anchor (float32, on the CPU)."""
+    shape = wan.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.height, preset.width)
+    return sample_hr(model, cond, anchor, gaussian_noise(shape, seed), **preset.hr_sampling(), on_step=on_step).cpu()
+
+
+def patches(preset: Preset) -> dict[str, object]:
+    """The patched decode's settings."""
+    return dict(num_patches=preset.num_patches, patch_dim=preset.patch_dim, overlap=preset.overlap)

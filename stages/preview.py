@@ -1,0 +1,29 @@
+"""Stage preview: LR anchor latent -> a small MP4 of it (448x256 by default), to review a batch cheaply before
+spending the HR stage on it (`pixelwizard generate ... --until lr`, then `--only`).
+
+    python -m pixelwizard.workflow.stages.preview .pixelwizard/runs/<digest>.json 00000   # in OUT
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pixelwizard.checkpoints import wan
+from pixelwizard.io.render import render_video
+from pixelwizard.pipeline.job import Job
+
+
+def main(argv: list[str] | None = None) -> int:
+    with Job.start("preview", argv) as job:
+        vae = job.lazy(wan.load_vae, Path(job.config.ckpt_dir), device=job.device)
+        for prompt in job.pending():
+            with job.record(prompt) as out:
+                metrics = render_video(vae(), job.read("lr", prompt, "latent"), out.path, fps=job.preset.fps,
+                                       on_step=out.step)
+                out.write_sidecar([out.path], metrics=metrics)
+    return job.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
