@@ -16,24 +16,20 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
 from einops import rearrange
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from pixelwizard.checkpoints.strict import check_state_dict, expected_shapes
-from pixelwizard.models.attention import attention
+from pixelwizard.models.attention import AttentionFn, attention
+
+if TYPE_CHECKING:  # FSDP2 and DTensor imports are deferred to the multi-GPU paths that use them
+    from torch.distributed.device_mesh import DeviceMesh
 
 T = TypeVar("T")
-
-# Parameters keep their own dtypes (bf16 matmul weights beside float32 islands: FSDP2 shards mixed dtypes per
-# unit), and block inputs are not cast, so the float32 residual stream stays float32, as without FSDP.
-KEEP_DTYPES = MixedPrecisionPolicy(cast_forward_inputs=False)
 
 
 def rank() -> int:
@@ -158,16 +154,16 @@ class SequenceParallel:
         """Every rank's rows of x along `dim`, in rank order, padding dropped: [.., s, ..] -> [.., length, ..]."""
         local = x.movedim(dim, 0).contiguous()
         full = local.new_empty((self.size * local.shape[0], *local.shape[1:]))
-        dist.all_gather_single(full, local, group=self.group)
+        dist.all_gather_into_tensor(full, local, group=self.group)
         return full[:length].movedim(0, dim)
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, true_len: int) -> Tensor:
-        """Self-attention of this rank's rows over the whole sequence: q/k/v [B, s, N, D] -> [B, s, N, D].
-        Keys at positions >= true_len (the padding) are masked."""
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, true_len: int, attend: AttentionFn = attention) -> Tensor:
+        """Self-attention of this rank's rows over the whole sequence: q/k/v [B, s, N, D] -> [B, s, N, D], with
+        the kernel `attend`. Keys at positions >= true_len (the padding) are masked."""
         q, k, v = (self._sequence_to_heads(u) for u in (q, k, v))  # [B, P·s, N/P, D]
         padded = k.shape[1] != true_len
         k_lens = torch.full((k.shape[0],), true_len, dtype=torch.int32, device=k.device) if padded else None
-        return self._heads_to_sequence(attention(q, k, v, k_lens))
+        return self._heads_to_sequence(attend(q, k, v, k_lens))
 
     def _exchange(self, blocks: Tensor) -> Tensor:
         """blocks [P, ...]: block p goes to rank p; returns [P, ...] with block p received from rank p."""
@@ -187,17 +183,25 @@ class SequenceParallel:
 
 def device_mesh(device: torch.device) -> DeviceMesh:
     """A 1-D mesh over all ranks, for FSDP2."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     return init_device_mesh(device.type, (world_size(),))
 
 
 def shard_dit(model: nn.Module, mesh: DeviceMesh, replicated: Iterable[nn.Module] = ()) -> None:
     """FSDP2: each of `model.blocks` is one unit, the root unit holds the rest (embeddings, time path, head);
     parameters of `replicated` modules stay whole on every rank. Every unit is gathered for its forward and
-    freed after it, the root too (FSDP2's default keeps the root gathered, which only pays off in training)."""
+    freed after it, the root too (FSDP2's default keeps the root gathered, which only pays off in training).
+
+    Parameters keep their own dtypes (bf16 matmul weights beside float32 islands: FSDP2 shards mixed dtypes per
+    unit), and block inputs are not cast, so the float32 residual stream stays float32, as without FSDP."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    keep_dtypes = MixedPrecisionPolicy(cast_forward_inputs=False)
     for block in model.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=KEEP_DTYPES, reshard_after_forward=True)
+        fully_shard(block, mesh=mesh, mp_policy=keep_dtypes, reshard_after_forward=True)
     ignored = {p for module in replicated for p in module.parameters()}
-    fully_shard(model, mesh=mesh, mp_policy=KEEP_DTYPES, reshard_after_forward=True, ignored_params=ignored or None)
+    fully_shard(model, mesh=mesh, mp_policy=keep_dtypes, reshard_after_forward=True, ignored_params=ignored or None)
 
 
 def load_sharded(
@@ -215,6 +219,8 @@ def load_sharded(
     (memory-mapped) and checks it strictly; each tensor is then broadcast in turn and every rank keeps its shard
     (cast to its parameter's dtype), so no rank other than 0 ever holds a full copy. Parameters only: the model
     has no buffers."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     shard_dit(model, mesh, replicated)
     model.to_empty(device=device)
     shapes = expected_shapes(model)  # global shapes, also for DTensor shards

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import resource
@@ -7,9 +8,18 @@ import resource
 import pytest
 import torch
 
-from pixelwizard.models.attention import attention
+from pixelwizard.models.attention import AttentionBackendError, attention, available_backends, select_backend
 from pixelwizard.models.config import DiTConfig
-from pixelwizard.models.dit import WanDiT, apply_rope, grid_positions, rope_factors, rope_split, sinusoidal_embedding
+from pixelwizard.models.dit import (
+    WanDiT,
+    apply_rope,
+    grid_positions,
+    rope_factors,
+    rope_for_grid,
+    rope_split,
+    sinusoidal_embedding,
+)
+from pixelwizard.models.offload import offload_blocks
 
 CONFIG = DiTConfig(dim=64, ffn_dim=128, freq_dim=32, in_dim=8, out_dim=8, num_heads=4, num_layers=2,
                    text_dim=32, text_len=16)
@@ -162,13 +172,13 @@ def test_block_residuals_and_e_extra_enter_the_model():
 
 
 @torch.no_grad()
-def test_ffn_chunking_does_not_change_the_result():
+def test_row_chunking_does_not_change_the_result():
     model = make_model()
     x, ctx = inputs()
     t = torch.linspace(0, 999, TOKENS)[None]
     whole = model(x, t, ctx)
     for chunk in (1, 5):
-        model.ffn_chunk_tokens = chunk
+        model.chunk_tokens = chunk
         torch.testing.assert_close(model(x, t, ctx), whole, rtol=1e-6, atol=1e-6)
 
 
@@ -233,3 +243,60 @@ def test_attention_ignores_padded_keys_and_keeps_dtype():
         torch.testing.assert_close(out[i], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(attention(q, k, v, torch.tensor([7, 7])), attention(q, k, v))
     assert attention(q.bfloat16(), k.bfloat16(), v, k_lens).dtype == torch.bfloat16
+
+
+def test_attention_backends_select_and_explain():
+    assert available_backends("cpu") == ["sdpa"]
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 9, 2, 8, generator=gen) for _ in range(3))
+    assert torch.equal(select_backend("auto", "cpu")(q, k, v), attention(q, k, v))
+    assert torch.equal(select_backend("sdpa", "cpu")(q, k, v, torch.tensor([5])), attention(q, k[:, :5], v[:, :5]))
+    for name, package in (("flash2", "flash_attn"), ("flash3", "flash_attn_interface"), ("sage", "sageattention")):
+        with pytest.raises(AttentionBackendError, match=f"attention='{name}'.*{package}.*choose attention=sdpa") as err:
+            select_backend(name, "cpu")
+        assert "\n" not in str(err.value)
+    with pytest.raises(AttentionBackendError, match="unknown; choose one of auto, sdpa, flash2, flash3, sage"):
+        select_backend("xformers", "cpu")
+
+
+@torch.no_grad()
+def test_model_attention_backend_is_a_setting():
+    model = make_model()
+    x, ctx = inputs()
+    want = model(x, torch.tensor([300.0]), ctx)
+    assert torch.equal(model.use_attention("sdpa")(x, torch.tensor([300.0]), ctx), want)
+    with pytest.raises(AttentionBackendError, match="flash_attn"):
+        model.use_attention("flash2")
+
+
+@torch.no_grad()
+def test_residual_stream_is_updated_in_place_and_inputs_are_not():
+    model = make_model()
+    x, ctx = inputs()
+    x_before, ctx_before = x.clone(), ctx.clone()
+    tokens, _ = model.patchify(x)
+    assert tokens.is_contiguous() and tokens.dtype == torch.float32
+    e, e0 = model.condition_time(torch.tensor([300.0]), tokens.shape[1])
+    rope = rope_for_grid((3, 2, 3), CONFIG.head_dim, tokens.device)
+    out = model.blocks[0](tokens, e0, model.embed_text(ctx), rope, 4)
+    assert out is tokens
+    model(x, torch.tensor([300.0]), ctx)
+    assert torch.equal(x, x_before) and torch.equal(ctx, ctx_before)
+
+
+@torch.no_grad()
+def test_offloaded_blocks_stream_two_at_a_time_and_match():
+    torch.manual_seed(0)
+    model = WanDiT(dataclasses.replace(CONFIG, num_layers=4)).eval()
+    x, ctx = inputs()
+    t = torch.linspace(0, 999, TOKENS)[None]
+    want = model(x, t, ctx)
+    streamer = offload_blocks(model, "cpu")
+    seen = []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda *_: seen.append(streamer.resident()))
+    for _ in range(2):  # the second forward starts from the block 0 fetched after the first
+        assert torch.equal(model(x, t, ctx), want)
+    assert seen == [[0, 1], [1, 2], [2, 3], [0, 3]] * 2  # block i and the next are on the device; then block 0
+    host = {p.data_ptr() for tensors in streamer.host for p in tensors}
+    assert all(p.data_ptr() in host for p in model.blocks[2].parameters())  # released after its forward

@@ -1,64 +1,127 @@
-"""Scaled dot-product attention over [B, L, N, D] tensors with an optional key-length mask.
+"""Attention over [B, L, N, D] tensors (softmax scale 1/sqrt(D), no causal mask) with one kernel per backend:
 
-On CUDA with FlashAttention installed (FA3's `flash_attn_interface` preferred, else FA2's `flash_attn`) the
-batch is packed into the varlen layout and run in half precision; everywhere else torch SDPA is used. Both
-apply softmax scale 1/sqrt(D), no causal mask, and ignore keys at positions >= k_lens[i] of sample i.
+    sdpa    torch's scaled_dot_product_attention: any device and dtype; on CUDA torch picks flash/cuDNN/mem-efficient
+    flash2  FlashAttention 2 (`flash_attn`), CUDA, half precision
+    flash3  FlashAttention 3 (`flash_attn_interface`, Hopper), CUDA, half precision
+    sage    SageAttention (`sageattention`): int8 q·k^T, fp8/fp16 p·v; approximate, so never the default
+
+`select_backend(name)` returns the kernel of a backend ("auto": flash3, else flash2, else sdpa, as installed and
+as the device allows); an unavailable one is a one-line error naming how to install it. The flash and sage kernels
+take q, k, v in bf16 (float32 inputs are cast) and return the result in q's dtype.
+
+Padded keys (`k_lens`, the Ulysses padding) are always at the end of a sample, so each kernel runs on the first
+k_lens[i] keys of sample i (one call when the lengths agree, as they do for B = 1): no mask, which would keep
+SDPA off its flash kernel, and no varlen packing.
 """
 
 from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-try:
-    from flash_attn_interface import flash_attn_varlen_func
-except ImportError:
-    try:
-        from flash_attn import flash_attn_varlen_func
-    except ImportError:
-        flash_attn_varlen_func = None
+Kernel = Callable[[Tensor, Tensor, Tensor], Tensor]  # dense q [B, Lq, N, D], k/v [B, Lk, N, D] -> [B, Lq, N, D]
+AttentionFn = Callable[..., Tensor]  # (q, k, v, k_lens=None) -> [B, Lq, N, D]
 
+BACKENDS = ("sdpa", "flash2", "flash3", "sage")
+AUTO_ORDER = ("flash3", "flash2", "sdpa")  # exact kernels only: sage quantises q and k
+MODULES = {"flash2": "flash_attn", "flash3": "flash_attn_interface", "sage": "sageattention"}
+INSTALL = {
+    "flash2": "pip install flash-attn --no-build-isolation",
+    "flash3": "build flash-attention's hopper/ directory: cd flash-attention/hopper && python setup.py install",
+    "sage": "pip install sageattention (needs triton and an Ampere or newer GPU)",
+}
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-FLASH_MAX_HEAD_DIM = 256
+
+
+class AttentionBackendError(ValueError):
+    """An attention backend that is unknown or cannot run here."""
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    q, k, v = (rearrange(u.to(q.dtype), "b l n d -> b n l d") for u in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5)
+    return rearrange(out, "b n l d -> b l n d")
+
+
+def _half(kernel: Callable[..., Tensor | tuple[Tensor, ...]]) -> Kernel:
+    """A [B, L, N, D] half-precision CUDA kernel as a Kernel: bf16 inputs, result in q's dtype."""
+
+    def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        dtype = q.dtype if q.dtype in HALF_DTYPES else torch.bfloat16
+        out = kernel(q.to(dtype), k.to(dtype), v.to(dtype))
+        if isinstance(out, tuple):  # some FA3 releases also return the softmax log-sum-exp
+            out = out[0]
+        return out.to(q.dtype)
+
+    return run
+
+
+def _flash2(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from flash_attn import flash_attn_func
+
+    return flash_attn_func(q, k, v, softmax_scale=q.shape[-1] ** -0.5, causal=False)
+
+
+def _flash3(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from flash_attn_interface import flash_attn_func
+
+    return flash_attn_func(q, k, v, softmax_scale=q.shape[-1] ** -0.5, causal=False)
+
+
+def _sage(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from sageattention import sageattn
+
+    return sageattn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=q.shape[-1] ** -0.5)
+
+
+KERNELS: dict[str, Kernel] = {"sdpa": _sdpa, "flash2": _half(_flash2), "flash3": _half(_flash3), "sage": _half(_sage)}
+
+
+def masked(kernel: Kernel) -> AttentionFn:
+    """`kernel` with key lengths: keys at positions >= k_lens[i] of sample i are ignored."""
+
+    def attend(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None = None) -> Tensor:
+        if k_lens is None:
+            return kernel(q, k, v)
+        lengths = [int(n) for n in k_lens.tolist()]
+        if len(set(lengths)) == 1:
+            return kernel(q, k[:, :lengths[0]], v[:, :lengths[0]])
+        return torch.cat([kernel(q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n]) for i, n in enumerate(lengths)])
+
+    return attend
+
+
+def available_backends(device: torch.device | str = "cuda") -> list[str]:
+    """The backends that can run on `device` here: sdpa always; the others on CUDA when their package imports."""
+    cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    return [name for name in BACKENDS if name == "sdpa" or (cuda and _installed(MODULES[name]))]
+
+
+@cache
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def select_backend(name: str = "auto", device: torch.device | str = "cuda") -> AttentionFn:
+    """The attention of backend `name` ("auto": the best exact one available on `device`)."""
+    available = available_backends(device)
+    if name == "auto":
+        name = next(n for n in AUTO_ORDER if n in available)
+    if name not in BACKENDS:
+        raise AttentionBackendError(f"attention={name!r} is unknown; choose one of auto, {', '.join(BACKENDS)}")
+    if name not in available:
+        raise AttentionBackendError(f"attention={name!r} is not available on {torch.device(device)}: it needs a CUDA "
+                                    f"GPU and the {MODULES[name]} package ({INSTALL[name]}); or choose attention=sdpa")
+    return masked(KERNELS[name])
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None = None) -> Tensor:
-    """q [B, Lq, N, D], k/v [B, Lk, N, D], k_lens [B] valid keys per sample -> [B, Lq, N, D] in q's dtype."""
-    if flash_attn_varlen_func is not None and q.is_cuda and q.shape[-1] <= FLASH_MAX_HEAD_DIM:
-        return _flash_varlen(q, k, v, k_lens)
-    return _sdpa(q, k, v, k_lens)
-
-
-def _flash_varlen(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None) -> Tensor:
-    b, lq, _, d = q.shape
-    lk = k.shape[1]
-    dtype = q.dtype if q.dtype in HALF_DTYPES else torch.bfloat16
-    q_packed = rearrange(q.to(dtype), "b l n d -> (b l) n d")
-    cu_q = torch.arange(0, (b + 1) * lq, lq, dtype=torch.int32, device=q.device)
-    if k_lens is None:
-        k_packed = rearrange(k.to(dtype), "b l n d -> (b l) n d")
-        v_packed = rearrange(v.to(dtype), "b l n d -> (b l) n d")
-        cu_k = torch.arange(0, (b + 1) * lk, lk, dtype=torch.int32, device=q.device)
-    else:
-        k_lens = k_lens.to(device=q.device, dtype=torch.int32)
-        valid = torch.arange(lk, device=q.device) < k_lens[:, None]  # [B, Lk]
-        k_packed, v_packed = k.to(dtype)[valid], v.to(dtype)[valid]  # [sum(k_lens), N, D]
-        cu_k = F.pad(k_lens.cumsum(0, dtype=torch.int32), (1, 0))
-    out = flash_attn_varlen_func(q_packed, k_packed, v_packed, cu_q, cu_k, lq, lk, softmax_scale=d**-0.5, causal=False)
-    if isinstance(out, tuple):  # some FA3 releases also return the softmax log-sum-exp
-        out = out[0]
-    return rearrange(out, "(b l) n d -> b l n d", b=b).to(q.dtype)
-
-
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None) -> Tensor:
-    lk = k.shape[1]
-    mask = None
-    if k_lens is not None:
-        k_lens = k_lens.to(q.device)
-        if bool((k_lens < lk).any()):
-            mask = rearrange(torch.arange(lk, device=q.device) < k_lens[:, None], "b lk -> b 1 1 lk")
-    q, k, v = (rearrange(u.to(q.dtype), "b l n d -> b n l d") for u in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5)
-    return rearrange(out, "b n l d -> b l n d")
+    """q [B, Lq, N, D], k/v [B, Lk, N, D], k_lens [B] valid keys per sample -> [B, Lq, N, D] in q's dtype, with
+    the best backend for q's device."""
+    return select_backend("auto", q.device)(q, k, v, k_lens)

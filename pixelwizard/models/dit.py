@@ -13,6 +13,12 @@ Precision: the residual stream and the time path are float32. `cast_for_inferenc
 Linear/Conv weights; every Linear casts its input to its own weight dtype, so their matmuls then run in bf16
 while the float32 islands (see `WanDiT.keeps_float32`) keep the original's autocast(float32) regions exact.
 
+Memory (inference): the residual stream is one contiguous float32 [B, L, D] tensor that the blocks update in
+place, and every per-token step (adaLN, projections, RoPE, cross-attention, FFN, head) runs on `chunk_tokens`
+rows at a time. Beside the weights, a block's peak is then x (float32) + self-attention's k and v (weights'
+dtype) + a few chunk-sized temporaries, at 4K (L = 249,240) 2.85 + 2.85 GiB in bf16 instead of several
+full-length float32 copies. `use_attention` picks the attention kernel (pixelwizard/models/attention.py).
+
 Multi-process: with `use_sequence_parallel` the blocks and head run on one sequence shard per rank (Ulysses,
 see pixelwizard/distributed.py); e/e0 stay one row per sample, computed on every rank.
 """
@@ -29,7 +35,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from pixelwizard.models.attention import attention
+from pixelwizard.models.attention import AttentionFn, attention, select_backend
 from pixelwizard.models.config import DiTConfig
 
 if TYPE_CHECKING:  # torch.distributed's FSDP imports cost half a second; single-process runs never need them
@@ -38,10 +44,10 @@ if TYPE_CHECKING:  # torch.distributed's FSDP imports cost half a second; single
 SINUSOID_BASE = 10000.0
 ROPE_THETA = 10000.0
 NUM_MODULATIONS = 6  # shift, scale, gate for self-attention, then for the FFN
-DEFAULT_FFN_CHUNK_TOKENS = 32768
+DEFAULT_CHUNK_TOKENS = 16384  # rows per chunk of every per-token step: 0.19 GiB per float32 [chunk, 3072]
 FP32_NORMS = ("norm3", "norm_q", "norm_k")
 
-Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # q, k, v [B, L, N, D] -> [B, Lq, N, D]
+RowFn = Callable[[slice], Tensor]  # token rows -> those rows of a [B, L, D] tensor
 
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
@@ -86,25 +92,32 @@ def rope_for_grid(grid: tuple[int, int, int], head_dim: int, device: torch.devic
 def apply_rope(x: Tensor, rotations: Tensor) -> Tensor:
     """Rotate adjacent channel pairs (2j, 2j+1) of x [B, L, N, D] by rotations [L, D // 2]; float32 maths,
     result in x's dtype. (a, b) -> (a·cos - b·sin, a·sin + b·cos), the same for every head."""
-    pairs = torch.view_as_complex(rearrange(x.float().contiguous(), "b l n (c two) -> b l n c two", two=2))
-    rotated = torch.view_as_real(pairs * rotations[:, None])
+    pairs = torch.view_as_complex(rearrange(x.to(torch.float32, memory_format=torch.contiguous_format, copy=True),
+                                            "b l n (c two) -> b l n c two", two=2))
+    rotated = torch.view_as_real(pairs.mul_(rotations[:, None]))  # in place on the float32 copy
     return rearrange(rotated, "b l n c two -> b l n (c two)").to(x.dtype)
+
+
+def cast(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """x in `dtype`, without dispatching a no-op `.to` when it already is (the LR stage is bound by per-op
+    overhead, and most casts of a bf16 model's float32 islands are no-ops)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 class Linear(nn.Linear):
     """nn.Linear whose input is cast to the weight dtype, so the layer's weights pick the matmul precision."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.to(self.weight.dtype))
+        return super().forward(cast(x, self.weight.dtype))
 
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed and returned in float32, whatever the dtype of input and affine parameters."""
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+        weight = None if self.weight is None else cast(self.weight, torch.float32)
+        bias = None if self.bias is None else cast(self.bias, torch.float32)
+        return F.layer_norm(cast(x, torch.float32), self.normalized_shape, weight, bias, self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -116,12 +129,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
+        y = F.rms_norm(cast(x, torch.float32), self.weight.shape, cast(self.weight, torch.float32), self.eps)
+        return cast(y, x.dtype)
 
 
 class Attention(nn.Module):
-    """Multi-head attention with q/k RMSNorm across heads: self-attention with RoPE when `context` is None,
-    otherwise unmasked cross-attention from x to every context row."""
+    """Multi-head attention projections with q/k RMSNorm across heads; `Block` runs them row chunk by row chunk."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
@@ -133,16 +146,45 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, rope: Tensor | None = None, attend: Attend = attention
-    ) -> Tensor:
-        source = x if context is None else context
+    def queries(self, x: Tensor, rope: Tensor | None = None) -> Tensor:
+        """x [B, l, D] -> q [B, l, N, Dh], rotated by rope [l, Dh/2] when given."""
         q = rearrange(self.norm_q(self.q(x)), "b l (n d) -> b l n d", n=self.num_heads)
+        return q if rope is None else apply_rope(q, rope)
+
+    def keys_values(self, source: Tensor, rope: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """source [B, l, D] -> k, v [B, l, N, Dh]; k rotated by rope [l, Dh/2] when given."""
+        source = cast(source, self.k.weight.dtype)  # cast once for both projections
         k = rearrange(self.norm_k(self.k(source)), "b l (n d) -> b l n d", n=self.num_heads)
         v = rearrange(self.v(source), "b l (n d) -> b l n d", n=self.num_heads)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        return self.o(rearrange(attend(q, k, v), "b l n d -> b l (n d)"))
+        return (k if rope is None else apply_rope(k, rope)), v
+
+    def project(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention's q, k, v [B, l, N, Dh] of x [B, l, D], rotated by rope [l, Dh/2]."""
+        x = cast(x, self.q.weight.dtype)
+        return (self.queries(x, rope), *self.keys_values(x, rope))
+
+    def output(self, heads: Tensor) -> Tensor:
+        """Attention result [B, l, N, Dh] -> [B, l, D]."""
+        return self.o(rearrange(heads, "b l n d -> b l (n d)"))
+
+
+def row_chunks(length: int, chunk: int) -> list[slice]:
+    return [slice(start, start + chunk) for start in range(0, length, chunk)]
+
+
+def fill_rows(fn: Callable[[slice], tuple[Tensor, ...]], length: int, chunk: int) -> tuple[Tensor, ...]:
+    """Run `fn` on every `chunk` rows of a `length`-row sequence and join its [B, rows, ...] outputs along dim 1,
+    written into preallocated tensors (no concatenation copy); one call when a chunk covers everything."""
+    outs: tuple[Tensor, ...] = ()
+    for rows in row_chunks(length, chunk):
+        parts = fn(rows)
+        if not outs:
+            if parts[0].shape[1] == length:
+                return parts
+            outs = tuple(p.new_empty(p.shape[0], length, *p.shape[2:]) for p in parts)
+        for out, part in zip(outs, parts):
+            out[:, rows] = part
+    return outs
 
 
 class Block(nn.Module):
@@ -168,25 +210,49 @@ class Block(nn.Module):
         e = e0[:, :, index] if e0.shape[1] == 1 else e0[:, rows, index]
         return self.modulation[:, index] + e
 
-    def forward(
-        self, x: Tensor, e0: Tensor, context: Tensor, rope: Tensor, ffn_chunk_tokens: int, attend: Attend = attention
-    ) -> Tensor:
-        """`attend` is the self-attention kernel: plain, or Ulysses over a sequence shard."""
-        every = slice(None)
-        shift, scale, gate = (self.adaln(e0, i, every) for i in range(3))
-        x = x + self.self_attn(self.norm1(x) * (1 + scale) + shift, rope=rope, attend=attend) * gate
-        x = x + self.cross_attn(self.norm3(x), context)
-        return self.ffn_residual(x, e0, ffn_chunk_tokens)
+    def modulated(self, x: Tensor, e0: Tensor, first: int, rows: slice) -> Tensor:
+        """adaLN input of the self-attention (first = 0) or the FFN (first = 3) for `rows`: norm·(1 + scale) + shift."""
+        norm = self.norm1 if first == 0 else self.norm2
+        shift, scale = self.adaln(e0, first, rows), self.adaln(e0, first + 1, rows)
+        return norm(x[:, rows]) * (1 + scale) + shift
 
-    def ffn_residual(self, x: Tensor, e0: Tensor, chunk: int) -> Tensor:
-        """x + gate·FFN(adaLN(x)), token chunk by token chunk: every op is per token, so `chunk` changes the
-        result only by matmul rounding, while the [B, chunk, ffn_dim] hidden activation stays bounded."""
-        out = torch.empty_like(x)
-        for start in range(0, x.shape[1], chunk):
-            rows = slice(start, start + chunk)
-            shift, scale, gate = (self.adaln(e0, i, rows) for i in range(3, 6))
-            out[:, rows] = x[:, rows] + self.ffn(self.norm2(x[:, rows]) * (1 + scale) + shift) * gate
-        return out
+    def forward(
+        self,
+        x: Tensor,
+        e0: Tensor,
+        context: Tensor,
+        rope: Tensor,
+        chunk: int,
+        attend: AttentionFn = attention,
+        cross_attend: AttentionFn = attention,
+        whole_queries: bool = False,
+    ) -> Tensor:
+        """x [B, L, D] float32 contiguous, the residual stream: updated in place and returned (inference only).
+
+        Every per-token step runs on `chunk` rows at a time, so no full-length float32 temporary exists beside x.
+        Self-attention takes k, v of all rows first, then its queries chunk by chunk (each chunk's rows of x are
+        updated after their own attention, from k, v taken before any update): besides x only k and v are
+        full length. `attend` is the self-attention (plain, or Ulysses over a sequence shard, which exchanges
+        whole shards: `whole_queries`); `cross_attend` the cross-attention kernel.
+        """
+        length = x.shape[1]
+        attn = self.self_attn
+        if whole_queries or length <= chunk:  # one query chunk: q, k, v from one adaLN pass
+            q, k, v = fill_rows(lambda r: attn.project(self.modulated(x, e0, 0, r), rope[r]), length, chunk)
+            queries = iter([(slice(None), q)])
+        else:  # the adaLN input is recomputed for the queries: cheap beside holding q whole
+            k, v = fill_rows(lambda r: attn.keys_values(self.modulated(x, e0, 0, r), rope[r]), length, chunk)
+            queries = ((r, attn.queries(self.modulated(x, e0, 0, r), rope[r])) for r in row_chunks(length, chunk))
+        for rows, q in queries:
+            x[:, rows] += attn.output(attend(q, k, v)) * self.adaln(e0, 2, rows)
+        del q, k, v
+        context_k, context_v = self.cross_attn.keys_values(context)
+        for rows in row_chunks(length, chunk):
+            q = self.cross_attn.queries(self.norm3(x[:, rows]))
+            x[:, rows] += self.cross_attn.output(cross_attend(q, context_k, context_v))
+        for rows in row_chunks(length, chunk):
+            x[:, rows] += self.ffn(self.modulated(x, e0, 3, rows)) * self.adaln(e0, 5, rows)
+        return x
 
 
 class Head(nn.Module):
@@ -219,8 +285,16 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), Linear(dim, NUM_MODULATIONS * dim))
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.head = Head(dim, math.prod(config.patch_size) * config.out_dim, config.eps)
-        self.ffn_chunk_tokens = DEFAULT_FFN_CHUNK_TOKENS
+        self.chunk_tokens = DEFAULT_CHUNK_TOKENS
+        self.attend: AttentionFn = attention
         self.sequence_parallel: SequenceParallel | None = None
+
+    def use_attention(self, backend: str, device: torch.device | str | None = None) -> WanDiT:
+        """Run attention with `backend` (see pixelwizard.models.attention.BACKENDS, or "auto"), checked against
+        `device` (default: the parameters' device)."""
+        device = device if device is not None else next(self.parameters()).device
+        self.attend = select_backend(backend, device)
+        return self
 
     def use_sequence_parallel(self, sp: SequenceParallel | None) -> WanDiT:
         """Run later forwards Ulysses-parallel over `sp`'s ranks (None: back to one process)."""
@@ -250,7 +324,7 @@ class WanDiT(nn.Module):
 
     def embed_time(self, t: Tensor) -> Tensor:
         """Timesteps [...] -> e = time_embedding(sinusoid(t)) [..., D], float32."""
-        return self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim)).float()
+        return cast(self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim)), torch.float32)
 
     def condition_time(self, t: Tensor, num_tokens: int, e_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """t [B] or [B, L] -> (e [B, 1|L, D], e0 [B, 1|L, 6, D]), float32.
@@ -267,7 +341,7 @@ class WanDiT(nn.Module):
         e = self.embed_time(t)
         if e_extra is not None:
             e = e + e_extra
-        e0 = rearrange(self.time_projection(e).float(), "b l (k d) -> b l k d", k=NUM_MODULATIONS)
+        e0 = rearrange(cast(self.time_projection(e), torch.float32), "b l (k d) -> b l k d", k=NUM_MODULATIONS)
         return e, e0
 
     def embed_text(self, context: Tensor | Sequence[Tensor]) -> Tensor:
@@ -287,15 +361,17 @@ class WanDiT(nn.Module):
         """[B, C, T, H, W] -> (tokens [B, L, D] float32, token grid (T', H', W'))."""
         if any(size % p for size, p in zip(x.shape[2:], self.config.patch_size)):
             raise ValueError(f"latent {tuple(x.shape)}: T, H, W must be multiples of patch {self.config.patch_size}")
-        tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
+        tokens = self.patch_embedding(cast(x, self.patch_embedding.weight.dtype))
         grid = tuple(tokens.shape[2:])
-        return rearrange(tokens, "b d t h w -> b (t h w) d").float(), grid
+        # The residual stream must be contiguous: the blocks update its rows in place.
+        tokens = rearrange(tokens, "b d t h w -> b (t h w) d")
+        return tokens.to(torch.float32, memory_format=torch.contiguous_format).contiguous(), grid
 
     def unpatchify(self, tokens: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """[B, L, p·q·r·C] -> [B, C, T'·p, H'·q, W'·r] float32; channels are the fastest index of a patch row."""
         (t, h, w), (p, q, r) = grid, self.config.patch_size
         pattern = "b (t h w) (p q r c) -> b c (t p) (h q) (w r)"
-        return rearrange(tokens, pattern, t=t, h=h, w=w, p=p, q=q, r=r).float()
+        return cast(rearrange(tokens, pattern, t=t, h=h, w=w, p=p, q=q, r=r), torch.float32)
 
     def forward(
         self,
@@ -304,13 +380,14 @@ class WanDiT(nn.Module):
         context: Tensor | Sequence[Tensor],
         *,
         e_extra: Tensor | None = None,
-        block_residuals: Mapping[int, Tensor] | None = None,
+        block_residuals: Mapping[int, Tensor | RowFn] | None = None,
     ) -> Tensor:
         """x [B, in_dim, T, H, W], t [B] or [B, L], context [B, Lc, text_dim] or B x [L_i, text_dim]
         -> velocity [B, out_dim, T, H, W] float32.
 
         e_extra [B, 1|L, D] is added to the time embedding e (before time_projection and the head);
-        block_residuals[i] [B, L, D] is added to the residual stream at the input of block i.
+        block_residuals[i] [B, L, D] is added to the residual stream at the input of block i; it may be a function
+        of a row slice that gives those rows, computed chunk by chunk.
 
         With `sequence_parallel` set, every rank passes the same inputs and gets the same full output; the
         blocks and the head run on this rank's token rows only (RoPE padding rows rotate by 1), and
@@ -324,18 +401,22 @@ class WanDiT(nn.Module):
         e, e0 = self.condition_time(t, length, e_extra)
         context = self.embed_text(context)
         rope = rope_for_grid(grid, self.config.head_dim, tokens.device)
-        attend: Attend = attention
+        attend, chunk = self.attend, self.chunk_tokens
         sp = self.sequence_parallel
         if sp is not None:
             tokens, rope = sp.split(tokens), sp.split(rope, dim=0, pad_value=1)
             if e.shape[1] > 1:  # per-token timesteps
                 e, e0 = sp.split(e), sp.split(e0)
-            attend = partial(sp.attention, true_len=length)
+            attend = partial(sp.attention, true_len=length, attend=self.attend)
+        rows = row_chunks(tokens.shape[1], chunk)
         for i, block in enumerate(self.blocks):
             if i in residuals:
-                tokens = tokens + residuals[i]
-            tokens = block(tokens, e0, context, rope, self.ffn_chunk_tokens, attend)
-        out = self.head(tokens, e)
+                residual = residuals[i]
+                for r in rows:
+                    tokens[:, r] += residual(r) if callable(residual) else residual[:, r]
+            block(tokens, e0, context, rope, chunk, attend, self.attend, whole_queries=sp is not None)
+        (out,) = fill_rows(lambda r: (self.head(tokens[:, r], e if e.shape[1] == 1 else e[:, r]),), tokens.shape[1],
+                           chunk)
         if sp is not None:
             out = sp.gather(out, length)
         return self.unpatchify(out, grid)

@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from pixelwizard.models.config import DiTConfig
-from pixelwizard.models.dit import WanDiT, sinusoidal_embedding
+from pixelwizard.models.dit import RowFn, WanDiT, sinusoidal_embedding
 
 INJECTION_BLOCKS = (1,)  # the original's `spatial_control_blocks` default; no released model sets another
 
@@ -56,11 +56,17 @@ class SpatialAdapter(nn.Module):
         f = self.backbone(anchor.to(self.feature_norm.weight.dtype))
         return self.feature_norm(rearrange(f, "b d t h w -> b (t h w) d"))
 
-    def forward(self, features: torch.Tensor, t_freq: torch.Tensor, dt_freq: torch.Tensor) -> dict[int, torch.Tensor]:
-        """features [B, L, D], t_freq/dt_freq [B, freq_dim] -> {block index: residual [B, L, D]}."""
-        scale = torch.tanh(self.adapter_time_proj(t_freq) + self.adapter_dt_proj(dt_freq))
-        modulated = features * (1 + scale[:, None])
-        return {int(i): layer(modulated) for i, layer in self.zero_layers.items()}
+    def forward(self, features: torch.Tensor, t_freq: torch.Tensor, dt_freq: torch.Tensor) -> dict[int, RowFn]:
+        """features [B, L, D], t_freq/dt_freq [B, freq_dim] -> {block index: rows -> residual [B, len(rows), D]}.
+
+        The residuals are computed row chunk by row chunk when the DiT adds them, so no [B, L, D] control is held
+        through the forward."""
+        gain = 1 + torch.tanh(self.adapter_time_proj(t_freq) + self.adapter_dt_proj(dt_freq))[:, None]  # [B, 1, D]
+
+        def control(layer: nn.Linear) -> RowFn:
+            return lambda rows: layer(features[:, rows] * gain)
+
+        return {int(i): control(layer) for i, layer in self.zero_layers.items()}
 
 
 class HRDiT(WanDiT):

@@ -10,7 +10,7 @@ Everything runs in the parameters' dtype (float32 for the released weights) with
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -34,6 +34,10 @@ LATENT_STD = (
     0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
 )  # fmt: skip
 
+NORM_EPS = 1e-12  # F.normalize's default
+
+Prologue = Callable[[Tensor, Tensor], None]  # (x, out): writes a conv's input, computed from x, into out
+
 
 class FeatureCache:
     """Temporal history of one stream: for each causal conv, the last input frames it saw in earlier chunks."""
@@ -56,15 +60,24 @@ class CausalConv3d(nn.Conv3d):
         self.pad_t, self.pad_h, self.pad_w = (padding,) * 3 if isinstance(padding, int) else padding
         self.history = 2 * self.pad_t
 
-    def forward(self, x: Tensor, cache: FeatureCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache: FeatureCache | None = None, prologue: Prologue | None = None) -> Tensor:
+        """`prologue(x, out)`, when given, writes the conv's actual input (e.g. norm + SiLU of x) into `out`, the
+        padded buffer's inner region, so that input never exists as a tensor of its own."""
         if self.history == 0 and self.pad_h == 0 and self.pad_w == 0:
+            if prologue is not None:
+                inner = torch.empty_like(x, dtype=self.weight.dtype)
+                prologue(x, inner)
+                x = inner
             return super().forward(x)
         # One zero buffer [b, c, history + t, h + 2 p_h, w + 2 p_w] holding (cached frames, x): no cat + pad copies.
         b, c, t, h, w = x.shape
         ph, pw, n = self.pad_h, self.pad_w, self.history
         padded = x.new_zeros(b, c, n + t, h + 2 * ph, w + 2 * pw)
         inner = padded[:, :, :, ph:ph + h, pw:pw + w]
-        inner[:, :, n:] = x
+        if prologue is None:
+            inner[:, :, n:] = x
+        else:
+            prologue(x, inner[:, :, n:])
         if n:
             assert cache is not None, "a temporal causal conv needs its stream's FeatureCache"
             previous = cache.frames.get(self)
@@ -85,6 +98,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=1) * self.scale * self.gamma
 
+    def silu_into(self, x: Tensor, out: Tensor) -> None:
+        """out = SiLU(self(x)), computed in `out` (F.normalize's arithmetic, then the same products in place)."""
+        torch.div(x, x.norm(2, dim=1, keepdim=True).clamp_min(NORM_EPS).expand_as(x), out=out)
+        F.silu(out.mul_(self.scale).mul_(self.gamma), inplace=True)
+
 
 class ResidualBlock(nn.Module):
     def __init__(self, in_dim: int, out_dim: int) -> None:
@@ -97,10 +115,10 @@ class ResidualBlock(nn.Module):
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: Tensor, cache: FeatureCache) -> Tensor:
-        norm1, act1, conv1, norm2, act2, _, conv2 = self.residual
-        h = conv1(act1(norm1(x)), cache)
-        h = conv2(act2(norm2(h)), cache)
-        return h + self.shortcut(x)
+        norm1, _, conv1, norm2, _, _, conv2 = self.residual  # each SiLU runs inside its norm's `silu_into`
+        h = conv1(x, cache, prologue=norm1.silu_into)
+        h = conv2(h, cache, prologue=norm2.silu_into)
+        return h.add_(self.shortcut(x))
 
 
 class AttentionBlock(nn.Module):
@@ -239,8 +257,8 @@ class Encoder(nn.Module):
             x = block(x, cache)
         res1, attn, res2 = self.middle
         x = res2(attn(res1(x, cache)), cache)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), cache)
+        norm, _, conv = self.head
+        return conv(x, cache, prologue=norm.silu_into)
 
 
 class Decoder(nn.Module):
@@ -266,8 +284,8 @@ class Decoder(nn.Module):
         x = res2(attn(res1(x, cache)), cache)
         for block in self.upsamples:
             x = block(x, cache)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), cache)
+        norm, _, conv = self.head
+        return conv(x, cache, prologue=norm.silu_into)
 
 
 @contextmanager
