@@ -229,6 +229,7 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
     try:
         checks.check_out(out)
         checks.check_checkpoints(config)
+        checks.check_kernels(config)
         cache = DigestCache(layout.digests, persist=False)  # written once OUT's lock is held
         gpus = len(visible_gpus())
         snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)

@@ -39,11 +39,11 @@ class Pipeline:
     (`keep_models=False` frees each after its stage: less GPU memory, a reload per video)."""
 
     def __init__(self, ckpt_dir: str | Path, hr_ckpt: str | Path, *, lr_ckpt: str | Path | None = None,
-                 preset: str = "2k", device: str = "auto", dtype: str = "bfloat16", keep_models: bool = True,
-                 **settings: Any):
+                 preset: str = "2k", device: str = "auto", dtype: str = "bfloat16", attention: str = "auto",
+                 offload: bool = False, keep_models: bool = True, **settings: Any):
         self.config = RunConfig(ckpt_dir=str(Path(ckpt_dir).resolve()), hr_ckpt=str(Path(hr_ckpt).resolve()),
                                 lr_ckpt=str(Path(lr_ckpt).resolve()) if lr_ckpt else None, preset=preset,
-                                settings=settings, device=device, dtype=dtype)
+                                settings=settings, device=device, dtype=dtype, attention=attention, offload=offload)
         self.preset = self.config.resolved_preset()
         preflight.check_checkpoints(Path(self.config.ckpt_dir), lr_ckpt=lr_ckpt and Path(self.config.lr_ckpt),
                                     hr_ckpt=Path(self.config.hr_ckpt), preset_name=preset)
@@ -54,7 +54,7 @@ class Pipeline:
             "text": functools.partial(wan.load_text_encoder, ckpt, device=self.device),
             "lr": functools.partial(steps.load_lr_dit, self.config, self.device),
             "hr": functools.partial(steps.load_hr_dit, self.config, self.device),
-            "decode": functools.partial(wan.load_vae, ckpt, device=self.device),
+            "decode": functools.partial(steps.load_vae, self.config, self.device),
         }
         self._models: dict[str, Any] = {}
 

@@ -11,12 +11,10 @@ With several processes (decode_gpus) each rank decodes its share of the patches 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch.distributed as dist
 
 from pixelwizard import distributed
-from pixelwizard.checkpoints import wan
 from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.render import render_video
 from pixelwizard.pipeline import steps
@@ -26,7 +24,7 @@ from pixelwizard.pipeline.job import Job
 def main(argv: list[str] | None = None) -> int:
     with Job.start("decode", argv) as job:
         p = job.preset
-        vae = job.lazy(wan.load_vae, Path(job.config.ckpt_dir), device=job.device)
+        vae = job.lazy(steps.load_vae, job.config, job.device)
         group = dist.group.WORLD if distributed.world_size() > 1 else None
         patches = steps.patches(p)
         for prompt in job.pending():

@@ -7,16 +7,15 @@ spending the HR stage on it (`pixelwizard generate ... --until lr`, then `--only
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from pixelwizard.checkpoints import wan
 from pixelwizard.io.render import render_video
+from pixelwizard.pipeline import steps
 from pixelwizard.pipeline.job import Job
 
 
 def main(argv: list[str] | None = None) -> int:
     with Job.start("preview", argv) as job:
-        vae = job.lazy(wan.load_vae, Path(job.config.ckpt_dir), device=job.device)
+        vae = job.lazy(steps.load_vae, job.config, job.device)
         for prompt in job.pending():
             with job.record(prompt) as out:
                 metrics = render_video(vae(), job.read("lr", prompt, "latent"), out.path, fps=job.preset.fps,

@@ -396,3 +396,9 @@ def test_a_run_needs_no_network_at_all(weights, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert time.monotonic() - start < 300
     assert frames_of(out, "fox").shape == (9, 160, 256, 3)
+
+
+def test_offload_with_several_hr_gpus_is_refused(weights, tmp_path):
+    result = generate(weights, write_prompts(tmp_path / "p.jsonl"), tmp_path / "out", "--offload", "--hr-gpus", "2",
+                      check=False)
+    one_line_error(result, "--offload streams the DiT's blocks to one GPU")

@@ -9,9 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from pixelwizard.checkpoints import preflight, wan
 from pixelwizard.io.patched_decode import patch_ranges
-from pixelwizard.models.config import DiTConfig, config_from_json
+from pixelwizard.models.attention import select_backend
 from pixelwizard.pipeline.provenance import OutputState
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
@@ -40,7 +42,7 @@ def check_checkpoints(config: RunConfig) -> None:
 def check_parallelism(snapshot: RunSnapshot, visible_gpus: int) -> None:
     """GPU counts the model and the patches can use, and no more GPUs per job than the machine has."""
     config, preset = snapshot.config, snapshot.preset
-    dit = config_from_json(DiTConfig, Path(config.ckpt_dir) / wan.DIT_CONFIG)
+    dit = wan.read_dit_config(Path(config.ckpt_dir))
     if dit.num_heads % config.hr_gpus:
         valid = ", ".join(str(n) for n in range(1, dit.num_heads + 1) if dit.num_heads % n == 0)
         raise RunConfigError(f"--hr-gpus {config.hr_gpus}: the {dit.num_heads} attention heads are split evenly "
@@ -52,6 +54,16 @@ def check_parallelism(snapshot: RunSnapshot, visible_gpus: int) -> None:
         wanted = getattr(config, name)
         if visible_gpus and wanted > visible_gpus:
             raise RunConfigError(f"--{name.replace('_', '-')} {wanted}: only {visible_gpus} GPUs are visible here")
+
+
+def check_kernels(config: RunConfig) -> None:
+    """The attention kernel asked for is installed (checked where this machine has the GPU the jobs will use), and
+    block streaming is for one-process HR jobs."""
+    if config.offload and config.hr_gpus > 1:
+        raise RunConfigError(f"--offload streams the DiT's blocks to one GPU; with --hr-gpus {config.hr_gpus} the "
+                             "weights are already split over the GPUs: use one or the other")
+    if config.device != "cpu" and torch.cuda.is_available():
+        select_backend(config.attention, "cuda")
 
 
 def check_patches(snapshot: RunSnapshot) -> None:

@@ -15,7 +15,9 @@ from pixelwizard.checkpoints import wan
 from pixelwizard.checkpoints.trainer import load_hr_model, load_lr_model
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
+from pixelwizard.models.offload import offload_blocks
 from pixelwizard.models.text_encoder import TextEncoder, clean_prompt
+from pixelwizard.models.vae import WanVAE
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.run_config import RunConfig
@@ -36,25 +38,44 @@ def dit_dtype(config: RunConfig, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else getattr(torch, config.dtype)
 
 
+def vae_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU (the 4K decode fits 24 GB only so; bench/gpu.py measures it against float32), float32 on the
+    CPU."""
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
+
+
+def load_vae(config: RunConfig, device: torch.device) -> WanVAE:
+    return wan.load_vae(Path(config.ckpt_dir), device=device, dtype=vae_dtype(device))
+
+
 def load_lr_dit(config: RunConfig, device: torch.device) -> WanDiT:
     """The LR anchor's DiT: the base Wan2.2 DiT, or the fine-tuned `lr/model.pt`."""
     ckpt_dir = Path(config.ckpt_dir)
     if config.lr_ckpt is None:
-        return wan.load_dit(ckpt_dir, dtype=dit_dtype(config, device), device=device)
-    return load_lr_model(Path(config.lr_ckpt), wan.read_dit_config(ckpt_dir), dtype=dit_dtype(config, device),
-                         device=device)
+        model = wan.load_dit(ckpt_dir, dtype=dit_dtype(config, device), device=device)
+    else:
+        model = load_lr_model(Path(config.lr_ckpt), wan.read_dit_config(ckpt_dir), dtype=dit_dtype(config, device),
+                              device=device)
+    return model.use_attention(config.attention, device)
 
 
 def load_hr_dit(config: RunConfig, device: torch.device) -> HRDiT:
-    """The HR shortcut model; under torchrun FSDP2-sharded over the ranks and Ulysses sequence-parallel."""
+    """The HR shortcut model: with `offload` its blocks stream from host memory (one GPU); under torchrun FSDP2-
+    sharded over the ranks and Ulysses sequence-parallel."""
     dit_config = wan.read_dit_config(Path(config.ckpt_dir))
-    if distributed.world_size() == 1:
-        return load_hr_model(Path(config.hr_ckpt), dit_config, dtype=dit_dtype(config, device), device=device)
-    sp = distributed.SequenceParallel()
-    sp.check_heads(dit_config.num_heads)
-    model = load_hr_model(Path(config.hr_ckpt), dit_config, dtype=dit_dtype(config, device), device=device,
-                          mesh=distributed.device_mesh(device))
-    return model.use_sequence_parallel(sp)
+    dtype = dit_dtype(config, device)
+    if distributed.world_size() > 1:
+        sp = distributed.SequenceParallel()
+        sp.check_heads(dit_config.num_heads)
+        model = load_hr_model(Path(config.hr_ckpt), dit_config, dtype=dtype, device=device,
+                              mesh=distributed.device_mesh(device))
+        model.use_sequence_parallel(sp)
+    elif config.offload and device.type == "cuda":
+        model = load_hr_model(Path(config.hr_ckpt), dit_config, dtype=dtype, device="cpu")
+        model.block_streamer = offload_blocks(model, device)  # kept with the model: it moves the blocks
+    else:
+        model = load_hr_model(Path(config.hr_ckpt), dit_config, dtype=dtype, device=device)
+    return model.use_attention(config.attention, device)
 
 
 def stage_seed(prompt: Prompt, preset: Preset, stage: str) -> int:
