@@ -71,6 +71,22 @@ def popen_generate(weights, prompts: Path, out: Path, *extra: str, **popen) -> s
     return subprocess.Popen(command, **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen})
 
 
+@pytest.fixture(scope="session")
+def finished_run(weights, tmp_path_factory):
+    """An uninterrupted run of all four prompts, two per job. Shared and read-only: a test that changes a run works
+    on `copy_run` of it."""
+    root = tmp_path_factory.mktemp("finished")
+    out = root / "out"
+    generate(weights, write_prompts(root / "prompts.jsonl"), out, "--shard-size", "2")
+    return out
+
+
+def copy_run(out: Path, dest: Path) -> Path:
+    """A copy of a whole run directory, as a move to another file system would make it."""
+    subprocess.run(["cp", "-a", str(out), str(dest)], check=True)
+    return dest
+
+
 def events(out: Path) -> list[dict]:
     return read_events(out / "logs" / "events.jsonl")[0]
 

@@ -20,6 +20,7 @@ import torch
 from conftest import (
     PROMPTS,
     computed,
+    copy_run,
     events,
     frames_of,
     generate,
@@ -145,20 +146,6 @@ def test_decode_before_any_hr_latent_says_so(weights, tmp_path):
 
 # ---- state that is never wrong or stale (items 1-5) -----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def finished(weights, tmp_path_factory):
-    """A finished run of the four prompts, two per job; tests work on copies."""
-    root = tmp_path_factory.mktemp("finished")
-    out = root / "out"
-    generate(weights, write_prompts(root / "prompts.jsonl"), out, "--shard-size", "2")
-    return out
-
-
-def copy_run(out: Path, dest: Path) -> Path:
-    subprocess.run(["cp", "-a", str(out), str(dest)], check=True)  # as a move to another file system would
-    return dest
-
-
 def stages_run(out: Path, since: int) -> set[str]:
     """The stages whose jobs ran (any event at all) since event `since`."""
     return {e["stage"] for e in events(out)[since:]}
@@ -189,9 +176,9 @@ def test_a_refused_run_changes_nothing_and_the_first_run_finishes_its_own_prompt
 
 
 @pytest.mark.slow
-def test_other_checkpoint_contents_rerun_exactly_what_reads_them(finished, weights, tmp_path):
+def test_other_checkpoint_contents_rerun_exactly_what_reads_them(finished_run, weights, tmp_path):
     paths = copy_weights(weights, tmp_path / "w")
-    copy = copy_run(finished, tmp_path / "copy")
+    copy = copy_run(finished_run, tmp_path / "copy")
     hr_before = read_store(copy / "hr" / "fox.zarr")[0]["latent"]
     save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), seed=99), paths["hr_ckpt"])  # other weights, same path
     before = len(events(copy))
@@ -211,11 +198,11 @@ def test_other_checkpoint_contents_rerun_exactly_what_reads_them(finished, weigh
 
 
 @pytest.mark.slow
-def test_damaged_outputs_are_found_and_recomputed(finished, weights, tmp_path):
-    out = copy_run(finished, tmp_path / "copy")
+def test_damaged_outputs_are_found_and_recomputed(finished_run, weights, tmp_path):
+    out = copy_run(finished_run, tmp_path / "copy")
     chunk = out / "hr" / "fox.zarr" / "latent" / "c" / "0" / "1" / "0" / "0"
     data = bytearray(chunk.read_bytes())
-    data[10:74] = bytes(b ^ 0xFF for b in data[10:74])  # 64 bytes flipped inside a finished chunk
+    data[10:74] = bytes(b ^ 0xFF for b in data[10:74])  # 64 bytes flipped inside a finished_run chunk
     chunk.write_bytes(bytes(data))
     truncated = out / "hr" / "waves.zarr" / "latent" / "c" / "0" / "2" / "0" / "0"
     truncated.write_bytes(truncated.read_bytes()[:20])
@@ -238,12 +225,12 @@ def test_damaged_outputs_are_found_and_recomputed(finished, weights, tmp_path):
                                              ("lr", "owl"): 1})
     assert {e["id"] for e in events(out)[before:] if e["action"] == "corrupt"} == {"fox", "waves", "market", "owl"}
     for prompt_id in IDS:  # recomputed bit for bit: the videos made before still match their latents
-        ours, theirs = (read_store(o / "hr" / f"{prompt_id}.zarr")[0]["latent"] for o in (out, finished))
+        ours, theirs = (read_store(o / "hr" / f"{prompt_id}.zarr")[0]["latent"] for o in (out, finished_run))
         assert torch.equal(ours, theirs)
 
 
 @pytest.mark.slow
-def test_a_failing_prompt_does_not_hold_up_its_shard_mates(finished, weights, tmp_path):
+def test_a_failing_prompt_does_not_hold_up_its_shard_mates(finished_run, weights, tmp_path):
     out = tmp_path / "out"
     prompts = write_prompts(tmp_path / "p.jsonl")
     generate(weights, prompts, out, "--until", "lr", "--shard-size", "4")
@@ -302,7 +289,7 @@ def test_a_stop_signal_ends_the_run_within_seconds_and_it_resumes(weights, tmp_p
     assert code == 128 + signum and seconds < 30
     assert "Traceback" not in stderr and f"stopped by {signal.Signals(signum).name}" in stderr
     late = [e for e in events(out) if e["time"] > sent + 1 and e["action"] in ("started", "computed")]
-    assert late == []  # nothing started or finished after the signal
+    assert late == []  # nothing started or finished_run after the signal
     assert not [p for p in (out / "hr").iterdir() if p.name.startswith(".")] if (out / "hr").exists() else True
     assert pixelwizard_processes(out) == []
     if signum == signal.SIGTERM:
@@ -372,17 +359,17 @@ def test_a_prompt_longer_than_the_encoder_reads_is_named_with_the_tokens_dropped
 
 
 @pytest.mark.slow
-def test_a_moved_or_copied_run_works_where_it_lands(finished, tmp_path):
-    moved = copy_run(finished, tmp_path / "copy")
+def test_a_moved_or_copied_run_works_where_it_lands(finished_run, tmp_path):
+    moved = copy_run(finished_run, tmp_path / "copy")
     moved = moved.rename(tmp_path / "moved")
     assert "stale" not in pixelwizard("status", moved).stdout.replace("stale ┃", "")
     rows = [line for line in pixelwizard("status", moved).stdout.splitlines() if line.startswith("│ hr ")]
     assert rows and rows[0].split("│")[2].strip() == "4"
-    before = {p: p.stat().st_mtime_ns for p in (finished / "decode").rglob("*")}
+    before = {p: p.stat().st_mtime_ns for p in (finished_run / "decode").rglob("*")}
     pixelwizard("decode", moved, "--overlap", "0", "--quiet")
     assert len(list((moved / "decode" / "p2w-ov0-24fps").glob("*.mp4"))) == len(IDS)
-    assert not (finished / "decode" / "p2w-ov0-24fps").exists()
-    assert {p: p.stat().st_mtime_ns for p in (finished / "decode").rglob("*")} == before
+    assert not (finished_run / "decode" / "p2w-ov0-24fps").exists()
+    assert {p: p.stat().st_mtime_ns for p in (finished_run / "decode").rglob("*")} == before
 
 
 @pytest.mark.slow

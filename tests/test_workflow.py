@@ -16,6 +16,7 @@ from conftest import (
     STAGES,
     TAG,
     computed,
+    copy_run,
     events,
     frames_of,
     generate,
@@ -29,33 +30,24 @@ from pixelwizard.io.latent_store import read_store
 from pixelwizard.io.video import read_video
 
 
-@pytest.fixture(scope="module")
-def reference(weights, tmp_path_factory):
-    """An uninterrupted run of all four prompts, two per job."""
-    root = tmp_path_factory.mktemp("reference")
-    out = root / "out"
-    generate(weights, write_prompts(root / "prompts.jsonl"), out, "--shard-size", "2")
-    return out
-
-
-def test_full_pipeline_writes_decodable_videos(reference, weights):
+def test_full_pipeline_writes_decodable_videos(finished_run, weights):
     for prompt_id, _ in PROMPTS:
-        frames = frames_of(reference, prompt_id)
+        frames = frames_of(finished_run, prompt_id)
         assert frames.shape == (9, 160, 256, 3)  # tiny preset: 9 frames of 256x160
         assert frames.std() > 1  # not a flat image
-        preview, fps = read_video(reference / "preview" / f"{prompt_id}.mp4")
+        preview, fps = read_video(finished_run / "preview" / f"{prompt_id}.mp4")
         assert preview.shape == (9, 64, 128, 3) and fps == 24
-        sheet = Image.open(reference / "decode" / TAG / f"{prompt_id}.png")
+        sheet = Image.open(finished_run / "decode" / TAG / f"{prompt_id}.png")
         assert sheet.size[0] >= 256 and sheet.size[1] >= 160
-        assert_metrics(reference / "decode" / TAG / f"{prompt_id}.json", boundaries=[128])
-        latent, attrs = read_store(reference / "hr" / f"{prompt_id}.zarr")
+        assert_metrics(finished_run / "decode" / TAG / f"{prompt_id}.json", boundaries=[128])
+        latent, attrs = read_store(finished_run / "hr" / f"{prompt_id}.zarr")
         assert latent["latent"].shape == (48, 3, 10, 16)
         provenance = attrs["provenance"]
         assert provenance["id"] == prompt_id and provenance["settings"]["hr_steps"] == 4
         assert set(provenance["checkpoints"]) == {"hr_dit"} and set(provenance["inputs"]) == {"text", "uncond", "lr"}
     expected = {(s, p): 1 for s in STAGES for p, _ in PROMPTS}
-    assert {k: v for k, v in computed(reference).items() if k[0] != "uncond"} == expected
-    assert [n for (s, _), n in computed(reference).items() if s == "uncond"] == [1]  # the one negative prompt
+    assert {k: v for k, v in computed(finished_run).items() if k[0] != "uncond"} == expected
+    assert [n for (s, _), n in computed(finished_run).items() if s == "uncond"] == [1]  # the one negative prompt
 
 
 def assert_metrics(sidecar, boundaries):
@@ -65,10 +57,11 @@ def assert_metrics(sidecar, boundaries):
     assert metrics["flicker"]["mean"] > 0 and metrics["seam"]["boundaries"] == boundaries
 
 
-def test_rerun_recomputes_nothing(reference, weights):
-    before = len(events(reference))
-    generate(weights, reference.parent / "prompts.jsonl", reference, "--shard-size", "2")
-    assert computed(reference, before) == Counter()
+def test_rerun_recomputes_nothing(finished_run, weights, tmp_path):
+    out = copy_run(finished_run, tmp_path / "out")
+    before = len(events(out))
+    generate(weights, finished_run.parent / "prompts.jsonl", out, "--shard-size", "2")
+    assert computed(out, before) == Counter()
 
 
 def kill_when(process, out, stage: str, timeout: float = 300) -> None:
@@ -88,7 +81,7 @@ def kill_when(process, out, stage: str, timeout: float = 300) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["text", "lr", "hr", "decode"])
-def test_sigkill_mid_stage_then_resume_is_bit_identical(reference, weights, tmp_path, stage):
+def test_sigkill_mid_stage_then_resume_is_bit_identical(finished_run, weights, tmp_path, stage):
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     out = tmp_path / "out"
     process = popen_generate(weights, prompts, out, "--shard-size", "2", start_new_session=True)
@@ -100,8 +93,8 @@ def test_sigkill_mid_stage_then_resume_is_bit_identical(reference, weights, tmp_
     assert {k: v for k, v in computed(out).items() if k[0] != "uncond"} == \
         {(s, p): 1 for s in STAGES for p, _ in PROMPTS}
     for prompt_id, _ in PROMPTS:
-        assert np.array_equal(frames_of(out, prompt_id), frames_of(reference, prompt_id))
-        ours, theirs = (read_store(o / "hr" / f"{prompt_id}.zarr")[0]["latent"] for o in (out, reference))
+        assert np.array_equal(frames_of(out, prompt_id), frames_of(finished_run, prompt_id))
+        ours, theirs = (read_store(o / "hr" / f"{prompt_id}.zarr")[0]["latent"] for o in (out, finished_run))
         assert ours.equal(theirs)
 
 
@@ -149,17 +142,17 @@ def test_user_errors_are_one_line(weights, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing was written for a refused run
 
 
-def test_redecode_touches_only_decode(reference):
-    """Last in the file: it adds decodes with other settings beside the reference run's."""
-    old = {p: (reference / "decode" / TAG / f"{p}.mp4").stat().st_mtime_ns for p, _ in PROMPTS}
-    config = (reference / "pixelwizard.yaml").read_bytes()
-    before = len(events(reference))
-    pixelwizard("decode", reference, "--num-patches", "3", "--overlap", "2", "--quiet")
-    assert computed(reference, before) == Counter({("decode", p): 1 for p, _ in PROMPTS})
-    assert (reference / "pixelwizard.yaml").read_bytes() == config  # the run's configuration stays as it was
+def test_redecode_touches_only_decode(finished_run, tmp_path):
+    out = copy_run(finished_run, tmp_path / "out")
+    old = {p: (out / "decode" / TAG / f"{p}.mp4").stat().st_mtime_ns for p, _ in PROMPTS}
+    config = (out / "pixelwizard.yaml").read_bytes()
+    before = len(events(out))
+    pixelwizard("decode", out, "--num-patches", "3", "--overlap", "2", "--quiet")
+    assert computed(out, before) == Counter({("decode", p): 1 for p, _ in PROMPTS})
+    assert (out / "pixelwizard.yaml").read_bytes() == config  # the run's configuration stays as it was
     for prompt_id, _ in PROMPTS:
-        assert (reference / "decode" / TAG / f"{prompt_id}.mp4").stat().st_mtime_ns == old[prompt_id]
-        new = frames_of(reference, prompt_id, "p3w-ov2-24fps")
+        assert (out / "decode" / TAG / f"{prompt_id}.mp4").stat().st_mtime_ns == old[prompt_id]
+        new = frames_of(out, prompt_id, "p3w-ov2-24fps")
         assert new.shape == (9, 160, 256, 3)
-        assert_metrics(reference / "decode" / "p3w-ov2-24fps" / f"{prompt_id}.json", boundaries=[80, 160])
-        assert not np.array_equal(new, frames_of(reference, prompt_id))  # other patches: another blend
+        assert_metrics(out / "decode" / "p3w-ov2-24fps" / f"{prompt_id}.json", boundaries=[80, 160])
+        assert not np.array_equal(new, frames_of(out, prompt_id))  # other patches: another blend

@@ -90,9 +90,9 @@ def remove_stale_temps(parent: Path, min_age_s: float = 3600.0) -> int:
     return len(stale)
 
 
-def file_stamp(path: Path) -> list[int]:
+def file_stamp(path: Path | os.DirEntry) -> list[int]:
     """What changes when a file is rewritten, truncated or replaced by a copy: size, mtime and inode."""
-    st = path.stat()
+    st = path.stat(follow_symlinks=False)
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,22 @@ def _write_array(group: zarr.Group, name: str, tensor: torch.Tensor) -> None:
     array[...] = data
 
 
-def _content_files(path: Path) -> list[Path]:
-    """Every file of the store but the group's own zarr.json (which holds the stamps)."""
-    return sorted(p for p in path.rglob("*") if p.is_file() and p != path / METADATA)
-
-
 def _stamps(path: Path) -> dict[str, list[int]]:
-    return {p.relative_to(path).as_posix(): file_stamp(p) for p in _content_files(path)}
+    """The stamp of every file of the store but the group's own zarr.json (which holds the stamps), by relative
+    path. `status` checks every store of a run, so this walks with scandir: no second stat per file."""
+    stamps = {}
+
+    def walk(directory: str, prefix: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, f"{prefix}{entry.name}/")
+                elif entry.is_file(follow_symlinks=False):
+                    stamps[prefix + entry.name] = file_stamp(entry)
+
+    walk(str(path), "")
+    stamps.pop(METADATA, None)
+    return dict(sorted(stamps.items()))
 
 
 def _write_group_attrs(path: Path, attrs: Mapping[str, Any]) -> None:

@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import torch
 
@@ -87,7 +87,6 @@ class Output:
         self.stage = job.stage
         self.path = job.provenance.output(job.stage, item.id)
         self.attrs = {**job.provenance.attrs(job.stage, item.id), "version": __version__}
-        self.extra: dict[str, Any] = {}  # recorded in the computed event (e.g. dropped tokens)
         self.stepping = False
         self._last_progress = 0.0
 
@@ -129,7 +128,7 @@ class Job:
         self.stage, self.snapshot, self.shard, self.layout, self.device = stage, snapshot, shard, layout, device
         self.config, self.preset = snapshot.config, snapshot.preset
         self.events = layout.events
-        self.provenance = Provenance(snapshot, layout, read_events(layout.events)[0] if self._rank0() else [])
+        self.provenance = Provenance(snapshot, layout, read_events(layout.events)[0] if distributed.rank() == 0 else [])
         self.plan = Plan(snapshot, layout, self.provenance)
         self.items = self.plan.shards[stage][shard]
         self.is_writer = distributed.is_writer()
@@ -139,10 +138,7 @@ class Job:
         self.current: Output | None = None
         self.outcomes: dict[str, str] = {}
         self.exit_code = 0
-
-    @staticmethod
-    def _rank0() -> bool:
-        return distributed.rank() == 0
+        self.jobs_lock: IO[str] | None = None  # held while the job lives; the kernel drops it with the process
 
     @classmethod
     def start(cls, stage: str, argv: list[str] | None = None) -> Job:
@@ -156,9 +152,10 @@ class Job:
             die_with_parent()
         snapshot = RunSnapshot.load(args.snapshot)
         layout = Layout(Path("."))
-        _hold_jobs_lock(layout)
+        jobs_lock = _hold_jobs_lock(layout)
         device = distributed.init_from_env(steps.pick_device(snapshot.config.device))
         job = cls(stage, snapshot, args.shard, layout, device)
+        job.jobs_lock = jobs_lock
         for signum in STOP_SIGNALS:
             signal.signal(signum, job._on_signal)
         if job.is_writer and STAGES[stage].output == "zarr":
@@ -267,7 +264,7 @@ class Job:
                 os._exit(1)  # torchrun then ends the other ranks at once
         else:
             seconds = round(time.perf_counter() - start, 3)
-            self.event(item.id, "computed", seconds=seconds, startup_s=self.first_step_s, **out.extra)
+            self.event(item.id, "computed", seconds=seconds, startup_s=self.first_step_s)
             self.outcomes[item.id] = "computed"
             log.info("%s %s computed in %.1f s", self.stage, item.id, seconds)
         finally:
@@ -308,14 +305,10 @@ class Job:
         return False
 
 
-def _hold_jobs_lock(layout: Layout) -> None:
+def _hold_jobs_lock(layout: Layout) -> IO[str]:
     """A shared lock on OUT/.pixelwizard/jobs.lock for the job's lifetime: `generate` refuses to start while jobs
     of an earlier run still work in OUT (the kernel drops the lock when the process dies)."""
     layout.jobs_lock.parent.mkdir(parents=True, exist_ok=True)
     handle = open(layout.jobs_lock, "a")
     fcntl.flock(handle, fcntl.LOCK_SH)
-    _held.append(handle)
-
-
-
-_held: list[Any] = []
+    return handle
