@@ -173,8 +173,13 @@ def test_render_stopped_from_on_step_leaves_nothing(tmp_path, stop) -> None:
             raise AssertionError("SIGINT was not delivered")
         raise StopRequested
 
-    with torch.inference_mode(), pytest.raises(KeyboardInterrupt if stop == "sigint" else StopRequested):
-        render_video(vae, latent, out / "clip.mp4", fps=24, sheet_path=out / "clip.png", on_step=on_step)
+    # Python's own SIGINT handler, also where pytest started with SIGINT ignored (a script's background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with torch.inference_mode(), pytest.raises(KeyboardInterrupt if stop == "sigint" else StopRequested):
+            render_video(vae, latent, out / "clip.mp4", fps=24, sheet_path=out / "clip.png", on_step=on_step)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert partial  # the stop came while a partial MP4 existed
     assert list(out.iterdir()) == []
     assert not encoder_threads()
