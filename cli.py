@@ -357,6 +357,9 @@ def show_report(out: Path = typer.Argument(..., help="Output directory of a gene
         page, data = write_report(out)
     except USER_ERRORS as err:
         fail(err, verbose)
+    except OSError as err:  # a read-only or full file system, OUT/report not a folder
+        fail(OSError(f"cannot write {out / 'report'}: {err.strerror} ({err.filename}); make it a writable folder, "
+                     "or copy the run somewhere writable and report there"), verbose)
     Console().print(f"report: {page}  ({len(data['prompts'])} prompts, decode settings {', '.join(data['tags'])}); "
                     "open it in a browser", highlight=False, soft_wrap=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -175,3 +176,11 @@ def test_report_command_writes_a_page_that_needs_no_network(weights, tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"error: {tmp_path / 'none' / 'pixelwizard.yaml'}: no run configuration " \
                                      "here; run `pixelwizard generate` first"
+
+    shutil.rmtree(out / "report")
+    (out / "report").write_text("not a folder")
+    unwritable = subprocess.run([sys.executable, "-m", "pixelwizard.workflow.cli", "report", str(out)],
+                                capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
+    assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
+    assert unwritable.stderr.startswith(f"error: cannot write {out / 'report'}: File exists")
+    assert len(unwritable.stderr.strip().splitlines()) == 1
