@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="append the result line to this JSONL file")
     args = parser.parse_args()
     from pixelwizard.checkpoints.tiny import write_tiny_weights
+    from pixelwizard.pipeline.stages import STAGES
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -48,10 +49,7 @@ def main() -> None:
                           str(tmp / "out"), "--preset", "tiny", "--ckpt-dir", str(weights["ckpt_dir"]),
                           "--hr-ckpt", str(weights["hr_ckpt"]), *sizes, "--dry-run"])
         run = {"prompts": str(prompts), "ckpt_dir": str(weights["ckpt_dir"]), "hr_ckpt": str(weights["hr_ckpt"]),
-               "preset": "tiny", **({"shard_sizes": {"text": args.shard_size, "uncond": args.shard_size,
-                                                     "lr": args.shard_size, "preview": args.shard_size,
-                                                     "hr": args.shard_size, "decode": args.shard_size}}
-                                    if args.shard_size else {})}
+               "preset": "tiny", **({"shard_sizes": dict.fromkeys(STAGES, args.shard_size)} if args.shard_size else {})}
         (tmp / "run.yaml").write_text(yaml.safe_dump(run))
         (tmp / "sm").mkdir()
         snakemake_s, listing = timed([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
