@@ -97,6 +97,10 @@ def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+def counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def fail(err: BaseException, verbose: bool) -> None:
     """Users get one line naming the problem and the fix; tracebacks are for --verbose."""
     if verbose:
@@ -304,7 +308,7 @@ def dry_run_report(plan: Plan, rows: list[status.StageStatus]) -> int:
     for row in rows:
         shards = {plan.shard_of(row.stage, p.id) for p in row.problems}
         if shards:
-            console.print(f"  {row.label}: {len(row.problems)} outputs to make in {len(shards)} job(s)",
+            console.print(f"  {row.label}: {counted(len(row.problems), 'output')} to make in {counted(len(shards), 'job')}",
                           highlight=False)
     status.print_problems(console, rows)
     return 0
@@ -341,7 +345,7 @@ def show_status(out: Path = typer.Argument(..., help="Output directory of a gene
         rows = status.collect(snapshot, Layout(out))
     except USER_ERRORS as err:
         fail(err, verbose)
-    title = f"{out}  ({snapshot.config.preset}, {len(snapshot.prompts)} prompts)"
+    title = f"{out}  ({snapshot.config.preset}, {counted(len(snapshot.prompts), 'prompt')})"
     shown = Console(soft_wrap=True)
     shown.print(status.table(rows, title))
     status.print_problems(shown, rows)
@@ -360,7 +364,7 @@ def show_report(out: Path = typer.Argument(..., help="Output directory of a gene
     except OSError as err:  # a read-only or full file system, OUT/report not a folder
         fail(OSError(f"cannot write {out / 'report'}: {err.strerror} ({err.filename}); make it a writable folder, "
                      "or copy the run somewhere writable and report there"), verbose)
-    Console().print(f"report: {page}  ({len(data['prompts'])} prompts, decode settings {', '.join(data['tags'])}); "
+    Console().print(f"report: {page}  ({counted(len(data['prompts']), 'prompt')}, decode settings {', '.join(data['tags'])}); "
                     "open it in a browser", highlight=False, soft_wrap=True)
 
 
