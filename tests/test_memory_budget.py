@@ -58,3 +58,10 @@ def test_method_matches_real_cpu_allocations():
 def test_stage_fits_the_budget(stage, preset):
     row = memory.measure(stage, preset)
     assert row["peak_gib"] <= memory.BUDGETS_GIB[preset], row
+
+
+@pytest.mark.slow
+def test_a_zero_uncond_anchor_fits_the_4k_budget_too():
+    """The training-time CFG variant gives the two branches different anchor features; they are never held at once."""
+    row = memory.measure("hr", "4k", uncond_anchor="zero")
+    assert row["peak_gib"] <= memory.BUDGETS_GIB["4k"], row

@@ -99,13 +99,18 @@ def sample_hr(
     device = next(model.parameters()).device
     anchor = lr_latent[None].to(device)
     hr_shape = (1, *noise.shape)
-    features = model.anchor_features(anchor, hr_shape)
-    uncond_features = model.anchor_features(torch.zeros_like(anchor), hr_shape) if zero_uncond_anchor else features
     prompt, uncond = [cond.prompt.to(device)], [cond.uncond.to(device)]
+    uncond_anchor = torch.zeros_like(anchor) if zero_uncond_anchor else anchor
+    # One anchor feature serves both branches; two (float32 [L, dim], 2.85 GiB each at 4K) held at once would not fit
+    # a 24 GB card, so with a zero anchor each forward builds its own (0.1% of its FLOPs) and drops it on return.
+    shared = None if zero_uncond_anchor else model.anchor_features(anchor, hr_shape)
+
+    def features(lr_anchor: Tensor) -> Tensor:
+        return model.anchor_features(lr_anchor, hr_shape) if shared is None else shared
 
     def guided(x: Tensor, t: Tensor, dt: Tensor) -> Tensor:
-        v_c = model(x, t, dt, prompt, features)
-        v_u = model(x, t, dt, uncond, uncond_features)
+        v_c = model(x, t, dt, prompt, features(anchor))
+        v_u = model(x, t, dt, uncond, features(uncond_anchor))
         return v_u + guidance * (v_c - v_u)
 
     return denoise(guided, noise[None].to(device), steps=steps, shift=shift, solver=solver, on_step=on_step)[0]
