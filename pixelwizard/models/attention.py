@@ -121,7 +121,12 @@ def select_backend(name: str = "auto", device: torch.device | str = "cuda") -> A
     return masked(KERNELS[name])
 
 
+@cache
+def _auto(device_type: str) -> AttentionFn:
+    return select_backend("auto", device_type)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None = None) -> Tensor:
     """q [B, Lq, N, D], k/v [B, Lk, N, D], k_lens [B] valid keys per sample -> [B, Lq, N, D] in q's dtype, with
-    the best backend for q's device."""
-    return select_backend("auto", q.device)(q, k, v, k_lens)
+    the best backend for q's device (chosen once per device type, not per call)."""
+    return _auto(q.device.type)(q, k, v, k_lens)
