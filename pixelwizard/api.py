@@ -76,7 +76,9 @@ class Pipeline:
         preset = self.preset
         encoder = self._model("text")
         context = steps.encode(encoder, item.text).context
-        uncond = {s: steps.encode(encoder, STAGES[s].uncond_text(item, preset)).context for s in ("lr", "hr")}
+        uncond_texts = {s: STAGES[s].uncond_text(item, preset) for s in ("lr", "hr")}
+        encoded = {text: steps.encode(encoder, text).context for text in set(uncond_texts.values())}  # often one
+        uncond = {s: encoded[text] for s, text in uncond_texts.items()}
         self._done_with("text")
         anchor = steps.lr_anchor(self._model("lr"), Conditioning(context, uncond["lr"]), preset,
                                  steps.stage_seed(item, preset, "lr"), self.config)
