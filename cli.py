@@ -308,8 +308,8 @@ def dry_run_report(plan: Plan, rows: list[status.StageStatus]) -> int:
     for row in rows:
         shards = {plan.shard_of(row.stage, p.id) for p in row.problems}
         if shards:
-            console.print(f"  {row.label}: {counted(len(row.problems), 'output')} to make in {counted(len(shards), 'job')}",
-                          highlight=False)
+            console.print(f"  {row.label}: {counted(len(row.problems), 'output')} to make in "
+                          f"{counted(len(shards), 'job')}", highlight=False)
     status.print_problems(console, rows)
     return 0
 
@@ -364,8 +364,8 @@ def show_report(out: Path = typer.Argument(..., help="Output directory of a gene
     except OSError as err:  # a read-only or full file system, OUT/report not a folder
         fail(OSError(f"cannot write {out / 'report'}: {err.strerror} ({err.filename}); make it a writable folder, "
                      "or copy the run somewhere writable and report there"), verbose)
-    Console().print(f"report: {page}  ({counted(len(data['prompts']), 'prompt')}, decode settings {', '.join(data['tags'])}); "
-                    "open it in a browser", highlight=False, soft_wrap=True)
+    Console().print(f"report: {page}  ({counted(len(data['prompts']), 'prompt')}, decode settings "
+                    f"{', '.join(data['tags'])}); open it in a browser", highlight=False, soft_wrap=True)
 
 
 @app.command("make-tiny-weights")

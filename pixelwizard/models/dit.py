@@ -211,7 +211,8 @@ class Block(nn.Module):
         return self.modulation[:, index] + e
 
     def modulated(self, x: Tensor, e0: Tensor, first: int, rows: slice) -> Tensor:
-        """adaLN input of the self-attention (first = 0) or the FFN (first = 3) for `rows`: norm·(1 + scale) + shift."""
+        """adaLN input of the self-attention (first = 0) or the FFN (first = 3) for `rows`:
+        norm·(1 + scale) + shift."""
         norm = self.norm1 if first == 0 else self.norm2
         shift, scale = self.adaln(e0, first, rows), self.adaln(e0, first + 1, rows)
         return norm(x[:, rows]) * (1 + scale) + shift
