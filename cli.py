@@ -10,7 +10,7 @@ import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -19,13 +19,20 @@ from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
 from pixelwizard.checkpoints.strict import CheckpointError
 from pixelwizard.io.files import write_atomic
 from pixelwizard.models.config import ConfigError
-from pixelwizard.pipeline import checks, runner, status
+from pixelwizard.pipeline import checks, runner, sources, status
 from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.live import LiveView
 from pixelwizard.pipeline.plan import STOP_AFTER, Plan
-from pixelwizard.pipeline.presets import PRESETS, PresetError, parse_setting, setting_help
-from pixelwizard.pipeline.prompts import PromptFileError, read_ids, read_prompts, single_prompt
+from pixelwizard.pipeline.presets import PRESETS, PresetError, parse_setting, setting_help, setting_type
+from pixelwizard.pipeline.prompts import (
+    LATENT_SUFFIXES,
+    PromptFileError,
+    read_ids,
+    read_prompts,
+    single_prompt,
+    source_prompts,
+)
 from pixelwizard.pipeline.report import write_report
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError, defaults, option_help
 from pixelwizard.pipeline.snapshot import RunSnapshot
@@ -78,23 +85,58 @@ RUN_OPTIONS = {
 }
 
 
-def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the options of RUN_OPTIONS, passed to it as one `run: RunOptions`."""
-    signature = inspect.signature(command)
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-             for name, (kind, option) in RUN_OPTIONS.items()]
+def with_options(name: str, options: dict[str, tuple[Any, typer.models.OptionInfo]],
+                 pack: Callable[..., Any]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the options of `options`, passed to it as one argument `name`: `pack(**their values)`."""
 
-    @functools.wraps(command)
-    def wrapper(**values: object) -> None:
-        run = RunOptions(**{name: values.pop(name) for name in RUN_OPTIONS})
-        command(**values, run=run)
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command)
+        extra = [inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind)
+                 for option, (kind, info) in options.items()]
 
-    hints = typing.get_type_hints(command)
-    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
-           if p.name != "run"]
-    wrapper.__signature__ = signature.replace(parameters=[*own, *extra])
-    wrapper.__annotations__ = {}
-    return wrapper
+        @functools.wraps(command)
+        def wrapper(**values: object) -> None:
+            packed = pack(**{option: values.pop(option) for option in options})
+            command(**values, **{name: packed})
+
+        hints = typing.get_type_hints(command)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+               if p.name != name]
+        wrapper.__signature__ = signature.replace(parameters=[*own, *extra])
+        wrapper.__annotations__ = {}
+        return wrapper
+
+    return decorate
+
+
+with_run_options = with_options("run", RUN_OPTIONS, RunOptions)
+
+# The run configuration of a command that starts a run (generate, upscale), as RunConfig keyword arguments.
+SETUP_OPTIONS = {
+    "ckpt_dir": (Path, typer.Option(..., help=option_help("ckpt_dir"))),
+    "hr_ckpt": (Path, typer.Option(..., help=option_help("hr_ckpt"))),
+    "preset": (str, config_option("preset")),
+    "shard_size": (list[str], typer.Option([], help="Prompts per job: N for every stage, or STAGE=N (repeatable)")),
+    **{name: (type(defaults()[name]), config_option(name))
+       for name in ("previews", "device", "dtype", "attention", "offload", "hr_gpus", "decode_gpus")},
+}
+# The preset settings that every run's HR shortcut and decode take, as overrides (None: the preset's).
+HR_SETTINGS = ("seed", "frames", "hr_steps", "hr_shift", "hr_guidance", "hr_solver", "negative_prompt", "num_patches",
+               "patch_dim", "overlap")
+SETTING_OPTIONS = {
+    **{name: (Optional[setting_type(name)], setting_option(name)) for name in HR_SETTINGS},
+    "set_": (list[str], typer.Option([], "--set", help="Any other preset setting, KEY=VALUE (repeatable)")),
+}
+
+
+def setup(ckpt_dir: Path, hr_ckpt: Path, shard_size: list[str], **values: Any) -> dict[str, Any]:
+    return dict(ckpt_dir=str(ckpt_dir.resolve()), hr_ckpt=str(hr_ckpt.resolve()),
+                shard_sizes=parse_shard_sizes(shard_size), **values)
+
+
+def settings(set_: list[str], **values: Any) -> dict[str, Any]:
+    """The overrides given (`--set KEY=VALUE` pairs converted to their settings' types)."""
+    return {**{k: v for k, v in values.items() if v is not None}, **parse_sets(set_)}
 
 
 def counted(n: int, noun: str) -> str:
@@ -137,40 +179,22 @@ def parse_shard_sizes(values: list[str]) -> dict[str, int]:
 
 @app.command()
 @with_run_options
+@with_options("settings", SETTING_OPTIONS, settings)
+@with_options("setup", SETUP_OPTIONS, setup)
 def generate(
     prompts: Optional[Path] = typer.Argument(None, help=option_help("prompts"), show_default=False),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt's text instead of a prompt file"),
     out: Path = OUT,
-    ckpt_dir: Path = typer.Option(..., help=option_help("ckpt_dir")),
-    hr_ckpt: Path = typer.Option(..., help=option_help("hr_ckpt")),
     lr_ckpt: Optional[Path] = config_option("lr_ckpt"),
-    preset: str = config_option("preset"),
     only: Optional[Path] = config_option("only"),
     until: Optional[str] = typer.Option(None, help="Stop after a stage: lr (text, LR anchors, previews) or hr"),
-    shard_size: list[str] = typer.Option([], help="Prompts per job: N for every stage, or STAGE=N (repeatable)"),
-    previews: bool = config_option("previews"),
-    device: str = config_option("device"),
-    dtype: str = config_option("dtype"),
-    attention: str = config_option("attention"),
-    offload: bool = config_option("offload"),
-    hr_gpus: int = config_option("hr_gpus"),
-    decode_gpus: int = config_option("decode_gpus"),
-    seed: Optional[int] = setting_option("seed"),
-    frames: Optional[int] = setting_option("frames"),
     lr_steps: Optional[int] = setting_option("lr_steps"),
     lr_shift: Optional[float] = setting_option("lr_shift"),
     lr_guidance: Optional[float] = setting_option("lr_guidance"),
-    hr_steps: Optional[int] = setting_option("hr_steps"),
-    hr_shift: Optional[float] = setting_option("hr_shift"),
-    hr_guidance: Optional[float] = setting_option("hr_guidance"),
-    hr_solver: Optional[str] = setting_option("hr_solver"),
-    negative_prompt: Optional[str] = setting_option("negative_prompt"),
-    num_patches: Optional[int] = NUM_PATCHES,
-    patch_dim: Optional[str] = PATCH_DIM,
-    overlap: Optional[int] = OVERLAP,
     fps: Optional[int] = FPS,
-    set_: list[str] = typer.Option([], "--set", help="Any other preset setting, KEY=VALUE (repeatable)"),
     *,
+    setup: dict,
+    settings: dict,
     run: RunOptions,
 ) -> None:
     """Generate a video for every prompt (text -> LR anchor -> HR shortcut -> decode) into OUT."""
@@ -181,20 +205,43 @@ def generate(
             raise RunConfigError(f"--until {until}: choose one of {', '.join(STOP_AFTER)}")
         items = single_prompt(prompt) if prompt is not None else read_prompts(prompts)
         chosen = read_ids(only, items) if only is not None else None
-        settings = {k: v for k, v in dict(
-            seed=seed, frames=frames, lr_steps=lr_steps, lr_shift=lr_shift, lr_guidance=lr_guidance,
-            hr_steps=hr_steps, hr_shift=hr_shift, hr_guidance=hr_guidance, hr_solver=hr_solver,
-            negative_prompt=negative_prompt, num_patches=num_patches, patch_dim=patch_dim, overlap=overlap,
-            fps=fps).items() if v is not None}
-        config = RunConfig(
-            prompts=PROMPTS, only=ONLY if chosen is not None else None, ckpt_dir=str(ckpt_dir.resolve()),
-            hr_ckpt=str(hr_ckpt.resolve()), lr_ckpt=str(lr_ckpt.resolve()) if lr_ckpt else None, preset=preset,
-            settings={**settings, **parse_sets(set_)}, shard_sizes=parse_shard_sizes(shard_size),
-            previews=previews, device=device, dtype=dtype, attention=attention, offload=offload, hr_gpus=hr_gpus,
-            decode_gpus=decode_gpus)
+        overrides = {k: v for k, v in dict(lr_steps=lr_steps, lr_shift=lr_shift, lr_guidance=lr_guidance,
+                                           fps=fps).items() if v is not None}
+        config = RunConfig(prompts=PROMPTS, only=ONLY if chosen is not None else None,
+                           lr_ckpt=str(lr_ckpt.resolve()) if lr_ckpt else None,
+                           settings={**overrides, **settings}, **setup)
     except USER_ERRORS as err:
         fail(err, run.verbose)
     raise typer.Exit(execute(out.resolve(), config, items, chosen, run, until=until, record=True))
+
+
+@app.command()
+@with_run_options
+@with_options("settings", SETTING_OPTIONS, settings)
+@with_options("setup", SETUP_OPTIONS, setup)
+def upscale(
+    videos: list[Path] = typer.Argument(..., help="Videos (any container PyAV reads), or saved anchor latents "
+                                        f"({', '.join(LATENT_SUFFIXES)})", show_default=False),
+    out: Path = OUT,
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="What the videos show (default: the empty prompt)"),
+    start: Optional[float] = typer.Option(None, help="Seconds into each video where its clip starts (default: its "
+                                          "first frame)", show_default=False),
+    fps: Optional[int] = typer.Option(None, help="Take each video at this rate (default: its own)",
+                                      show_default=False),
+    *,
+    setup: dict,
+    settings: dict,
+    run: RunOptions,
+) -> None:
+    """Upscale videos to the preset's size: each clip (at most --frames frames, 4n+1) is fitted to the LR anchor and
+    VAE-encoded, then the HR shortcut and the patched decode run on it, into OUT; a saved anchor latent skips the
+    encoding. A portrait video takes the preset turned (2k: 1440x2560)."""
+    try:
+        items = source_prompts(videos, prompt or "", start=start, fps=fps)
+        config = RunConfig(prompts=PROMPTS, settings=settings, **setup)
+    except USER_ERRORS as err:
+        fail(err, run.verbose)
+    raise typer.Exit(execute(out.resolve(), config, items, None, run, until=None, record=True))
 
 
 @app.command()
@@ -237,6 +284,8 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
         cache = DigestCache(layout.digests, persist=False)  # written once OUT's lock is held
         gpus = len(visible_gpus())
         snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
+        for line in sources.notes(items, snapshot.sources, snapshot.preset):
+            console.print(f"note: {line}", highlight=False)
         checks.check_parallelism(snapshot, gpus)
         checks.check_patches(snapshot)
         plan = Plan(snapshot, layout)

@@ -46,7 +46,7 @@ def rchar():
 before = rchar()
 args = json.loads(sys.argv[1])
 try:
-    check_checkpoints(args["ckpt_dir"], lr_ckpt=args["lr_ckpt"], hr_ckpt=args["hr_ckpt"], preset_name=args["preset"])
+    check_checkpoints(args["ckpt_dir"], lr_ckpt=args["lr_ckpt"], hr_ckpt=args["hr_ckpt"], resolution=args["preset"])
     problems = []
 except CheckpointProblems as err:
     problems = err.problems

@@ -46,7 +46,7 @@ class Pipeline:
                                 settings=settings, device=device, dtype=dtype, attention=attention, offload=offload)
         self.preset = self.config.resolved_preset()
         preflight.check_checkpoints(Path(self.config.ckpt_dir), lr_ckpt=lr_ckpt and Path(self.config.lr_ckpt),
-                                    hr_ckpt=Path(self.config.hr_ckpt), preset_name=preset)
+                                    hr_ckpt=Path(self.config.hr_ckpt), resolution=self.preset.hr_checkpoint)
         self.device = steps.pick_device(device)
         self.keep_models = keep_models
         ckpt = Path(self.config.ckpt_dir)

@@ -23,12 +23,11 @@ from pixelwizard.pipeline.job import Job
 
 def main(argv: list[str] | None = None) -> int:
     with Job.start("decode", argv) as job:
-        p = job.preset
         vae = job.lazy(steps.load_vae, job.config, job.device)
         group = dist.group.WORLD if distributed.world_size() > 1 else None
-        patches = steps.patches(p)
         for prompt in job.pending():
             with job.record(prompt) as out:
+                patches = steps.patches(job.preset_for(prompt))
                 latent = job.read("hr", prompt, "latent")
                 if not job.is_writer:  # this rank's patches; rank 0 receives them blended
                     out.step(0, latent.shape[1])
@@ -36,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                         out.step(i + 1, latent.shape[1])
                     continue
                 sheet = out.path.with_suffix(".png")
-                metrics = render_video(vae(), latent, out.path, fps=p.fps, sheet_path=sheet, on_step=out.step,
-                                       group=group, **patches)
+                metrics = render_video(vae(), latent, out.path, fps=job.snapshot.fps_for(prompt), sheet_path=sheet,
+                                       on_step=out.step, group=group, **patches)
                 out.write_sidecar([out.path, sheet], metrics=metrics)
     return job.exit_code
 

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
             with job.record(prompt) as out:
                 cond = Conditioning(job.read("text", prompt, "context"), job.read("uncond", prompt, "context"))
                 anchor = job.read("lr", prompt, "latent")
-                latent = steps.hr_latent(model(), cond, anchor, job.preset, out.seed, job.config, on_step=out.step)
+                latent = steps.hr_latent(model(), cond, anchor, job.preset_for(prompt), out.seed, job.config,
+                                         on_step=out.step)
                 out.write_store({"latent": latent})
     return job.exit_code
 

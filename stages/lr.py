@@ -1,6 +1,7 @@
-"""Stage lr: text embeddings -> the LR anchor latent (448x256 by default, 50 UniPC steps, CFG against the
-prompt's negative prompt), one zarr store per prompt. The DiT (the base one, or the fine-tuned `lr/model.pt`)
-loads once per job.
+"""Stage lr: the LR anchor latent of each prompt, one zarr store per prompt. From text embeddings it is sampled
+(448x256 by default, 50 UniPC steps, CFG against the prompt's negative prompt) by the DiT (the base one, or the
+fine-tuned `lr/model.pt`); from a video, the clip is fitted to the anchor size and VAE-encoded; a saved latent is
+taken as it is. Each model loads once per job, if some prompt needs it.
 
     python -m pixelwizard.workflow.stages.lr .pixelwizard/runs/<digest>.json 00000        # in OUT
 """
@@ -17,10 +18,18 @@ from pixelwizard.sampling.samplers import Conditioning
 def main(argv: list[str] | None = None) -> int:
     with Job.start("lr", argv) as job:
         dit = job.lazy(steps.load_lr_dit, job.config, job.device)
+        vae = job.lazy(steps.load_vae, job.config, job.device)
         for prompt in job.pending():
             with job.record(prompt) as out:
-                cond = Conditioning(job.read("text", prompt, "context"), job.read("uncond", prompt, "context"))
-                latent = steps.lr_anchor(dit(), cond, job.preset, out.seed, job.config, on_step=out.step)
+                preset = job.preset_for(prompt)
+                if prompt.source == "video":
+                    clip = steps.clip_of(job.snapshot.sources[prompt.id])
+                    latent = steps.video_anchor(vae(), job.source_file(prompt), clip, preset, on_step=out.step)
+                elif prompt.source == "latent":
+                    latent = steps.saved_anchor(job.source_file(prompt), preset, job.config)
+                else:
+                    cond = Conditioning(job.read("text", prompt, "context"), job.read("uncond", prompt, "context"))
+                    latent = steps.lr_anchor(dit(), cond, preset, out.seed, job.config, on_step=out.step)
                 out.write_store({"latent": latent})
     return job.exit_code
 

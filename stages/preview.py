@@ -18,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         vae = job.lazy(steps.load_vae, job.config, job.device)
         for prompt in job.pending():
             with job.record(prompt) as out:
-                metrics = render_video(vae(), job.read("lr", prompt, "latent"), out.path, fps=job.preset.fps,
-                                       on_step=out.step)
+                metrics = render_video(vae(), job.read("lr", prompt, "latent"), out.path,
+                                       fps=job.snapshot.fps_for(prompt), on_step=out.step)
                 out.write_sidecar([out.path], metrics=metrics)
     return job.exit_code
 

@@ -155,7 +155,7 @@ def test_checkpoint_without_generator(tmp_path):
 
 def test_resolution_folder_check(hr_model_pt):
     _, path = hr_model_pt
-    with pytest.raises(CheckpointError, match="'2k' folder but the preset is '4k'; use --preset 2k"):
+    with pytest.raises(CheckpointError, match="'2k' folder but the preset takes the 4k model; use a preset of the 2k"):
         check_resolution_folder(path, "4k")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

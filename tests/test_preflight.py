@@ -33,11 +33,11 @@ def weights(pristine, tmp_path):
     return {name: tmp_path / "w" / path.relative_to(root) for name, path in pristine.items()}
 
 
-def problems(weights, preset_name="tiny"):
+def problems(weights, resolution=None):
     """The problem lines of the check (empty when everything passes); each must be a single line."""
     try:
         check_checkpoints(weights["ckpt_dir"], lr_ckpt=weights["lr_ckpt"], hr_ckpt=weights["hr_ckpt"],
-                          preset_name=preset_name)
+                          resolution=resolution)
     except CheckpointProblems as err:
         assert str(err) == "\n".join(err.problems) and all("\n" not in line for line in err.problems)
         return err.problems
@@ -124,10 +124,10 @@ def test_hr_checkpoint_folder_against_the_preset(weights):
     in_2k.parent.mkdir()
     weights["hr_ckpt"].rename(in_2k)
     weights["hr_ckpt"] = in_2k
-    assert problems(weights, preset_name="2k") == []
-    assert problems(weights, preset_name="4k") == [
-        f"{in_2k}: sits in a '2k' folder but the preset is '4k'; use --preset 2k with this checkpoint, or give "
-        "--hr-ckpt the one trained for 4k"]
+    assert problems(weights, resolution="2k") == []
+    assert problems(weights, resolution="4k") == [
+        f"{in_2k}: sits in a '2k' folder but the preset takes the 4k model; use a preset of the 2k model (--preset "
+        "2k, say) with this checkpoint, or give --hr-ckpt the one trained for 4k"]
 
 
 def test_every_problem_is_reported_at_once(weights):

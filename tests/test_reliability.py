@@ -78,7 +78,7 @@ def tmpfs(tmp_path):
 @pytest.mark.parametrize("damage, fragments", [
     ("truncated shard", ["diffusion_pytorch_model-00002-of-00003.safetensors", "truncated"]),
     ("base DiT as HR", ["a base Wan2.2 DiT, not a PixelWizard HR checkpoint"]),
-    ("HR file in a 4k folder", ["'4k' folder but the preset is 'tiny'"]),
+    ("HR file in a 4k folder", ["'4k' folder but the preset takes the tiny model"]),
 ])
 def test_checkpoint_problems_are_found_before_anything_runs(weights, tmp_path, damage, fragments):
     paths = copy_weights(weights, tmp_path / "w")

@@ -4,6 +4,7 @@ change with it, and nothing else needed editing."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import yaml
 from conftest import REPO, make_outputs, write_prompts
+from media import write_video
 from test_provenance import snapshot
 
 from pixelwizard.pipeline.layout import Layout
@@ -21,9 +23,11 @@ from pixelwizard.pipeline.stages import STAGES
 
 
 def run_config(weights, out: Path) -> Path:
-    """A run configuration as config.yaml describes it, for Snakemake directly."""
+    """A run configuration as config.yaml describes it, for Snakemake directly; its prompts and a video."""
     out.mkdir(parents=True, exist_ok=True)
     write_prompts(out / "prompts.jsonl")
+    with open(out / "prompts.jsonl", "a") as prompts:
+        prompts.write(json.dumps({"id": "clip", "video": str(write_video(out / "clip.mp4", 9))}) + "\n")
     config = {"prompts": "prompts.jsonl", "ckpt_dir": str(weights["ckpt_dir"]), "hr_ckpt": str(weights["hr_ckpt"]),
               "preset": "tiny"}
     (out / "run.yaml").write_text(yaml.safe_dump(config))

@@ -4,7 +4,8 @@ Hashing a 20 GB checkpoint takes about a minute, so each digest is kept in a cac
 under the file's resolved path, with the size, mtime, ctime and inode the file had when it was hashed. A lookup
 that finds any of them changed hashes the file again: an edit anywhere in it, a file replaced under the same
 name, or a copy (a new inode) is never taken for the old content, and an untouched file is hashed once.
-(ctime cannot be set back by a user, so even an in-place edit that restores the mtime is caught.)
+(ctime cannot be set back by a user, so even an in-place edit that restores the mtime is caught.) Facts read from
+a content (a video's frame timing, say) are kept under its digest.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from pixelwizard.checkpoints.strict import CheckpointError
 from pixelwizard.io.files import write_atomic
 
 CHUNK_BYTES = 16 << 20
+FACTS = "sha256:"  # the cache's keys of facts about a content, beside the files' paths
 
 Progress = Callable[[Path, int, int], None]  # (file, bytes hashed so far, file size)
 
@@ -37,9 +40,9 @@ class DigestCache:
         self.path = Path(path)
         self.persist = persist
         self.entries = self._read()
-        self.added: dict[str, dict[str, int | str]] = {}  # what this process hashed: what `save` writes
+        self.added: dict[str, dict[str, Any]] = {}  # what this process hashed or noted: what `save` writes
 
-    def _read(self) -> dict[str, dict[str, int | str]]:
+    def _read(self) -> dict[str, dict[str, Any]]:
         """The entries on disk; a missing or damaged cache file only costs a re-hash."""
         try:
             entries = json.loads(self.path.read_text())
@@ -54,8 +57,19 @@ class DigestCache:
         return None
 
     def remember(self, file: Path, stat: os.stat_result, digest: str) -> None:
-        self.added[str(file)] = {**_signature(stat), "sha256": digest}
-        self.entries[str(file)] = self.added[str(file)]
+        self._keep(str(file), {**_signature(stat), "sha256": digest})
+
+    def fact(self, digest: str, name: str) -> Any:
+        """What was noted as `name` about the content whose sha256 is `digest` (None if nothing): facts read from a
+        file's content (a video's frame timing, say) hold for as long as that content exists, wherever it is."""
+        return self.entries.get(FACTS + digest, {}).get(name)
+
+    def note(self, digest: str, name: str, value: Any) -> None:
+        """Keep `value` (JSON) as fact `name` of the content whose sha256 is `digest`."""
+        self._keep(FACTS + digest, {**self.entries.get(FACTS + digest, {}), name: value})
+
+    def _keep(self, key: str, entry: dict[str, Any]) -> None:
+        self.added[key] = self.entries[key] = entry
         if self.persist:
             self.save()
 

@@ -33,11 +33,11 @@ class CheckpointProblems(CheckpointError):
 
 
 def check_checkpoints(
-    ckpt_dir: Path, *, lr_ckpt: Path | None = None, hr_ckpt: Path | None = None, preset_name: str | None = None
+    ckpt_dir: Path, *, lr_ckpt: Path | None = None, hr_ckpt: Path | None = None, resolution: str | None = None
 ) -> None:
     """Check the Wan2.2 directory (DiT config and shards, VAE, umT5, tokenizer), the optional LR and HR trainer
     files against the DiT of `config.json` and their roles, and the HR file's `2k/`/`4k/` folder against
-    `preset_name`; raise `CheckpointProblems` listing everything wrong."""
+    `resolution` (the model the preset takes); raise `CheckpointProblems` listing everything wrong."""
     problems: list[str] = []
 
     def attempt(check: Callable[..., T], *args, **kwargs) -> T | None:
@@ -66,7 +66,7 @@ def check_checkpoints(
             attempt(generator_state_dict, Path(path))
         else:
             attempt(load, Path(path), config, device="meta")
-    if hr_ckpt is not None and preset_name is not None:
-        attempt(check_resolution_folder, Path(hr_ckpt), preset_name)
+    if hr_ckpt is not None and resolution is not None:
+        attempt(check_resolution_folder, Path(hr_ckpt), resolution)
     if problems:
         raise CheckpointProblems(list(dict.fromkeys(problems)))  # one file given for two roles: said once

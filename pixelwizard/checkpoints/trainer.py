@@ -118,13 +118,14 @@ def load_hr_model(
     return model.eval().requires_grad_(False)
 
 
-def check_resolution_folder(path: Path, preset_name: str) -> None:
-    """The files carry no resolution: a checkpoint kept under `2k/` or `4k/` says the one it was trained for."""
+def check_resolution_folder(path: Path, resolution: str) -> None:
+    """The files carry no resolution: a checkpoint kept under `2k/` or `4k/` says the one it was trained for, which
+    must be `resolution` (the model the preset's size takes)."""
     folder = Path(path).parent.name.lower()
-    if folder in RESOLUTION_FOLDERS and folder != preset_name:
-        raise CheckpointError(f"{path}: sits in a '{folder}' folder but the preset is '{preset_name}'; use "
-                              f"--preset {folder} with this checkpoint, or give --hr-ckpt the one trained for "
-                              f"{preset_name}")
+    if folder in RESOLUTION_FOLDERS and folder != resolution:
+        raise CheckpointError(f"{path}: sits in a '{folder}' folder but the preset takes the {resolution} model; use "
+                              f"a preset of the {folder} model (--preset {folder}, say) with this checkpoint, or give "
+                              f"--hr-ckpt the one trained for {resolution}")
 
 
 def save_trainer_checkpoint(model: torch.nn.Module, path: Path, *, prefix: str = "model.") -> None:

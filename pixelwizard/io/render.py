@@ -1,18 +1,21 @@
-"""Latent -> MP4 (+ contact sheet, + quality numbers): patched, streamed VAE decode into a background encoder."""
+"""Latent -> MP4 (+ contact sheet, + quality numbers): patched, streamed VAE decode into a background encoder; and
+any stream of frames (a source video's clip) the same way."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from pixelwizard.io.files import write_atomic
 from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.quality import QualityMeter, seam_boundaries
-from pixelwizard.io.video import VideoWriter
+from pixelwizard.io.video import VideoWriter, to_uint8
 from pixelwizard.models.vae import WanVAE
 
 
@@ -21,7 +24,7 @@ def render_video(
     latent: torch.Tensor,
     path: Path,
     *,
-    fps: int,
+    fps: int | Fraction,
     num_patches: int = 1,
     patch_dim: str = "w",
     overlap: int = 0,
@@ -40,15 +43,25 @@ def render_video(
     width, height = w * scale, h * scale
     boundaries = seam_boundaries(w if patch_dim == "w" else h, num_patches, overlap, scale)
     meter = QualityMeter(width, height, boundaries, axis=patch_dim, cell=scale)
-    path.parent.mkdir(parents=True, exist_ok=True)
     chunks = decode_patched(vae, latent, num_patches=num_patches, patch_dim=patch_dim, overlap=overlap, group=group)
+    return write_video((to_uint8(chunk) for chunk in chunks), path, width=width, height=height, frames=frames,
+                       steps=t, fps=fps, meter=meter, sheet_path=sheet_path, on_step=on_step)
+
+
+def write_video(chunks: Iterable[np.ndarray], path: Path, *, width: int, height: int, frames: int, steps: int,
+                fps: int | Fraction, meter: QualityMeter, sheet_path: Path | None = None,
+                on_step: Callable[[int, int], None] | None = None) -> dict:
+    """Encode `frames` frames, given as `steps` chunks [f, height, width, 3] uint8, into an MP4 at `path` and return
+    `meter`'s numbers of the MP4's frames decoded back; `on_step(k, steps)` before the first chunk and after each.
+    Both files appear only once complete, and any exception (from `on_step` too) leaves neither."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if on_step is not None:
-        on_step(0, t)
+        on_step(0, steps)
     with VideoWriter(path, width, height, fps=fps, total_frames=frames, readback=meter.add) as writer:
         for i, chunk in enumerate(chunks):
-            writer.write(chunk)
+            writer.write_frames(chunk)
             if on_step is not None:
-                on_step(i + 1, t)
+                on_step(i + 1, steps)
     if sheet_path is not None:
         png = io.BytesIO()
         writer.contact_sheet().save(png, format="PNG")

@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 
@@ -102,7 +103,7 @@ class VideoWriter:
     `total_frames`, `sheet_frames` evenly spaced frames are kept for `contact_sheet()`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: int = 24, crf: int = 18,
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: int | Fraction = 24, crf: int = 18,
                  preset: str = "medium", codec: str = "libx264", total_frames: int | None = None,
                  sheet_frames: int = 8, readback: Callable[[np.ndarray], None] | None = None,
                  queued_chunks: int = 2) -> None:
@@ -141,12 +142,18 @@ class VideoWriter:
 
     def write(self, chunk: Tensor) -> None:
         """Queue a decoded chunk [3, f, H, W] in [-1, 1] (any device) for encoding; blocks while the queue is full."""
-        if self._thread is None:
-            raise RuntimeError("VideoWriter.write() outside its `with` block")
         if tuple(chunk.shape[-2:]) != (self.height, self.width):
             raise ValueError(f"chunk frames are {chunk.shape[-1]}x{chunk.shape[-2]}, the video is "
                              f"{self.width}x{self.height}")
-        frames = to_uint8(chunk)
+        self.write_frames(to_uint8(chunk))
+
+    def write_frames(self, frames: np.ndarray) -> None:
+        """Queue frames [f, H, W, 3] uint8 RGB for encoding; blocks while the queue is full."""
+        if self._thread is None:
+            raise RuntimeError("VideoWriter.write_frames() outside its `with` block")
+        if frames.ndim != 4 or tuple(frames.shape[1:]) != (self.height, self.width, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [f, {self.height}, {self.width}, 3] for this "
+                             f"{self.width}x{self.height} video, got {frames.dtype} {tuple(frames.shape)}")
         self._raise_thread_error()
         self._queue.put(frames)  # never blocks for good: a failed thread keeps draining the queue
         self.frames_written += len(frames)

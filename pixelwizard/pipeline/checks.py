@@ -36,7 +36,8 @@ def check_out(out: Path) -> None:
 def check_checkpoints(config: RunConfig) -> None:
     """Every checkpoint file present, readable, complete and of the right role and shapes (headers only)."""
     preflight.check_checkpoints(Path(config.ckpt_dir), lr_ckpt=config.lr_ckpt and Path(config.lr_ckpt),
-                                hr_ckpt=Path(config.hr_ckpt), preset_name=config.preset)
+                                hr_ckpt=Path(config.hr_ckpt),
+                                resolution=config.resolved_preset().hr_checkpoint)
 
 
 def check_parallelism(snapshot: RunSnapshot, visible_gpus: int) -> None:
@@ -67,26 +68,32 @@ def check_kernels(config: RunConfig) -> None:
 
 
 def check_patches(snapshot: RunSnapshot) -> None:
-    """Every decode patch must be narrower than the latent, or patching does nothing but cost."""
-    preset = snapshot.preset
-    _, _, height, width = wan.vae_config(Path(snapshot.config.ckpt_dir)).latent_shape(
-        preset.frames, preset.height, preset.width)
-    size = width if preset.patch_dim == "w" else height
-    try:
-        ranges = patch_ranges(size, preset.num_patches, preset.overlap)
-    except ValueError as err:
-        raise RunConfigError(f"--num-patches {preset.num_patches}: {err}") from None
-    widest = max(end - start for start, end in ranges)
-    if preset.num_patches > 1 and widest >= size:
-        most = (size - size // preset.num_patches) // 2
-        raise RunConfigError(f"--overlap {preset.overlap}: a patch then spans the whole latent ({size} units along "
-                             f"{preset.patch_dim}), so patching does nothing; use an overlap below {most}")
+    """Every decode patch must be narrower than the latent, or patching does nothing but cost (for each geometry
+    the run's clips take: a portrait video turns a landscape preset)."""
+    for preset in dict.fromkeys(snapshot.preset_for(p) for p in snapshot.prompts) or [snapshot.preset]:
+        _, _, height, width = wan.vae_config(Path(snapshot.config.ckpt_dir)).latent_shape(
+            preset.frames, preset.height, preset.width)
+        size = width if preset.patch_dim == "w" else height
+        try:
+            ranges = patch_ranges(size, preset.num_patches, preset.overlap)
+        except ValueError as err:
+            raise RunConfigError(f"--num-patches {preset.num_patches}: {err}") from None
+        widest = max(end - start for start, end in ranges)
+        if preset.num_patches > 1 and widest >= size:
+            most = (size - size // preset.num_patches) // 2
+            raise RunConfigError(f"--overlap {preset.overlap}: a patch then spans the whole latent ({size} units "
+                                 f"along {preset.patch_dim}), so patching does nothing; use an overlap below {most}")
 
 
-def output_bytes(snapshot: RunSnapshot, stage: str) -> int:
-    """About how many bytes one output of `stage` takes on disk (latents as stored, videos at BITS_PER_PIXEL)."""
-    preset = snapshot.preset
+def output_bytes(snapshot: RunSnapshot, stage: str, item_id: str | None = None) -> int:
+    """About how many bytes one output of `stage` takes on disk (latents as stored, videos at BITS_PER_PIXEL), for
+    the prompt `item_id` (its clip's frames and size) or a prompt of the preset's."""
+    prompt = snapshot.prompt(item_id) if item_id in snapshot.sources else None
+    preset = snapshot.preset_for(prompt) if prompt is not None else snapshot.preset
     vae = wan.vae_config(Path(snapshot.config.ckpt_dir))
+    if stage == "input":
+        facts = snapshot.sources[item_id]
+        return int(facts["width"] * facts["height"] * facts["frames"] * BITS_PER_PIXEL / 8)
     if stage == "hr":
         c, t, h, w = vae.latent_shape(preset.frames, preset.height, preset.width)
         return 4 * c * t * h * w
@@ -101,7 +108,7 @@ def output_bytes(snapshot: RunSnapshot, stage: str) -> int:
 
 
 def check_disk(snapshot: RunSnapshot, out: Path, todo: list[OutputState]) -> None:
-    needed = sum(output_bytes(snapshot, s.stage) for s in todo if s.stage in STAGES)
+    needed = sum(output_bytes(snapshot, s.stage, s.id) for s in todo if s.stage in STAGES)
     existing = next(p for p in (out, *out.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     if needed * DISK_MARGIN > free:

@@ -38,6 +38,7 @@ from typing import IO, Any, TypeVar
 import torch
 
 from pixelwizard import __version__, distributed
+from pixelwizard.checkpoints.identity import DigestCache
 from pixelwizard.io.files import remove_stale_temps, write_atomic
 from pixelwizard.io.latent_store import read_store, write_store
 from pixelwizard.io.sidecar import write_sidecar
@@ -45,9 +46,11 @@ from pixelwizard.pipeline import steps
 from pixelwizard.pipeline.events import append_event, read_events, write_progress
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
+from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.provenance import CORRUPT, DONE, FAILED, Provenance
 from pixelwizard.pipeline.snapshot import RunSnapshot
+from pixelwizard.pipeline.sources import content_digest
 from pixelwizard.pipeline.stages import STAGES
 
 log = logging.getLogger("pixelwizard")
@@ -86,7 +89,9 @@ class Output:
         self.job, self.item = job, item
         self.stage = job.stage
         self.path = job.provenance.output(job.stage, item.id)
-        self.attrs = {**job.provenance.attrs(job.stage, item.id), "version": __version__}
+        # The prompt as given (its text, its source file): every output names what it was made from.
+        self.attrs = {**job.provenance.attrs(job.stage, item.id), "version": __version__,
+                      "prompt": json.loads(item.to_json())}
         self.stepping = False
         self._last_progress = 0.0
 
@@ -269,6 +274,17 @@ class Job:
             log.info("%s %s computed in %.1f s", self.stage, item.id, seconds)
         finally:
             self.current = None
+
+    def preset_for(self, item: Prompt) -> Preset:
+        """The preset as this prompt's clip runs it (its frames, its orientation)."""
+        return self.snapshot.preset_for(item)
+
+    def source_file(self, item: Prompt) -> Path:
+        """The prompt's source file, checked to hold the content the run was planned with."""
+        path, expected = Path(item.source_file), self.snapshot.sources[item.id]["sha256"]
+        if content_digest(path, DigestCache(self.layout.digests, persist=False)) != expected:
+            raise RuntimeError(f"{path} changed since the run started; run again")
+        return path
 
     def read(self, stage: str, item: Prompt, name: str) -> torch.Tensor:
         """Array `name` of the output of upstream `stage` that this job's `item` reads, checked against the digest

@@ -22,7 +22,7 @@ from pixelwizard.pipeline.prompts import Prompt, shard
 from pixelwizard.pipeline.provenance import Provenance
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.pipeline.snapshot import RunSnapshot
-from pixelwizard.pipeline.stages import STAGES, Stage, enabled_stages, lineage
+from pixelwizard.pipeline.stages import STAGES, Stage, lineage
 
 STOP_AFTER = {"lr": ("lr", "preview"), "hr": ("hr",)}  # --until: the last stages of a shortened run
 
@@ -32,7 +32,7 @@ class Plan:
         self.snapshot = snapshot
         self.layout = layout
         self.provenance = provenance or Provenance(snapshot, layout)
-        self.stages: list[Stage] = enabled_stages(snapshot.config)
+        self.stages: list[Stage] = snapshot.stages
         self.shards: dict[str, dict[str, list[Prompt]]] = {}
         self._shard_of: dict[str, dict[str, str]] = {}
         for stage in self.stages:

@@ -1,13 +1,17 @@
 """Generation presets: every sampling and decode setting in one place, each overridable, each with its help text
 (the CLI's options and the docs take theirs from here).
 
-`2k` and `4k` are the PixelWizard defaults (newest original `generate.py`, RESOLUTION_CONFIGS); `tiny` is the
-random-weight demo at a few hundred pixels and a few frames.
+`2k` and `4k` are the PixelWizard defaults (newest original `generate.py`, RESOLUTION_CONFIGS); the portrait and
+1080p sizes are the other HR sizes of the original's SIZE_CONFIGS (1440x2560, 1920x1056, 1056x1920) and 4K turned,
+each with the portrait anchor (256 wide, 448 high: the original upscale script's) where it is portrait and the HR
+checkpoint it takes (the 2K model below 4K, as that script runs it); `tiny` is the random-weight demo at a few
+hundred pixels and a few frames.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +33,8 @@ CHOICES = {
 }
 PIXELS_PER_TOKEN = 32  # VAE stride 16 x DiT patch 2
 KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+NOT_SETTINGS = ("name", "hr_checkpoint")  # what a preset is, not how it runs: neither overridable nor provenance
 
 
 class PresetError(ValueError):
@@ -42,6 +48,7 @@ def setting(default: Any, help: str) -> Any:
 @dataclass(frozen=True)
 class Preset:
     name: str
+    hr_checkpoint: str | None = None  # the HR model trained for this size: its folder name (2k/, 4k/; tiny/)
     width: int = setting(2560, "Video width in pixels (a multiple of 32)")
     height: int = setting(1440, "Video height in pixels (a multiple of 32)")
     frames: int = setting(121, "Frames, 4n+1")
@@ -89,6 +96,21 @@ class Preset:
             if getattr(self, name) not in allowed:
                 raise PresetError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
 
+    @property
+    def portrait(self) -> bool:
+        return self.height > self.width
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - presets are few and immutable
+    def for_clip(self, frames: int, portrait: bool) -> Preset:
+        """The preset as one prompt's clip takes it: `frames` frames (a video shorter than the preset runs at the
+        4n+1 it has) in the clip's orientation. A portrait source turns a landscape preset (and the other way
+        round): width and height swap, the anchor's too, and the decode patches stay along the same side."""
+        changes: dict[str, Any] = {"frames": frames}
+        if portrait != self.portrait:
+            changes |= dict(width=self.height, height=self.width, lr_width=self.lr_height, lr_height=self.lr_width,
+                            patch_dim="h" if self.patch_dim == "w" else "w")
+        return dataclasses.replace(self, **changes)
+
     def lr_sampling(self) -> dict[str, Any]:
         """The LR sampler's parameters (sampling/samplers.py sample_lr)."""
         return dict(steps=self.lr_steps, shift=self.lr_shift, guidance=self.lr_guidance, solver=self.lr_solver)
@@ -109,7 +131,7 @@ class Preset:
 def _field_types() -> dict[str, type]:
     """The overridable settings and their types (everything but the name)."""
     hints = typing.get_type_hints(Preset)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Preset) if f.name != "name"}
+    return {f.name: hints[f.name] for f in dataclasses.fields(Preset) if f.name not in NOT_SETTINGS}
 
 
 def _is(value: Any, kind: type) -> bool:
@@ -132,17 +154,28 @@ def parse_setting(name: str, text: str) -> Any:
         raise PresetError(f"--set {name}: unknown setting; known: {', '.join(sorted(_field_types()))}")
     kind = setting_type(name)
     try:
+        if kind is bool:
+            return BOOLEANS[text.lower()]
         return text if kind is str else kind(text)
-    except ValueError:
+    except (ValueError, KeyError):
         raise PresetError(f"--set {name}={text}: {name} must be {KIND_NAMES[kind]}, e.g. "
                           f"--set {name}={getattr(PRESETS['2k'], name)}") from None
 
 
+PORTRAIT_ANCHOR = dict(lr_width=256, lr_height=448, patch_dim="h")  # decode patches along the long side
 PRESETS: dict[str, Preset] = {
-    "2k": Preset(name="2k", width=2560, height=1440, hr_steps=4, hr_shift=5.5, num_patches=3),
-    "4k": Preset(name="4k", width=3840, height=2144, hr_steps=4, hr_shift=5.8, num_patches=4),
-    "tiny": Preset(name="tiny", width=256, height=160, frames=9, lr_width=128, lr_height=64, lr_steps=6,
-                   hr_steps=4, hr_shift=5.5, num_patches=2, overlap=1),
+    "2k": Preset(name="2k", hr_checkpoint="2k", width=2560, height=1440, hr_steps=4, hr_shift=5.5, num_patches=3),
+    "4k": Preset(name="4k", hr_checkpoint="4k", width=3840, height=2144, hr_steps=4, hr_shift=5.8, num_patches=4),
+    "2k-portrait": Preset(name="2k-portrait", hr_checkpoint="2k", width=1440, height=2560, hr_steps=4, hr_shift=5.5,
+                          num_patches=3, **PORTRAIT_ANCHOR),
+    "4k-portrait": Preset(name="4k-portrait", hr_checkpoint="4k", width=2144, height=3840, hr_steps=4, hr_shift=5.8,
+                          num_patches=4, **PORTRAIT_ANCHOR),
+    "1080p": Preset(name="1080p", hr_checkpoint="2k", width=1920, height=1056, hr_steps=4, hr_shift=5.5,
+                    num_patches=2),
+    "1080p-portrait": Preset(name="1080p-portrait", hr_checkpoint="2k", width=1056, height=1920, hr_steps=4,
+                             hr_shift=5.5, num_patches=2, **PORTRAIT_ANCHOR),
+    "tiny": Preset(name="tiny", hr_checkpoint="tiny", width=256, height=160, frames=9, lr_width=128, lr_height=64,
+                   lr_steps=6, hr_steps=4, hr_shift=5.5, num_patches=2, overlap=1),
 }
 
 

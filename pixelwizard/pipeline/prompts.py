@@ -2,7 +2,10 @@
 
 Prompt ids name output files, so they are validated, and a prompt without an id gets one derived from its text alone:
 inserting or deleting other lines never renames an existing output. A JSONL prompt may carry its own `seed` and
-`negative_prompt`; both enter its provenance. Other keys are the user's and are ignored.
+`negative_prompt`; both enter its provenance. It may also name a source file for its anchor: an `image` (its first
+frame), a `video` (upscaled; with optional `start` seconds and `fps`) or a saved `latent`; a video or latent prompt
+may leave out its text (the empty prompt). Paths are relative to the prompt file. Other keys are the user's and are
+ignored.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pixelwizard.io.input_file import LATENT_SUFFIXES
+
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ID_KEYS = ("id", "prompt_id")
 TEXT_KEYS = ("text", "prompt", "caption")
+SOURCE_KEYS = ("image", "video", "latent")  # at most one per prompt
 SLUG_WORDS = 4
 MAX_SEED = 2**63 - 1
 
@@ -39,9 +45,23 @@ class Prompt:
     text: str
     seed: int | None = None  # None: the run's base seed
     negative_prompt: str | None = None  # None: the run's negative prompt
+    image: str | None = None  # the first frame (image to video)
+    video: str | None = None  # a video to upscale ...
+    start: float | None = None  # ... from this second on (None: its first frame)
+    fps: int | None = None  # ... at this rate (None: its own)
+    latent: str | None = None  # a saved anchor latent to upscale
 
     def __post_init__(self) -> None:
         check_id(self.id)
+
+    @property
+    def source(self) -> str:
+        """What the anchor is made from: text (sampled), image (sampled from a first frame), video or latent."""
+        return next((key for key in SOURCE_KEYS if getattr(self, key) is not None), "text")
+
+    @property
+    def source_file(self) -> str | None:
+        return getattr(self, self.source) if self.source != "text" else None
 
     @property
     def text_hash(self) -> str:
@@ -55,10 +75,13 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def derived_id(text: str) -> str:
-    """`<first words slugged>-<8 hex of sha256(text)>`, e.g. 'a-red-fox-runs-3f2a9c1b'."""
-    slug = "-".join(re.findall(r"[a-z0-9]+", text.lower())[:SLUG_WORDS])[:48].strip("-") or "prompt"
-    return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+def derived_id(text: str, source: str = "", name: str | None = None) -> str:
+    """`<first words slugged>-<8 hex of sha256(text)>`, e.g. 'a-red-fox-runs-3f2a9c1b'. A prompt with a source file
+    hashes it too (`source`: its kind, path as written and options) and may take its words from `name` instead."""
+    words = re.findall(r"[a-z0-9]+", (text if name is None else name).lower())
+    slug = "-".join(words[:SLUG_WORDS])[:48].strip("-") or "prompt"
+    keyed = f"{source}\n{text}" if source else text
+    return f"{slug}-{hashlib.sha256(keyed.encode()).hexdigest()[:8]}"
 
 
 def _first(record: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -75,8 +98,11 @@ def _parse_jsonl_line(path: Path, lineno: int, line: str) -> Prompt:
     raw_id = _first(record, ID_KEYS)
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int, float, type(None))):
         raise PromptFileError(path, lineno, f"id {raw_id!r} is not a string or number", "use a string id")
+    source = _source_fields(path, lineno, record)
     text = _first(record, TEXT_KEYS)
-    if not isinstance(text, str) or not text.strip():
+    if text is None and ("video" in source or "latent" in source):
+        text = ""  # upscaled with the empty prompt
+    if not isinstance(text, str) or not (text.strip() or "video" in source or "latent" in source):
         raise PromptFileError(path, lineno, "empty or missing prompt text",
                               f"give each line a non-empty string under one of {', '.join(TEXT_KEYS)}")
     seed = record.get("seed")
@@ -87,14 +113,45 @@ def _parse_jsonl_line(path: Path, lineno: int, line: str) -> Prompt:
     if negative is not None and not isinstance(negative, str):
         raise PromptFileError(path, lineno, f"negative_prompt {negative!r} is not a string",
                               'write e.g. "negative_prompt": "blurry", or leave it out for the run\'s')
-    return _prompt(path, lineno, None if raw_id is None else str(raw_id), text.strip(), seed, negative)
+    return _prompt(path, lineno, None if raw_id is None else str(raw_id), text.strip(), seed, negative, **source)
+
+
+def _source_fields(path: Path, lineno: int, record: dict[str, Any]) -> dict[str, Any]:
+    """The line's source file (resolved against the prompt file's folder) and a video's `start` and `fps`."""
+    given = [key for key in SOURCE_KEYS if record.get(key) is not None]
+    if len(given) > 1:
+        raise PromptFileError(path, lineno, f"both {given[0]} and {given[1]} given", "give one source per line")
+    fields: dict[str, Any] = {}
+    for key in given:
+        value = record[key]
+        if not isinstance(value, str) or not value.strip():
+            raise PromptFileError(path, lineno, f"{key} {value!r} is not a file path",
+                                  f'write e.g. "{key}": "clips/{key}.mp4" (relative to the prompt file)')
+        fields[key] = str((Path(path).parent / value.strip()).resolve())
+        fields["written"] = value.strip()
+    for key, kind, example in (("start", (int, float), 2.5), ("fps", int, 24)):
+        value = record.get(key)
+        if value is None:
+            continue
+        if "video" not in fields:
+            raise PromptFileError(path, lineno, f"{key} given without a video", f"remove {key}, or add a video")
+        if isinstance(value, bool) or not isinstance(value, kind) or not 0 <= value < 1e9 or (key == "fps"
+                                                                                               and value < 1):
+            raise PromptFileError(path, lineno, f"{key} {value!r} is not a {'positive whole' if key == 'fps' else ''}"
+                                  " number".replace("  ", " "), f'write e.g. "{key}": {example}')
+        fields[key] = float(value) if key == "start" else value
+    return fields
 
 
 def _prompt(path: Path | str, lineno: int, prompt_id: str | None, text: str, seed: int | None = None,
-            negative: str | None = None) -> Prompt:
-    prompt_id = derived_id(text) if prompt_id is None else prompt_id
+            negative: str | None = None, written: str | None = None, **source: Any) -> Prompt:
+    if prompt_id is None:
+        kind = next((key for key in SOURCE_KEYS if key in source), None)
+        options = "".join(f" {k}={source[k]:g}" for k in ("start", "fps") if k in source)
+        name = Path(written).stem if kind in ("video", "latent") else None
+        prompt_id = derived_id(text, f"{kind}:{written}{options}" if kind else "", name)
     try:
-        return Prompt(prompt_id, text, seed, negative)
+        return Prompt(prompt_id, text, seed, negative, **source)
     except ValueError as err:
         raise PromptFileError(path, lineno, str(err), "ids name files: use 1-128 letters, digits, '.', '_', '-', "
                               "starting with a letter or digit, without '..'") from None
@@ -127,6 +184,23 @@ def single_prompt(text: str) -> list[Prompt]:
     if not text.strip():
         raise PromptFileError("--prompt", 1, "empty prompt text", "give the prompt's text")
     return [_prompt("--prompt", 1, None, text.strip())]
+
+
+def source_prompts(files: Sequence[Path], text: str, *, start: float | None = None,
+                   fps: int | None = None) -> list[Prompt]:
+    """`upscale FILE...`: one prompt per video (a saved anchor latent by its suffix), each with `text` (may be
+    empty), its id derived as for a JSONL line naming the file."""
+    prompts = []
+    for n, file in enumerate(files, start=1):
+        latent = Path(file).suffix.lower() in LATENT_SUFFIXES
+        if latent and (start is not None or fps is not None):
+            raise PromptFileError(file, 1, "--start and --fps take frames of a video, not of a saved latent",
+                                  "leave them out, or upscale the latents apart")
+        fields = {} if latent else {k: v for k, v in (("start", start), ("fps", fps)) if v is not None}
+        record = {"latent" if latent else "video": str(Path(file).resolve()), **fields}
+        prompts.append(_prompt(f"argument {n}", 1, None, text.strip(), written=str(file),
+                               **{k: float(v) if k == "start" else v for k, v in record.items()}))
+    return check_unique(prompts, "upscale", range(1, len(prompts) + 1))
 
 
 def check_unique(prompts: list[Prompt], path: Path | str, lines: Sequence[int]) -> list[Prompt]:

@@ -2,9 +2,10 @@
 "is this output current for these settings and these inputs?", asked by the stage jobs (skip or compute), the CLI's
 plan (which jobs to run) and `pixelwizard status` alike.
 
-The provenance record of an output names its stage and prompt, the prompt's text and seed where they matter, the
-stage's settings (the stage table's `settings`), the content identity of the checkpoints it loads and the digests
-of the outputs it reads. Those digests are computed the same way, so the expected digest of every output follows
+The provenance record of an output names its stage and prompt, the prompt's text and seed where they matter, its
+source file where it has one (kind, content digest, the clip taken), the stage's settings (the stage table's
+`settings`, as the prompt's clip runs them), the content identity of the checkpoints it loads and the digests of
+the outputs it reads. Those digests are computed the same way, so the expected digest of every output follows
 from the run snapshot alone, without reading anything; an output is current when it is intact and carries the
 expected digest.
 """
@@ -24,7 +25,7 @@ from pixelwizard.pipeline.events import last_failures
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.prompts import Prompt, text_hash
 from pixelwizard.pipeline.snapshot import RunSnapshot, uncond_item
-from pixelwizard.pipeline.stages import STAGES
+from pixelwizard.pipeline.stages import STAGES, Stage
 from pixelwizard.pipeline.steps import stage_seed
 
 DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
@@ -70,18 +71,32 @@ class Provenance:
     def output(self, stage: str, item_id: str) -> Path:
         return self.layout.output(stage, item_id, self.tag(stage))
 
+    def spec(self, stage: str, item_id: str) -> Stage:
+        """The stage as it makes this item's output (its recipe for the item's source)."""
+        return STAGES[stage].recipe(self.item(stage, item_id).source)
+
     def inputs(self, stage: str, item_id: str) -> dict[str, str]:
         """upstream stage -> the id of the output of it that `stage` reads for `item_id`."""
-        item, spec = self.item(stage, item_id), STAGES[stage]
+        item, spec = self.item(stage, item_id), self.spec(stage, item_id)
         return {up: uncond_item(spec.uncond_text(item, self.snapshot.preset)).id if up == "uncond" else item_id
                 for up in spec.reads}
+
+    def reads_text(self, stage: str, item_id: str) -> bool:
+        """Whether the output depends on the prompt's text (an anchor read from a file does not)."""
+        return stage in ("text", "uncond") or any(self.reads_text(up, up_id)
+                                                  for up, up_id in self.inputs(stage, item_id).items())
 
     def record(self, stage: str, item_id: str) -> dict[str, Any]:
         """The provenance record the output of `stage` for `item_id` must carry."""
         key = (stage, item_id)
         if key not in self._records:
-            spec, item, preset = STAGES[stage], self.item(stage, item_id), self.snapshot.preset
-            record: dict[str, Any] = {"stage": stage, "id": item_id, "text": text_hash(item.text)}
+            spec, item = self.spec(stage, item_id), self.item(stage, item_id)
+            preset = self.snapshot.preset_for(item)
+            record: dict[str, Any] = {"stage": stage, "id": item_id}
+            if self.reads_text(stage, item_id):
+                record["text"] = text_hash(item.text)
+            if stage != "text" and item.id in self.snapshot.sources:
+                record["source"] = self.snapshot.sources[item.id]
             if spec.seeded:
                 record["seed"] = stage_seed(item, preset, stage)
             record["settings"] = {name: getattr(preset, name) for name in spec.settings}
@@ -141,8 +156,9 @@ class Provenance:
         """What differs between the provenance an output carries and the one it should carry, in words."""
         expected = self.record(stage, item_id)
         reasons = []
-        if recorded.get("text") != expected["text"]:
+        if recorded.get("text") != expected.get("text"):
             reasons.append("prompt text changed")
+        reasons += source_changes(recorded.get("source") or {}, expected.get("source") or {})
         if recorded.get("seed") != expected.get("seed"):
             reasons.append(f"seed {recorded.get('seed')} -> {expected.get('seed')}")
         old_settings = recorded.get("settings") or {}
@@ -163,6 +179,19 @@ class Provenance:
                 reasons.append(f"its {up} input is {upstream.state}{why}" if not upstream.done
                                else f"its {up} input was recomputed")
         return tuple(reasons) or ("written by another version of PixelWizard",)
+
+
+def source_changes(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """What differs between two records' source files, in words."""
+    if recorded == expected:
+        return []
+    kind = expected.get("kind") or recorded.get("kind")
+    if recorded.get("kind") != expected.get("kind"):
+        return [f"source {recorded.get('kind', 'text')} -> {expected.get('kind', 'text')}"]
+    if recorded.get("sha256") != expected.get("sha256"):
+        return [f"its {kind}'s content changed"]
+    return [f"{kind} {name} {_short(recorded.get(name))} -> {_short(expected.get(name))}"
+            for name in sorted(set(recorded) | set(expected)) if recorded.get(name) != expected.get(name)]
 
 
 def _short(value: Any) -> str:

@@ -1,9 +1,9 @@
 """`pixelwizard report OUT`: a run as a static page, OUT/report/index.html, that opens from the file system (no
-server, no network). Per prompt: its text, seeds, state per stage (with why when not done), seconds per stage, the
-LR preview, and the video, contact sheet and quality numbers of every decode setting found under OUT/decode/, side
-by side. For the batch: outputs per stage and state, time per stage, throughput, the slowest and the failed prompts,
-the run's settings and checkpoint identities. The preview gate's checkboxes save a selection file for
-`pixelwizard generate ... --only FILE`.
+server, no network). Per prompt: its text and source file, seeds, state per stage (with why when not done), seconds
+per stage, an upscaled video's input clip and the LR preview, and the video, contact sheet and quality numbers of
+every decode setting found under OUT/decode/, side by side. For the batch: outputs per stage and state, time per
+stage, throughput, the slowest and the failed prompts, the run's settings and checkpoint identities. The preview
+gate's checkboxes save a selection file for `pixelwizard generate ... --only FILE`.
 
 The page (pixelwizard/pipeline/report_page/, copied beside) reads its data from OUT/report/data.js, a script that
 defines one object (a file:// page cannot fetch JSON). It shows one page of prompts at a time, so its DOM stays
@@ -30,7 +30,7 @@ from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.provenance import DONE, STALE, Provenance
 from pixelwizard.pipeline.run_config import RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
-from pixelwizard.pipeline.stages import STAGES, decode_tag, enabled_stages
+from pixelwizard.pipeline.stages import STAGES, decode_tag
 from pixelwizard.pipeline.status import STATES, last_snapshot
 
 PAGE_FILES = ("report.css", "report.js", "index.html")
@@ -95,7 +95,7 @@ class ReportData:
         self.intervals: list[tuple[float, float]] = []  # (start, end) of the run's current outputs' computation
         # label ("lr", "decode p2w-ov1-24fps") -> output id -> what the page shows of it
         self.outputs: dict[str, dict[str, dict[str, Any]]] = {}
-        for stage in enabled_stages(snapshot.config):
+        for stage in snapshot.stages:
             for tag, provenance in self.variants.items() if stage.name == "decode" else [(None, self.main)]:
                 self.outputs[label(stage.name, tag)] = {
                     item.id: self.output(provenance, stage.name, item.id)
@@ -109,6 +109,9 @@ class ReportData:
         record = provenance.record(stage, item_id)
         if "seed" in record:
             entry["seed"] = str(record["seed"])  # up to 2^63: beyond a JS number's exact integers
+        if "source" in record:  # made another way than the stage table's default, or at another size
+            entry["settings"] = record["settings"]
+            entry["checkpoints"] = list(record["checkpoints"])
         event = self.computed.get((stage, item_id, provenance.digest(stage, item_id)))
         if state.done and event is not None and isinstance(event.get("seconds"), (int, float)):
             entry["seconds"] = event["seconds"]
@@ -137,7 +140,7 @@ class ReportData:
 
     def prompt_stages(self) -> list[str]:
         """The per-prompt stages shown in a prompt's row (decode has a column per decode setting instead)."""
-        return [s.name for s in enabled_stages(self.snapshot.config) if s.items != "uncond" and s.name != "decode"]
+        return [s.name for s in self.snapshot.stages if s.items != "uncond" and s.name != "decode"]
 
     def prompts(self) -> list[dict[str, Any]]:
         preset = self.snapshot.preset
@@ -147,6 +150,8 @@ class ReportData:
                                    "seed": str(preset.seed if prompt.seed is None else prompt.seed)}
             if prompt.negative_prompt is not None:
                 row["negative_prompt"] = prompt.negative_prompt
+            if prompt.id in self.snapshot.sources:
+                row["source"] = {"file": prompt.source_file, **self.snapshot.sources[prompt.id]}
             row["stages"] = {s: self.outputs[s][prompt.id] for s in self.prompt_stages()
                              if prompt.id in self.outputs[s]}
             row["decodes"] = {tag: self.outputs[label("decode", tag)][prompt.id] for tag in self.variants
@@ -187,7 +192,7 @@ class ReportData:
                 "config": config.to_mapping(), "checkpoints": self.snapshot.identities,
                 "only": list(self.snapshot.only) if self.snapshot.only is not None else None,
                 "stages": {s.name: {"settings": list(s.settings), "checkpoints": list(s.checkpoints)}
-                           for s in enabled_stages(config)},
+                           for s in self.snapshot.stages},
                 "decodes": {tag: {name: getattr(p.snapshot.preset, name) for name in STAGES["decode"].settings}
                             for tag, p in self.variants.items()}}
 

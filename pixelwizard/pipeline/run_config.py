@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pixelwizard.pipeline.presets import Preset, PresetError, get_preset
+from pixelwizard.pipeline.presets import PRESETS, Preset, PresetError, get_preset
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("bfloat16", "float32")
@@ -41,7 +41,7 @@ class RunConfig:
     ckpt_dir: str | None = option(None, "Wan2.2-TI2V-5B checkpoint directory (as `hf download` writes it)")
     hr_ckpt: str | None = option(None, "PixelWizard HR model.pt (its 2k/ or 4k/ folder)")
     lr_ckpt: str | None = option(None, "Fine-tuned LR model.pt (default: the base Wan2.2 DiT)")
-    preset: str = option("2k", "Preset: 2k, 4k or tiny")
+    preset: str = option("2k", f"Preset: {', '.join(PRESETS)}")
     settings: dict[str, Any] = option({}, "Overrides of the preset's settings")
     only: str | None = option(None, "File of prompt ids (one a line): HR and decode run for these only")
     shard_sizes: dict[str, int] = option({}, "Prompts per job of a stage, e.g. {hr: 2} (default: the stage table's)")

@@ -1,7 +1,9 @@
 """A run snapshot: everything a run's jobs are given, frozen at the start of the run and stored by content digest
 (OUT/.pixelwizard/runs/<digest>.json), so a job never sees another run's settings or prompts, whatever happens to
-the prompt file or OUT/pixelwizard.yaml meanwhile: the run configuration, the prompts, the --only ids and the
-content identity of each checkpoint role.
+the prompt file or OUT/pixelwizard.yaml meanwhile: the run configuration, the prompts, the --only ids, the
+content identity of each checkpoint role and of each prompt's source file, with what is taken from it (a video's
+clip, say: pipeline/sources.py). A prompt's clip (frames, rate, orientation) follows from these, and with it the
+preset as that prompt runs it.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
+from pixelwizard.checkpoints import wan
 from pixelwizard.checkpoints.identity import DigestCache, Progress, files_digest
 from pixelwizard.io.files import write_atomic
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt, read_ids, read_prompts
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
-from pixelwizard.pipeline.stages import CHECKPOINT_FILES, STAGES, enabled_stages
+from pixelwizard.pipeline.sources import ClipShape, check_sources, clip_shape
+from pixelwizard.pipeline.stages import CHECKPOINT_FILES, STAGES, Stage, enabled_stages
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class RunSnapshot:
     prompts: tuple[Prompt, ...]
     only: tuple[str, ...] | None
     identities: dict[str, str]  # checkpoint role -> content digest
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # prompt id -> its source file's facts
     _index: dict[str, Prompt] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -37,11 +44,14 @@ class RunSnapshot:
     def build(cls, config: RunConfig, prompts: Sequence[Prompt], only: Sequence[str] | None, cache: DigestCache,
               on_progress: Progress | None = None) -> RunSnapshot:
         """The snapshot of a run of `prompts` (the --only ids among them) with `config`; every checkpoint file the
-        run's stages read is hashed through `cache` (once per file)."""
-        roles = sorted({role for stage in enabled_stages(config) for role in stage.checkpoints})
+        run's stages read, and every prompt's source file, is hashed through `cache` (once per file); an unusable
+        source file raises InputProblems."""
+        kinds = {p.source for p in prompts}  # a batch of videos samples no anchor: the LR DiT is not read
+        roles = sorted({role for s in enabled_stages(config) for kind in kinds for role in s.recipe(kind).checkpoints})
         identities = {role: files_digest(CHECKPOINT_FILES[role](config), Path(config.ckpt_dir), cache, on_progress)
                       for role in roles}
-        return cls(config, tuple(prompts), tuple(only) if only is not None else None, identities)
+        sources = check_sources(prompts, config.resolved_preset(), wan.vae_config(Path(config.ckpt_dir)).z_dim, cache)
+        return cls(config, tuple(prompts), tuple(only) if only is not None else None, identities, sources)
 
     @classmethod
     def from_files(cls, config: RunConfig, base: Path, cache: DigestCache) -> RunSnapshot:
@@ -56,15 +66,36 @@ class RunSnapshot:
     def preset(self) -> Preset:
         return self.config.resolved_preset()
 
+    @cached_property
+    def stages(self) -> list[Stage]:
+        """The stages of this run: the enabled ones (previews are optional), the input stage where it has videos."""
+        videos = any(p.source == "video" for p in self.prompts)
+        return [s for s in enabled_stages(self.config) if s.items != "videos" or videos]
+
     def prompt(self, prompt_id: str) -> Prompt:
         return self._index[prompt_id]
+
+    def clip(self, prompt: Prompt) -> ClipShape:
+        return clip_shape(prompt, self.sources.get(prompt.id), self.preset)
+
+    def preset_for(self, prompt: Prompt) -> Preset:
+        """The preset as this prompt's clip runs it: its frames, in its orientation (Preset.for_clip)."""
+        clip = self.clip(prompt)
+        return self.preset.for_clip(clip.frames, clip.portrait)
+
+    def fps_for(self, prompt: Prompt) -> Fraction:
+        """The rate of the prompt's videos: a video source's clip rate, else the preset's fps."""
+        return self.clip(prompt).fps
 
     def items(self, stage: str) -> list[Prompt]:
         """What a stage's jobs work through: the prompts, the --only ones, or the distinct unconditional texts."""
         kind = STAGES[stage].items
         if kind == "uncond":
-            texts = {s.uncond_text(p, self.preset) for p in self.prompts for s in STAGES.values() if s.uncond_text}
+            texts = {s.recipe(p.source).uncond_text(p, self.preset) for p in self.prompts for s in STAGES.values()
+                     if s.recipe(p.source).uncond_text}
             return [uncond_item(text) for text in sorted(texts)]
+        if kind == "videos":
+            return [p for p in self.prompts if p.source == "video"]
         if kind == "selected" and self.only is not None:
             chosen = set(self.only)
             return [p for p in self.prompts if p.id in chosen]
@@ -74,6 +105,7 @@ class RunSnapshot:
         return json.dumps({
             "config": self.config.to_mapping(), "prompts": [json.loads(p.to_json()) for p in self.prompts],
             "only": list(self.only) if self.only is not None else None, "identities": self.identities,
+            **({"sources": self.sources} if self.sources else {}),
         }, ensure_ascii=False, sort_keys=True)
 
     @cached_property
@@ -93,7 +125,7 @@ class RunSnapshot:
         only = values["only"]
         return cls(RunConfig.from_mapping(values["config"], source=str(path)),
                    tuple(Prompt(**p) for p in values["prompts"]), tuple(only) if only is not None else None,
-                   values["identities"])
+                   values["identities"], values.get("sources", {}))
 
 
 def uncond_item(text: str) -> Prompt:

@@ -7,17 +7,25 @@ derived from this table; nothing restates it.
 
     text     prompt -> umT5 embedding                          per prompt
     uncond   negative (and empty) prompt -> umT5 embedding     per distinct text of the run
-    lr       text + uncond -> 448x256 LR anchor latent          per prompt
+    input    video -> its clip as an MP4 + quality numbers      per prompt with a video (shown beside the result)
+    lr       text + uncond -> 448x256 LR anchor latent          per prompt; from a video: its clip VAE-encoded;
+                                                                from a saved latent: that latent
     preview  lr -> small MP4 of the anchor                      per prompt (optional)
     hr       text + uncond + lr -> 2K/4K HR latent              per prompt (or the --only ids)
     decode   hr -> MP4 + contact sheet + quality numbers        per prompt (or the --only ids), per decode setting
+
+A stage may make the output of a prompt with a source file (prompts.SOURCE_KEYS) another way: its `sources` entry
+for that kind replaces the fields that differ (the lr stage encodes a video instead of sampling), and the graph,
+the provenance and "current" of that prompt's output follow the replaced fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pixelwizard.checkpoints import wan
 from pixelwizard.pipeline.presets import Preset
@@ -32,12 +40,20 @@ class Stage:
     settings: tuple[str, ...]  # the preset fields its outputs depend on
     checkpoints: tuple[str, ...]  # the checkpoint roles it loads (CHECKPOINT_FILES)
     output: str  # "zarr": a store per item; "mp4": a video per item with a JSON sidecar
-    items: str  # "prompts"; "selected": the prompts, or the --only ids; "uncond": the run's unconditional texts
+    items: str  # "prompts"; "selected": the prompts, or the --only ids; "uncond": the run's unconditional texts;
+    #             "videos": the prompts with a video
     shard_size: int  # items per job by default: models load once per job
     gpus: str | None = None  # the RunConfig field with its GPUs per job (torchrun processes); None: one
     seeded: bool = False  # draws noise: a per-prompt seed enters its provenance
     uncond_text: Callable[[Prompt, Preset], str] | None = None  # the unconditional text a prompt's job reads
     tag: Callable[[Preset], str] | None = None  # outputs of other settings go to OUT/<name>/<tag>/, beside
+    sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # source kind -> the fields that differ
+
+    def recipe(self, source: str) -> Stage:
+        """The stage as it makes the output of a prompt whose anchor comes from `source` (text, image, video,
+        latent)."""
+        changes = self.sources.get(source)
+        return dataclasses.replace(self, sources={}, **changes) if changes else self
 
 
 def negative_text(prompt: Prompt, preset: Preset) -> str:
@@ -49,22 +65,27 @@ def decode_tag(preset: Preset) -> str:
     return f"p{preset.num_patches}{preset.patch_dim}-ov{preset.overlap}-{preset.fps}fps"
 
 
+FROM_FILE = dict(reads=(), seeded=False, uncond_text=None)  # an anchor read from a file: no text, no noise
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("text", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="prompts", shard_size=256),
     Stage("uncond", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="uncond", shard_size=256),
+    Stage("input", reads=(), settings=(), checkpoints=(), output="mp4", items="videos", shard_size=32),
     Stage("lr", reads=("text", "uncond"),
           settings=("frames", "lr_width", "lr_height", "lr_steps", "lr_shift", "lr_guidance", "lr_solver"),
           checkpoints=("lr_dit",), output="zarr", items="prompts", shard_size=16, seeded=True,
-          uncond_text=negative_text),
+          uncond_text=negative_text,
+          sources={"video": dict(FROM_FILE, settings=("lr_width", "lr_height"), checkpoints=("vae",)),
+                   "latent": dict(FROM_FILE, settings=(), checkpoints=())}),
     Stage("preview", reads=("lr",), settings=("fps",), checkpoints=("vae",), output="mp4", items="prompts",
-          shard_size=32),
+          shard_size=32, sources={"video": dict(settings=())}),  # at the video's rate
     Stage("hr", reads=("text", "uncond", "lr"),
           settings=("frames", "width", "height", "hr_steps", "hr_shift", "hr_guidance", "hr_solver", "uncond_prompt",
                     "uncond_anchor"),
           checkpoints=("hr_dit",), output="zarr", items="selected", shard_size=8, gpus="hr_gpus", seeded=True,
           uncond_text=lambda p, preset: negative_text(p, preset) if preset.uncond_prompt == "negative" else ""),
     Stage("decode", reads=("hr",), settings=("num_patches", "patch_dim", "overlap", "fps"), checkpoints=("vae",),
-          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag),
+          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag,
+          sources={"video": dict(settings=("num_patches", "patch_dim", "overlap"))}),  # at the video's rate
 )}
 
 

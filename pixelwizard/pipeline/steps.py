@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pixelwizard import distributed
 from pixelwizard.checkpoints import wan
 from pixelwizard.checkpoints.trainer import load_hr_model, load_lr_model
+from pixelwizard.io.latent_input import load_latent
+from pixelwizard.io.quality import QualityMeter
+from pixelwizard.io.render import write_video
+from pixelwizard.io.video_input import Clip, clip_frames, fit_frame
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.models.offload import offload_blocks
@@ -101,6 +106,40 @@ def lr_anchor(dit: WanDiT, cond: Conditioning, preset: Preset, seed: int, config
     """The LR anchor latent [C, T, h, w] of a prompt (float32, on the CPU)."""
     shape = wan.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.lr_height, preset.lr_width)
     return sample_lr(dit, cond, gaussian_noise(shape, seed), **preset.lr_sampling(), on_step=on_step).cpu()
+
+
+def clip_of(facts: dict[str, Any]) -> Clip:
+    """A video source's clip, from its facts in the run snapshot."""
+    return Clip(**{name: facts[name] for name in Clip.__dataclass_fields__})
+
+
+def video_anchor(vae: WanVAE, path: Path, clip: Clip, preset: Preset,
+                 on_step: StepCallback | None = None) -> torch.Tensor:
+    """The anchor latent [C, T, h, w] of a video's clip (float32, on the CPU): every frame fitted to the anchor
+    size (`preset`'s, in the clip's orientation) and the clip VAE-encoded; `on_step` counts the frames read."""
+    frames = []
+    for frame in clip_frames(path, clip):
+        frames.append(fit_frame(frame, preset.lr_width, preset.lr_height))
+        if on_step is not None:
+            on_step(len(frames), clip.frames + 1)
+    latent = vae.encode(torch.stack(frames, dim=1)[None])[0].float().cpu()
+    if on_step is not None:
+        on_step(clip.frames + 1, clip.frames + 1)
+    return latent
+
+
+def saved_anchor(path: Path, preset: Preset, config: RunConfig) -> torch.Tensor:
+    """A saved anchor latent [C, T, h, w] (float32): its first `preset.frames` frames."""
+    return load_latent(path, channels=wan.vae_config(Path(config.ckpt_dir)).z_dim, max_frames=preset.frames)
+
+
+def input_clip(path: Path, clip: Clip, out: Path, sheet: Path, on_step: StepCallback | None = None) -> dict:
+    """A video's clip as the run takes it, at its display size (even sides for yuv420p: an odd side loses its last
+    pixel line) and rate, into an H.264 MP4 and a contact sheet; returns the clip's quality numbers."""
+    width, height = clip.width - clip.width % 2, clip.height - clip.height % 2
+    chunks = (frame[None, :height, :width] for frame in clip_frames(path, clip))
+    return write_video(chunks, out, width=width, height=height, frames=clip.frames, steps=clip.frames, fps=clip.fps,
+                       meter=QualityMeter(width, height), sheet_path=sheet, on_step=on_step)
 
 
 def hr_latent(model: HRDiT, cond: Conditioning, anchor: torch.Tensor, preset: Preset, seed: int, config: RunConfig,

@@ -171,9 +171,12 @@ function provenance(p) {
                      ...R.tags.map(t => [`decode ${t}`, "decode", p.decodes[t], R.run.decodes[t]])];
   for (const [label, stage, o, values] of stageRows) {
     const spec = R.run.stages[stage];
-    if (!spec) continue;
-    const settings = spec.settings.map(n => `${n}=${JSON.stringify(n in values ? values[n] : R.run.settings[n])}`);
-    const checkpoints = spec.checkpoints.map(c => `${c} ${R.run.checkpoints[c].slice(0, 12)}`);
+    if (!spec || (stage === "input" && !o)) continue;
+    const settings = o && o.settings  // a prompt with a source file: its own settings, as its clip runs them
+      ? Object.entries(o.settings).map(([n, v]) => `${n}=${JSON.stringify(v)}`)
+      : spec.settings.map(n => `${n}=${JSON.stringify(n in values ? values[n] : R.run.settings[n])}`);
+    const checkpoints = ((o && o.checkpoints) || spec.checkpoints).map(
+      c => `${c} ${R.run.checkpoints[c].slice(0, 12)}`);
     rows.push(el("tr", {"data-stage": label},
       el("td", {text: label}),
       el("td", {}, o ? badge(label, o.state, o.why) : badge(label, "unselected")),
@@ -188,6 +191,32 @@ function provenance(p) {
       h => el("th", {text: h}))), rows);
 }
 
+function sourceLine(p) {
+  const s = p.source;
+  if (!s) return null;
+  const what = s.kind === "video"
+    ? `${s.frames} frames at ${fmt(fraction(s.rate))} fps from ${fmt(s.start)} s, ${s.width}x${s.height}` +
+      (s.rotation ? `, rotated ${s.rotation}°` : "")
+    : `${s.frames} frames`;
+  return el("p", {class: "meta source"}, `${s.kind} `, el("span", {class: "mono", text: s.file}),
+            ` (${what}; sha256 `, el("span", {class: "mono", title: s.sha256, text: s.sha256.slice(0, 12)}), ")");
+}
+
+function fraction(text) {
+  const [a, b] = String(text).split("/").map(Number);
+  return b ? a / b : a;
+}
+
+function inputFigure(p) {
+  const input = p.stages.input;
+  if (!input) return null;
+  return el("figure", {class: "input"},
+    el("figcaption", {}, "input clip ", badge("input", input.state, input.why)),
+    video(input.video, "input clip"),
+    input.sheet ? el("img", {src: input.sheet, loading: "lazy", alt: `contact sheet of ${p.id}'s input`}) : null,
+    metricsTable(input.metrics));
+}
+
 function promptCard(p) {
   const preview = p.stages.preview;
   const outputs = [...Object.entries(p.stages), ...Object.entries(p.decodes).map(([t, o]) => [`decode ${t}`, o])];
@@ -195,13 +224,15 @@ function promptCard(p) {
   return el("article", {class: "prompt", "data-id": p.id},
     el("header", {}, el("h3", {text: p.id}), badge("state", overall(p)),
        p.stages.hr ? null : badge("HR", "unselected", "not in the run's --only selection")),
-    el("p", {class: "text", text: p.text}),
+    el("p", {class: "text", text: p.text || (p.source ? "(no prompt text: the empty prompt)" : "")}),
+    sourceLine(p),
     problems.length ? el("ul", {class: "problems"}, problems.map(([name, o]) => el("li", {"data-stage": name},
       badge(name, o.state), o.why ? ` ${o.why}` : ""))) : null,
     el("p", {class: "meta"}, "seed ", el("span", {class: "mono seed", text: p.seed}), " · total ",
        p.seconds !== null ? num(p.seconds, " s") : "·",
        p.negative_prompt !== undefined ? ` · negative prompt: ${p.negative_prompt}` : ""),
     el("div", {class: "media"},
+      inputFigure(p),
       preview ? el("figure", {class: "preview"}, el("figcaption", {}, "LR preview ", badge("preview", preview.state)),
                    video(preview.video, "LR preview"), metricsTable(preview.metrics)) : null,
       R.tags.map(tag => decodeFigure(p, tag))),
