@@ -187,7 +187,8 @@ def generate(
     out: Path = OUT,
     lr_ckpt: Optional[Path] = config_option("lr_ckpt"),
     only: Optional[Path] = config_option("only"),
-    until: Optional[str] = typer.Option(None, help="Stop after a stage: lr (text, LR anchors, previews) or hr"),
+    until: Optional[str] = typer.Option(None, help="Stop after a stage: lr (text, input clips, LR anchors, "
+                                        "previews) or hr"),
     lr_steps: Optional[int] = setting_option("lr_steps"),
     lr_shift: Optional[float] = setting_option("lr_shift"),
     lr_guidance: Optional[float] = setting_option("lr_guidance"),

@@ -81,6 +81,41 @@ def finished_run(weights, tmp_path_factory):
     return out
 
 
+# The sources of the upscaling tests: every kind of video the lr stage takes, and a saved anchor latent.
+VIDEOS = {  # id: (file, frames, width, height, write_video options)
+    "land": ("land.mp4", 14, 200, 120, {}),
+    "port": ("port.mp4", 12, 120, 200, {"rate": 30}),
+    "odd": ("odd.mkv", 10, 65, 47, {"codec": "ffv1", "pix_fmt": "yuv444p"}),
+    "phone": ("phone.mp4", 9, 96, 64, {"rotation": -90}),  # stored landscape, shown upright
+    "vfr": ("vfr.mp4", 11, 96, 64, {"times_ms": [0, 40, 60, 130, 170, 200, 300, 310, 330, 400, 420]}),
+}
+
+
+def write_sources(folder: Path) -> list[dict]:
+    """The upscaling tests' videos and saved latent in `folder`, and their JSONL lines (paths relative)."""
+    from media import write_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for prompt_id, (name, frames, width, height, options) in VIDEOS.items():
+        write_video(folder / name, frames, width, height, **options)
+        lines.append({"id": prompt_id, "video": name, **({"text": "a tower"} if prompt_id == "port" else {})})
+    torch.save({"latent": torch.randn(48, 3, 4, 8, generator=torch.Generator().manual_seed(1))}, folder / "saved.pt")
+    return [*lines, {"id": "saved", "latent": "saved.pt", "text": "waves"}]
+
+
+@pytest.fixture(scope="session")
+def upscaled_run(weights, tmp_path_factory):
+    """One uninterrupted run of a JSONL batch mixing a text prompt, videos of every kind and a saved latent, three
+    per job, 13 frames (a video with fewer runs at the largest 4n+1 it has). Shared and read-only (tests that change
+    it work on a copy)."""
+    root = tmp_path_factory.mktemp("upscaled")
+    lines = [{"id": "fox", "text": PROMPTS[0][1]}, *write_sources(root)]
+    (root / "batch.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    generate(weights, root / "batch.jsonl", root / "out", "--shard-size", "3", "--frames", "13")
+    return root / "out"
+
+
 def copy_run(out: Path, dest: Path) -> Path:
     """A copy of a whole run directory, as a move to another file system would make it."""
     subprocess.run(["cp", "-a", str(out), str(dest)], check=True)

@@ -1,10 +1,19 @@
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import pytest
 
-from pixelwizard.pipeline.prompts import Prompt, PromptFileError, read_ids, read_prompts, shard, single_prompt
+from pixelwizard.pipeline.prompts import (
+    Prompt,
+    PromptFileError,
+    read_ids,
+    read_prompts,
+    shard,
+    single_prompt,
+    source_prompts,
+)
 
 
 def _write(tmp_path, name, lines):
@@ -158,3 +167,45 @@ def test_single_prompt_and_id_files(tmp_path):
     assert read_ids(ids, [prompt]) == (prompt.id,)
     with pytest.raises(PromptFileError, match=r"ids.txt:1: 'cat' is not an id of the run's prompts"):
         read_ids(_write(tmp_path, "ids.txt", ["cat"]), [prompt])
+
+
+def test_source_files_in_jsonl_are_resolved_and_named_in_the_id(tmp_path):
+    path = _write(tmp_path, "p.jsonl", [
+        '{"video": "clips/My Clip.mp4", "start": 2, "fps": 24}',
+        '{"id": "own", "text": "a fox", "image": "fox.png"}',
+        '{"latent": "a.pt", "caption": "waves"}',
+        '{"text": "plain"}',
+    ])
+    clip, image, latent, plain = read_prompts(path)
+    assert (clip.source, clip.video, clip.text, clip.start, clip.fps) == \
+        ("video", str(tmp_path / "clips" / "My Clip.mp4"), "", 2.0, 24)
+    assert clip.id == f"my-clip-{_sha('video:clips/My Clip.mp4 start=2 fps=24' + chr(10))[:8]}"
+    assert (image.source, image.image, image.id) == ("image", str(tmp_path / "fox.png"), "own")
+    assert (latent.source, latent.source_file) == ("latent", str(tmp_path / "a.pt"))
+    assert (plain.source, plain.source_file, plain.id) == ("text", None, f"plain-{_sha('plain')[:8]}")
+    assert Prompt(**json.loads(clip.to_json())) == clip  # the run's copy reads back the same prompt
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"video": "a.mp4", "image": "b.png", "text": "x"}', "both image and video given; give one source per line"),
+    ('{"text": "x", "start": 2}', "start given without a video"),
+    ('{"video": "a.mp4", "fps": 0}', "fps 0 is not a positive whole number"),
+    ('{"video": "a.mp4", "start": "soon"}', "start 'soon' is not a number"),
+    ('{"video": 5}', "video 5 is not a file path"),
+    ('{"image": "fox.png"}', "empty or missing prompt text"),
+])
+def test_source_fields_are_checked(tmp_path, line, problem):
+    with pytest.raises(PromptFileError, match=re.escape(f"p.jsonl:1: {problem}")):
+        read_prompts(_write(tmp_path, "p.jsonl", [line]))
+
+
+def test_upscale_arguments_are_prompts_by_their_suffix(tmp_path):
+    clip, saved = source_prompts([Path("in/a.mp4"), Path("b.safetensors")], " a fox ", start=None, fps=None)
+    assert (clip.source, clip.video, clip.text) == ("video", str(Path("in/a.mp4").resolve()), "a fox")
+    assert (saved.source, saved.latent) == ("latent", str(Path("b.safetensors").resolve()))
+    started = source_prompts([Path("in/a.mp4")], "a fox", start=1.5, fps=12)[0]
+    assert (started.start, started.fps) == (1.5, 12) and started.id != clip.id
+    with pytest.raises(PromptFileError, match="duplicate prompt id"):
+        source_prompts([Path("a.mp4"), Path("a.mp4")], "")
+    with pytest.raises(PromptFileError, match="--start and --fps take frames of a video, not of a saved latent"):
+        source_prompts([Path("b.pt")], "", start=1.0)

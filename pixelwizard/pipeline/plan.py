@@ -24,7 +24,7 @@ from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES, Stage, lineage
 
-STOP_AFTER = {"lr": ("lr", "preview"), "hr": ("hr",)}  # --until: the last stages of a shortened run
+STOP_AFTER = {"lr": ("input", "lr", "preview"), "hr": ("hr",)}  # --until: the last stages of a shortened run
 
 
 class Plan:
