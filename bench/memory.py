@@ -1,6 +1,7 @@
 """Peak GPU memory of every stage at 2K and 4K, full size (Wan2.2-TI2V-5B, 121 frames, bf16), on the CPU.
 
     python bench/memory.py                   # the table: text, LR, HR (4 steps x CFG), decode; 2K and 4K
+    python bench/memory.py --stages encode hr decode --presets 2k-portrait 4k-portrait 1080p 1080p-portrait
     python bench/memory.py --validate        # the method against real CPU allocations at a reduced size
     python bench/memory.py --stages hr --presets 4k --out FILE.jsonl
 
@@ -49,7 +50,7 @@ from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig  # noqa: E4
 from pixelwizard.models.dit import WanDiT, rope_for_grid  # noqa: E402
 from pixelwizard.models.hr_model import HRDiT  # noqa: E402
 from pixelwizard.models.vae import WanVAE  # noqa: E402
-from pixelwizard.pipeline.presets import get_preset  # noqa: E402
+from pixelwizard.pipeline.presets import PRESETS, get_preset  # noqa: E402
 from pixelwizard.sampling.samplers import Conditioning, sample_hr, sample_lr  # noqa: E402
 from pixelwizard.sampling.seeds import gaussian_noise  # noqa: E402
 
@@ -60,7 +61,8 @@ CUDA_BLOCK = 512  # the caching allocator's smallest block
 LR_STEPS = 4
 PROMPT_TOKENS = 64  # text embedding rows of the prompt (the negative prompt is about 100)
 BUDGETS_GIB = {"2k": 16.0, "4k": 22.0}  # issue 10: every stage on a 24 GB card at 4K, within 16 GiB at 2K
-STAGES = ("text", "lr", "hr", "decode")
+STAGES = ("text", "lr", "encode", "hr", "decode")  # encode: the lr stage of a video, its clip VAE-encoded
+SIZES = [name for name in PRESETS if name != "tiny"]
 # From issue 10 (the same method applied to the original Wan2.2 / PixelWizard code; not re-derived here).
 ORIGINAL_GIB = {("hr", "2k"): 42.7, ("hr", "4k"): 83.2, ("decode", "2k"): 31.8, ("decode", "4k"): 51.2}
 
@@ -295,6 +297,12 @@ def track_parameter_devices(model: nn.Module) -> None:
         block.register_forward_hook(lambda m, _a, _o: present(m, torch.device("cpu")))
 
 
+def stage_encode(preset, device: str, config: VAEConfig = VAEConfig(), vae_dtype: str = "bfloat16") -> None:
+    """The lr stage of a video: its clip at the anchor size (float32 on the host) through the VAE's encoder."""
+    vae = build(WanVAE, config, device, dtype=getattr(torch, vae_dtype))
+    vae.encode(torch.zeros(1, 3, preset.frames, preset.lr_height, preset.lr_width))
+
+
 def stage_decode(preset, device: str, config: VAEConfig = VAEConfig(), vae_dtype: str = "bfloat16") -> None:
     vae = build(WanVAE, config, device, dtype=getattr(torch, vae_dtype))
     z = torch.randn(latent_shape(preset.frames, preset.height, preset.width))
@@ -303,7 +311,7 @@ def stage_decode(preset, device: str, config: VAEConfig = VAEConfig(), vae_dtype
         pass
 
 
-STAGE_FNS = {"text": stage_text, "lr": stage_lr, "hr": stage_hr, "decode": stage_decode}
+STAGE_FNS = {"text": stage_text, "lr": stage_lr, "encode": stage_encode, "hr": stage_hr, "decode": stage_decode}
 
 
 PCIE_BYTES_PER_S = 25e9  # PCIe 4 x16, pinned host memory (PCIe 5: ~50e9)
@@ -410,7 +418,7 @@ def validate_decode(preset, device: str, init: bool, dtype: torch.dtype) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    parser.add_argument("--presets", nargs="+", choices=("2k", "4k"), default=["2k", "4k"])
+    parser.add_argument("--presets", nargs="+", choices=SIZES, default=["2k", "4k"])
     parser.add_argument("--offload", action="store_true", help="also the HR stage with block streaming")
     parser.add_argument("--uncond-anchor", choices=("same", "zero"), default="same", help="the preset setting")
     parser.add_argument("--num-patches", type=int, help="decode patches (default: the preset's)")
@@ -422,14 +430,15 @@ def main() -> None:
         rows: Iterator[dict] = iter(validate())
     else:
         vae = {"vae_dtype": args.vae_dtype} if args.vae_dtype != "bfloat16" else {}
-        jobs = [(stage, preset, vae if stage == "decode" else {}) for preset in args.presets for stage in args.stages]
+        jobs = [(stage, preset, vae if stage in ("encode", "decode") else {}) for preset in args.presets
+                for stage in args.stages]
         jobs += [("hr", preset, {"offload": True}) for preset in args.presets] if args.offload else []
         rows = ({**measure(stage, preset, args.uncond_anchor, args.num_patches, **kw),
                  **(offload_price(get_preset(preset)) if kw.get("offload") else {})} for stage, preset, kw in jobs)
     for row in rows:
         if "stage" in row:
             row["original_gib"] = ORIGINAL_GIB.get((row["stage"], row["preset"]))
-            row["budget_gib"] = BUDGETS_GIB[row["preset"]]
+            row["budget_gib"] = BUDGETS_GIB[PRESETS[row["preset"]].hr_checkpoint]
         report(json.dumps(row), args.out)
 
 

@@ -6,23 +6,28 @@ so a prompt gives the same video either way.
     pipe = Pipeline("weights/Wan2.2-TI2V-5B", "weights/PixelWizard/2k/model.pt", preset="2k")
     video = pipe.generate("a red fox trots through fresh snow")      # Video: frames [F, H, W, 3] uint8, fps
     pipe.generate("waves on a black sand beach", path="waves.mp4")   # streamed into the file
+    pipe.upscale("pier.mov", prompt="a pier at dusk", path="pier-2k.mp4")   # a video of yours, upscaled
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pixelwizard.checkpoints import preflight, wan
 from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.render import render_video
 from pixelwizard.io.video import to_uint8
+from pixelwizard.io.video_input import probe_clip
 from pixelwizard.pipeline import steps
-from pixelwizard.pipeline.prompts import Prompt, single_prompt
+from pixelwizard.pipeline.presets import Preset
+from pixelwizard.pipeline.prompts import Prompt, single_prompt, source_prompts
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.pipeline.stages import STAGES
 from pixelwizard.sampling.samplers import Conditioning
@@ -31,7 +36,7 @@ from pixelwizard.sampling.samplers import Conditioning
 @dataclass(frozen=True)
 class Video:
     frames: np.ndarray  # [F, H, W, 3] uint8
-    fps: int
+    fps: int | Fraction  # an upscaled video's own rate may be a fraction (30000/1001)
 
 
 class Pipeline:
@@ -74,24 +79,47 @@ class Pipeline:
         an MP4 at `path` (written whole or not at all)."""
         item = Prompt(single_prompt(prompt)[0].id, prompt.strip(), seed, negative_prompt)
         preset = self.preset
-        encoder = self._model("text")
-        context = steps.encode(encoder, item.text).context
-        uncond_texts = {s: STAGES[s].uncond_text(item, preset) for s in ("lr", "hr")}
-        encoded = {text: steps.encode(encoder, text).context for text in set(uncond_texts.values())}  # often one
-        uncond = {s: encoded[text] for s, text in uncond_texts.items()}
-        self._done_with("text")
+        context, uncond = self._encode(item, ("lr", "hr"))
         anchor = steps.lr_anchor(self._model("lr"), Conditioning(context, uncond["lr"]), preset,
                                  steps.stage_seed(item, preset, "lr"), self.config)
         self._done_with("lr")
-        latent = steps.hr_latent(self._model("hr"), Conditioning(context, uncond["hr"]), anchor, preset,
-                                 steps.stage_seed(item, preset, "hr"), self.config)
+        return self._upscale(item, Conditioning(context, uncond["hr"]), anchor, preset, preset.fps, path)
+
+    def upscale(self, video: str | Path, *, prompt: str = "", start: float | None = None, fps: int | None = None,
+                seed: int | None = None, negative_prompt: str | None = None,
+                path: str | Path | None = None) -> Video | Path:
+        """One video upscaled to the preset's size, as `pixelwizard upscale VIDEO` does it (the same clip, id and
+        seeds): its clip fitted to the anchor and VAE-encoded, then HR and decode; the frames, or an MP4 at `path`.
+        A portrait video takes the preset turned."""
+        item = replace(source_prompts([Path(video)], prompt, start=start, fps=fps)[0], seed=seed,
+                       negative_prompt=negative_prompt)
+        clip = probe_clip(Path(item.video), max_frames=self.preset.frames, start=start or 0.0, fps=fps)
+        preset = self.preset.for_clip(clip.frames, clip.portrait)
+        anchor = steps.video_anchor(self._model("decode"), Path(item.video), clip, preset)
+        context, uncond = self._encode(item, ("hr",))
+        return self._upscale(item, Conditioning(context, uncond["hr"]), anchor, preset, clip.fps, path)
+
+    def _encode(self, item: Prompt, stages: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The prompt's embedding and each stage's unconditional one (the same text is encoded once)."""
+        encoder = self._model("text")
+        context = steps.encode(encoder, item.text).context
+        uncond_texts = {s: STAGES[s].uncond_text(item, self.preset) for s in stages}
+        encoded = {text: steps.encode(encoder, text).context for text in set(uncond_texts.values())}  # often one
+        self._done_with("text")
+        return context, {s: encoded[text] for s, text in uncond_texts.items()}
+
+    def _upscale(self, item: Prompt, cond: Conditioning, anchor: torch.Tensor, preset: Preset,
+                 fps: int | Fraction, path: str | Path | None) -> Video | Path:
+        """The HR shortcut on `anchor`, then the patched decode: the frames, or an MP4 at `path`."""
+        latent = steps.hr_latent(self._model("hr"), cond, anchor, preset, steps.stage_seed(item, preset, "hr"),
+                                 self.config)
         self._done_with("hr")
         vae = self._model("decode")
         try:
             if path is not None:
-                render_video(vae, latent, Path(path), fps=preset.fps, **steps.patches(preset))
+                render_video(vae, latent, Path(path), fps=fps, **steps.patches(preset))
                 return Path(path)
             chunks = [to_uint8(chunk) for chunk in decode_patched(vae, latent, **steps.patches(preset))]
-            return Video(np.concatenate(chunks), preset.fps)
+            return Video(np.concatenate(chunks), fps)
         finally:
             self._done_with("decode")

@@ -62,8 +62,9 @@ def generate_args(weights, prompts: Path | None, out: Path, *extra: str) -> list
             "--quiet", *extra]
 
 
-def generate(weights, prompts: Path | None, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    return pixelwizard(*generate_args(weights, prompts, out, *extra), check=check)
+def generate(weights, prompts: Path | None, out: Path, *extra: str, check: bool = True,
+             timeout: float = 600) -> subprocess.CompletedProcess:
+    return pixelwizard(*generate_args(weights, prompts, out, *extra), check=check, timeout=timeout)
 
 
 def popen_generate(weights, prompts: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
@@ -106,13 +107,13 @@ def write_sources(folder: Path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def upscaled_run(weights, tmp_path_factory):
-    """One uninterrupted run of a JSONL batch mixing a text prompt, videos of every kind and a saved latent, three
+    """One uninterrupted run of a JSONL batch mixing a text prompt, videos of every kind and a saved latent, four
     per job, 13 frames (a video with fewer runs at the largest 4n+1 it has). Shared and read-only (tests that change
     it work on a copy)."""
     root = tmp_path_factory.mktemp("upscaled")
     lines = [{"id": "fox", "text": PROMPTS[0][1]}, *write_sources(root)]
     (root / "batch.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    generate(weights, root / "batch.jsonl", root / "out", "--shard-size", "3", "--frames", "13")
+    generate(weights, root / "batch.jsonl", root / "out", "--shard-size", "4", "--frames", "13", timeout=1200)
     return root / "out"
 
 

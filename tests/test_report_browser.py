@@ -2,7 +2,8 @@
 installs both when missing). The tiny pipeline stops after LR; the preview gate's checkboxes save a selection file
 that `generate --only` runs; the HR latents are decoded again with other patch settings; then every video of the
 page loads with the right duration, the numbers it shows equal those in the videos' JSON, the stores and the event
-log, sorting works, and the browser's console shows no error."""
+log, sorting works, and the browser's console shows no error. A run of upscaled videos shows each input clip
+beside its result, both playing, with the quality numbers of both."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import math
 import os
 import shutil
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from conftest import PROMPTS, TAG, events, generate, pixelwizard, write_prompts
+from conftest import PROMPTS, TAG, VIDEOS, copy_run, events, generate, pixelwizard, write_prompts
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -59,9 +61,9 @@ def open_view(driver, out: Path, view: str) -> None:
     driver.get((out / "report" / "index.html").as_uri() + f"#{view}")
 
 
-def assert_videos_load(driver, expected: set[str], timeout: float = 30) -> None:
+def assert_videos_load(driver, expected: set[str] | dict[str, float], timeout: float = 30) -> None:
     """The page's videos are `expected` (their src), and each one loads its metadata: readyState >= 1
-    (HAVE_METADATA) and the tiny preset's duration."""
+    (HAVE_METADATA) and its duration (the tiny preset's, or the one `expected` gives)."""
     script = "return [...document.querySelectorAll('video')].map(v => [v.getAttribute('src'), v.readyState, " \
              "v.duration, v.error ? v.error.code : null])"
     deadline = time.monotonic() + timeout
@@ -70,9 +72,11 @@ def assert_videos_load(driver, expected: set[str], timeout: float = 30) -> None:
         if all(ready >= 1 for _, ready, _, _ in found) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert {src for src, *_ in found} == expected and len(found) == len(expected)
+    assert {src for src, *_ in found} == set(expected) and len(found) == len(expected)
+    durations = expected if isinstance(expected, dict) else dict.fromkeys(expected, DURATION)
     for src, ready, duration, error in found:
-        assert error is None and ready >= 1 and duration == pytest.approx(DURATION, abs=1e-3), (src, ready, duration)
+        assert error is None and ready >= 1 and duration == pytest.approx(durations[src], abs=2e-3), \
+            (src, ready, duration)
 
 
 def assert_no_console_errors(driver) -> None:
@@ -207,4 +211,37 @@ def test_report_in_a_browser(weights, browser, tmp_path):
         total = sum(decode_seconds(out, seconds, tag, i) for i in CHOSEN)
         shown = shown_number(rows[f"decode {tag}"].find_element(By.CSS_SELECTOR, 'td[data-key="seconds"]'))
         assert shown == pytest.approx(total, abs=1e-3)
+    assert_no_console_errors(driver)
+
+
+def test_an_upscaled_video_plays_beside_its_input(upscaled_run, browser, tmp_path):
+    driver, _ = browser
+    out = copy_run(upscaled_run, tmp_path / "out")
+    pixelwizard("report", out)
+    open_view(driver, out, "prompts")
+    expected = {}
+    for prompt_id in ("fox", "saved", *VIDEOS):
+        for folder in ("input", "preview", f"decode/{TAG}"):
+            sidecar = out / folder / f"{prompt_id}.json"
+            if sidecar.exists():
+                source = read_sidecar(sidecar)["provenance"].get("source", {})
+                rate = Fraction(source.get("rate", 24))
+                expected[f"../{folder}/{prompt_id}.mp4"] = float(read_sidecar(sidecar)["metrics"]["frames"] / rate)
+    assert len([src for src in expected if src.startswith("../input/")]) == len(VIDEOS)
+    assert_videos_load(driver, expected)
+    cards = {c.get_attribute("data-id"): c for c in driver.find_elements(By.CSS_SELECTOR, "article.prompt")}
+    for prompt_id, (name, *_) in VIDEOS.items():
+        card = cards[prompt_id]
+        assert name in card.find_element(By.CSS_SELECTOR, ".source").text
+        input_figure = card.find_element(By.CSS_SELECTOR, "figure.input")
+        assert_metrics_shown(input_figure, read_sidecar(out / "input" / f"{prompt_id}.json"))
+        assert_metrics_shown(card.find_element(By.CSS_SELECTOR, f'figure.decode[data-tag="{TAG}"]'),
+                             read_sidecar(out / "decode" / TAG / f"{prompt_id}.json"))
+        media = card.find_element(By.CSS_SELECTOR, ".media")
+        assert media.find_elements(By.TAG_NAME, "figure")[0] == input_figure  # the input first, the result beside
+    assert not cards["fox"].find_elements(By.CSS_SELECTOR, "figure.input")
+    cards["phone"].find_element(By.TAG_NAME, "summary").click()
+    lr_row = cards["phone"].find_element(By.CSS_SELECTOR, 'tr[data-stage="lr"]')
+    assert "lr_width=64" in lr_row.text and "vae" in lr_row.text  # its own recipe: the portrait anchor, encoded
+    save_screenshot(driver, tmp_path / "upscaled.png")
     assert_no_console_errors(driver)

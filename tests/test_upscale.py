@@ -13,12 +13,14 @@ from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import VIDEOS, computed, copy_run, events, generate, pixelwizard, popen_generate, write_sources
 from media import marker_corner, shown, write_video
 from test_workflow import kill_when
 
+from pixelwizard import Pipeline
 from pixelwizard.io.latent_store import read_store
 from pixelwizard.io.sidecar import read_sidecar
 from pixelwizard.io.video import read_video
@@ -96,13 +98,13 @@ def test_replacing_a_video_with_other_content_reruns_exactly_its_outputs(upscale
     subprocess.run(["cp", "-a", str(upscaled_run.parent), str(root)], check=True)  # the sources and OUT, moved
     out = root / "out"
     before = len(events(out))
-    generate(weights, root / "batch.jsonl", out, "--shard-size", "3", "--frames", "13")
+    generate(weights, root / "batch.jsonl", out, "--shard-size", "4", "--frames", "13")
     assert computed(out, before) == Counter()  # the same contents elsewhere: nothing to make again
     write_video(root / "land.mp4", 14, 200, 120, rate=25)  # other content under the same name
     status = pixelwizard("status", out).stdout
     assert "lr: stale land: its video's content changed" in status
     before = len(events(out))
-    generate(weights, root / "batch.jsonl", out, "--shard-size", "3", "--frames", "13")
+    generate(weights, root / "batch.jsonl", out, "--shard-size", "4", "--frames", "13")
     assert computed(out, before) == Counter({(stage, "land"): 1 for stage in PER_VIDEO})
 
 
@@ -121,3 +123,21 @@ def test_a_run_killed_in_the_encode_stage_resumes_and_gives_the_same_anchors(ups
     for line in lines:
         ours, theirs = (read_store(o / "lr" / f"{line['id']}.zarr")[0]["latent"] for o in (out, upscaled_run))
         assert torch.equal(ours, theirs), line["id"]
+
+
+@pytest.mark.slow
+def test_upscale_and_the_python_api_make_the_same_video(weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the video named as a user types it: its id derives from that
+    write_video(Path("upright.mp4"), 10, 64, 96, rate=30)
+    out = tmp_path / "out"
+    pixelwizard("upscale", "upright.mp4", "--prompt", "a tower", "--out", out, "--preset", "tiny", "--no-previews",
+                "--ckpt-dir", weights["ckpt_dir"], "--hr-ckpt", weights["hr_ckpt"], "--cores", "2", "--quiet")
+    (prompt,) = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert prompt["video"] == str(tmp_path / "upright.mp4") and prompt["text"] == "a tower"
+    cli, rate = read_video(out / "decode" / TAG / f"{prompt['id']}.mp4")
+    assert cli.shape == (9, 256, 160, 3) and rate == 30  # upright: the tiny preset turned; the video's own rate
+    pipe = Pipeline(weights["ckpt_dir"], weights["hr_ckpt"], preset="tiny")
+    written = pipe.upscale("upright.mp4", prompt="a tower", path=tmp_path / "api.mp4")
+    assert np.array_equal(read_video(written)[0], cli)  # the same video, frame for frame
+    video = pipe.upscale("upright.mp4", prompt="a tower")
+    assert video.frames.shape == (9, 256, 160, 3) and video.fps == 30
