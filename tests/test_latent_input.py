@@ -49,7 +49,7 @@ def test_at_most_the_preset_s_frames_are_taken(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "content", "fragment"), [
-    ("missing.pt", None, "no such file; check the path of the latent"),
+    ("missing.pt", None, "no such file; check the latent path"),
     ("text.pt", "just text", "cannot be read as a latent"),
     ("channels.pt", torch.zeros(16, 4, 8, 8), "shape [16, 4, 8, 8], not a latent [48, T, h, w]"),
     ("ints.npy", np.zeros((48, 4, 8, 8), np.int32), "holds int32 values, not floating point"),

@@ -1,14 +1,14 @@
 """Bring your own anchor, end to end on the tiny weights: a JSONL batch mixing a text prompt, videos of every kind
 (landscape, portrait at 30 fps, an odd-sized MKV, a phone's rotated one, a variable-rate one) and a saved latent runs
-through encode, HR and decode as one run; every output names its source; a video replaced by other content reruns
-exactly its outputs; a run killed in the encode stage resumes; every unusable input is refused up front with one
-line per file and nothing in OUT changes."""
+through encode, HR and decode as one run, and every output names its source; `pixelwizard upscale` killed in the
+encode stage resumes, makes the Python API's video, and reruns exactly the outputs of a video replaced by other
+content; every unusable input is refused up front with one line per file and nothing in OUT changes."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
+import sys
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
@@ -16,17 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import VIDEOS, computed, copy_run, events, generate, pixelwizard, popen_generate, write_sources
+from conftest import VIDEOS, computed, copy_run, events, pixelwizard, write_sources
 from media import marker_corner, shown, write_video
+from test_video_input import bad_videos
 from test_workflow import kill_when
 
 from pixelwizard import Pipeline
 from pixelwizard.io.latent_store import read_store
 from pixelwizard.io.sidecar import read_sidecar
 from pixelwizard.io.video import read_video
+from pixelwizard.pipeline.prompts import read_prompts
 
 TAG = "p2w-ov1-24fps"
-PER_VIDEO = ("input", "lr", "preview", "hr", "decode")
 
 
 def tree(out: Path) -> dict[str, tuple[int, int]]:
@@ -39,22 +40,14 @@ def test_every_unusable_input_is_one_line_naming_it_and_the_fix_and_out_is_uncha
     before = tree(out)
     folder = tmp_path / "in"
     folder.mkdir()
-    write_video(folder / "good.mp4", 30)
-    data = (folder / "good.mp4").read_bytes()
-    (folder / "corrupt.mp4").write_bytes(data[: len(data) // 2])
-    (folder / "text.mp4").write_text("not a video\n")
-    write_video(folder / "empty.mp4", 0)
-    write_video(folder / "four.mp4", 4)
-    bad = {"missing.mp4": "no such file", "text.mp4": "not a video PyAV can read", "empty.mp4": "holds no video frames",
-           "four.mp4": "has 4 frames at 24 fps, fewer than the 9 a clip needs",
-           "corrupt.mp4": "not a video PyAV can read"}
-    result = pixelwizard("upscale", *(folder / name for name in ["good.mp4", *bad]), "--out", out, "--preset", "tiny",
+    bad = bad_videos(folder)  # a missing file, a text file, no frames, 4 frames, a truncated MP4, 8x8 pixels
+    result = pixelwizard("upscale", folder / "good.mp4", *(path for path, _ in bad), "--out", out, "--preset", "tiny",
                          "--ckpt-dir", weights["ckpt_dir"], "--hr-ckpt", weights["hr_ckpt"], check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = [line.removeprefix("error: ") for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == len(bad)  # one line per unusable file, the good one not among them
-    for line, (name, problem) in zip(lines, bad.items()):
-        assert line.startswith(f"{folder / name}: {problem}") and "; " in line, line  # the file, what, the fix
+    for line, (path, problem) in zip(lines, bad):
+        assert line.startswith(f"{path}: ") and problem in line and "; " in line, line  # the file, what, the fix
     assert tree(out) == before  # nothing in OUT changed, not even the digest cache
 
 
@@ -93,51 +86,33 @@ def test_a_mixed_batch_keeps_each_clip_and_names_its_source(upscaled_run):
 
 
 @pytest.mark.slow
-def test_replacing_a_video_with_other_content_reruns_exactly_its_outputs(upscaled_run, weights, tmp_path):
-    root = tmp_path / "run"
-    subprocess.run(["cp", "-a", str(upscaled_run.parent), str(root)], check=True)  # the sources and OUT, moved
-    out = root / "out"
-    before = len(events(out))
-    generate(weights, root / "batch.jsonl", out, "--shard-size", "4", "--frames", "13")
-    assert computed(out, before) == Counter()  # the same contents elsewhere: nothing to make again
-    write_video(root / "land.mp4", 14, 200, 120, rate=25)  # other content under the same name
-    status = pixelwizard("status", out).stdout
-    assert "lr: stale land: its video's content changed" in status
-    before = len(events(out))
-    generate(weights, root / "batch.jsonl", out, "--shard-size", "4", "--frames", "13")
-    assert computed(out, before) == Counter({(stage, "land"): 1 for stage in PER_VIDEO})
-
-
-@pytest.mark.slow
-def test_a_run_killed_in_the_encode_stage_resumes_and_gives_the_same_anchors(upscaled_run, weights, tmp_path):
-    lines = write_sources(tmp_path)
-    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+def test_upscale_resumes_after_a_kill_in_encode_matches_the_api_and_reruns_exactly_what_a_new_video_feeds(
+        upscaled_run, weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # videos named as a user types them: their ids derive from that
+    write_sources(tmp_path)
+    args = ["upscale", "land.mp4", "port.mp4", "odd.mkv", "--prompt", "a tower", "--out", "out", "--preset", "tiny",
+            "--frames", "13", "--no-previews", "--shard-size", "lr=1", "--ckpt-dir", weights["ckpt_dir"],
+            "--hr-ckpt", weights["hr_ckpt"], "--cores", "2", "--quiet"]
     out = tmp_path / "out"
-    process = popen_generate(weights, tmp_path / "batch.jsonl", out, "--until", "lr", "--frames", "13",
-                             "--shard-size", "lr=1", start_new_session=True)
+    process = subprocess.Popen([sys.executable, "-m", "pixelwizard.workflow.cli", *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     kill_when(process, out, "lr")
-    killed = {p for (s, p) in computed(out) if s == "lr"}
-    assert 0 < len(killed) < len(lines), "the kill came too late to interrupt the stage"
-    generate(weights, tmp_path / "batch.jsonl", out, "--until", "lr", "--frames", "13", "--shard-size", "lr=1")
-    assert {p: n for (s, p), n in computed(out).items() if s == "lr"} == {line["id"]: 1 for line in lines}
-    for line in lines:
-        ours, theirs = (read_store(o / "lr" / f"{line['id']}.zarr")[0]["latent"] for o in (out, upscaled_run))
-        assert torch.equal(ours, theirs), line["id"]
+    assert 0 < len({p for (s, p) in computed(out) if s == "lr"}) < 3, "the kill came too late to interrupt encoding"
+    pixelwizard(*args)  # the same command again
+    ids = {Path(p.video).stem: p.id for p in read_prompts(out / "prompts.jsonl")}
+    assert {k: n for k, n in computed(out).items() if k[0] == "lr"} == {("lr", i): 1 for i in ids.values()}
+    for name, prompt_id in ids.items():  # encoding depends on the video's content alone
+        ours, theirs = (read_store(o / "lr" / f"{i}.zarr")[0]["latent"] for o, i in ((out, prompt_id),
+                                                                                   (upscaled_run, name)))
+        assert torch.equal(ours, theirs), name
 
+    pipe = Pipeline(weights["ckpt_dir"], weights["hr_ckpt"], preset="tiny", frames=13)
+    cli, rate = read_video(out / "decode" / TAG / f"{ids['port']}.mp4")
+    written = pipe.upscale("port.mp4", prompt="a tower", path=tmp_path / "api.mp4")
+    assert np.array_equal(read_video(written)[0], cli) and read_video(written)[1] == rate == 30  # frame for frame
 
-@pytest.mark.slow
-def test_upscale_and_the_python_api_make_the_same_video(weights, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the video named as a user types it: its id derives from that
-    write_video(Path("upright.mp4"), 10, 64, 96, rate=30)
-    out = tmp_path / "out"
-    pixelwizard("upscale", "upright.mp4", "--prompt", "a tower", "--out", out, "--preset", "tiny", "--no-previews",
-                "--ckpt-dir", weights["ckpt_dir"], "--hr-ckpt", weights["hr_ckpt"], "--cores", "2", "--quiet")
-    (prompt,) = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
-    assert prompt["video"] == str(tmp_path / "upright.mp4") and prompt["text"] == "a tower"
-    cli, rate = read_video(out / "decode" / TAG / f"{prompt['id']}.mp4")
-    assert cli.shape == (9, 256, 160, 3) and rate == 30  # upright: the tiny preset turned; the video's own rate
-    pipe = Pipeline(weights["ckpt_dir"], weights["hr_ckpt"], preset="tiny")
-    written = pipe.upscale("upright.mp4", prompt="a tower", path=tmp_path / "api.mp4")
-    assert np.array_equal(read_video(written)[0], cli)  # the same video, frame for frame
-    video = pipe.upscale("upright.mp4", prompt="a tower")
-    assert video.frames.shape == (9, 256, 160, 3) and video.fps == 30
+    write_video(tmp_path / "land.mp4", 14, 200, 120, rate=25)  # other content under the same name
+    assert f"lr: stale {ids['land']}: its video's content changed" in pixelwizard("status", out).stdout
+    before = len(events(out))
+    pixelwizard(*args)
+    assert computed(out, before) == Counter({(stage, ids["land"]): 1 for stage in ("input", "lr", "hr", "decode")})

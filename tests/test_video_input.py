@@ -95,7 +95,7 @@ def bad_videos(tmp_path):
     write_video(tmp_path / "four.mp4", 4)
     write_video(tmp_path / "tiny.mp4", 9, 8, 8)
     return [
-        (tmp_path / "missing.mp4", "no such file; check the path of the video"),
+        (tmp_path / "missing.mp4", "no such file; check the video path"),
         (tmp_path / "text.mp4", "not a video PyAV can read"),
         (tmp_path / "empty.mp4", "holds no video frames"),
         (tmp_path / "four.mp4", "has 4 frames at 24 fps, fewer than the 9 a clip needs; give a longer video"),

@@ -1,4 +1,4 @@
-"""The one error for an input file a user gives (a video, an image, a saved latent) that cannot be used."""
+"""Files a user brings as a video's source (an image, a video, a saved latent): the one error they all raise."""
 
 from __future__ import annotations
 
@@ -8,21 +8,18 @@ LATENT_SUFFIXES = (".pt", ".pth", ".safetensors", ".npy", ".zarr")  # saved anch
 
 
 class InputFileError(ValueError):
-    """An input file that is missing, unreadable or unusable: one line naming the file, what is wrong and the fix."""
+    """An input file that is missing or cannot be used: `path: problem; fix`, one line."""
 
     def __init__(self, path: Path | str, problem: str, fix: str):
         super().__init__(f"{path}: {problem}; {fix}")
         self.path = Path(path)
 
 
-def check_readable(path: Path, what: str) -> None:
-    """Raise InputFileError unless `path` is a file this process can open."""
-    if not path.exists():
-        raise InputFileError(path, "no such file", f"check the path of the {what}")
+def existing_file(path: Path | str, kind: str) -> Path:
+    """`path` as a Path, or InputFileError if it is not a regular file (`kind`: "image", "video", ...)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputFileError(path, "is a directory", f"give the {kind} file inside it")
     if not path.is_file():
-        raise InputFileError(path, "is not a file", f"give the {what} file itself")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as err:
-        raise InputFileError(path, f"cannot be read ({err.strerror})", "check its permissions") from None
+        raise InputFileError(path, "no such file", f"check the {kind} path")
+    return path

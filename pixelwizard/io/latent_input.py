@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixelwizard.io.input_file import InputFileError, check_readable
+from pixelwizard.io.input_file import InputFileError, existing_file
 
 KEYS = ("latent", "latents")
 MIN_LATENT_FRAMES = 3  # 9 video frames
@@ -48,7 +48,7 @@ def _read(path: Path) -> object:
         if array.attrs.get("logical_dtype") == "bfloat16":  # a PixelWizard store keeps bf16 as its bits
             return torch.from_numpy(data).view(torch.bfloat16)
         return data
-    check_readable(path, "latent")
+    existing_file(path, "latent")
     if suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if suffix == ".safetensors":
@@ -63,7 +63,7 @@ def load_latent(path: Path, *, channels: int, max_frames: int) -> torch.Tensor:
     more than `max_frames` (4n+1) video frames. Raises InputFileError (one line: the file, the problem, the fix)."""
     path = Path(path)
     if path.suffix.lower() == ".zarr" and not path.is_dir():
-        raise InputFileError(path, "no such zarr store", "check the path of the latent")
+        raise InputFileError(path, "no such zarr store", "check the latent path")
     try:
         loaded = _read(path)
     except InputFileError:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelwizard.io.input_file import InputFileError, check_readable
+from pixelwizard.io.input_file import InputFileError, existing_file
 
 MIN_FRAMES = 9  # 3 latent frames: the shortest clip the HR model is run on
 MIN_SIDE = 16  # pixels: the smallest video side taken
@@ -68,7 +68,7 @@ def largest_4n1(n: int) -> int:
 
 
 def _open(path: Path) -> av.container.InputContainer:
-    check_readable(path, "video")
+    existing_file(path, "video")
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as err:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelwizard.checkpoints.identity import DigestCache, file_digest, files_digest
-from pixelwizard.io.input_file import InputFileError, check_readable
+from pixelwizard.io.input_file import InputFileError, existing_file
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt
 
@@ -72,7 +72,7 @@ def source_facts(prompt: Prompt, preset: Preset, channels: int, cache: DigestCac
     """The prompt's source file as its provenance names it: kind, content digest and the facts of what is taken."""
     path = Path(prompt.source_file)
     if not path.is_dir():
-        check_readable(path, prompt.source)
+        existing_file(path, prompt.source)
     digest = content_digest(path, cache)
     request = f"{prompt.source}/{FACTS_VERSION} start={prompt.start} fps={prompt.fps} frames<={preset.frames} " \
               f"channels={channels}"
