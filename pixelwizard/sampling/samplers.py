@@ -140,8 +140,9 @@ def sample_hr(
     `zero_uncond_anchor` (the training-time anchor dropout).
 
     Experimental: `first_frame` [C, 1, H, W], an image's latent at the HR size, holds frame 0 by the i2v rule (the
-    HR model was fine-tuned from the TI2V model, but not on this task). Only the DiT's modulation sees the
-    per-token timesteps; the adapter's gain and the dt embedding keep the step's t and dt.
+    HR model was fine-tuned from the TI2V model; no original runs it so). Only the DiT's modulation sees the
+    per-token timesteps; the adapter's gain and the dt embedding keep the step's t and dt (the original adapter,
+    given per-token t, would read the first token's: 0 here).
     """
     device = next(model.parameters()).device
     first = _first_frame(first_frame, noise, device)
