@@ -184,6 +184,8 @@ def parse_shard_sizes(values: list[str]) -> dict[str, int]:
 def generate(
     prompts: Optional[Path] = typer.Argument(None, help=option_help("prompts"), show_default=False),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt's text instead of a prompt file"),
+    image: Optional[Path] = typer.Option(None, "--image", help="With --prompt: the video's first frame (image to "
+                                         "video; a portrait image makes a portrait video)", show_default=False),
     out: Path = OUT,
     lr_ckpt: Optional[Path] = config_option("lr_ckpt"),
     only: Optional[Path] = config_option("only"),
@@ -204,7 +206,10 @@ def generate(
             raise RunConfigError("give a prompt file or --prompt TEXT (one of them)")
         if until is not None and until not in STOP_AFTER:
             raise RunConfigError(f"--until {until}: choose one of {', '.join(STOP_AFTER)}")
-        items = single_prompt(prompt) if prompt is not None else read_prompts(prompts)
+        if image is not None and prompt is None:
+            raise RunConfigError("--image needs --prompt TEXT: what the video shows (a prompt file names its images "
+                                 "in its \"image\" fields)")
+        items = single_prompt(prompt, image) if prompt is not None else read_prompts(prompts)
         chosen = read_ids(only, items) if only is not None else None
         overrides = {k: v for k, v in dict(lr_steps=lr_steps, lr_shift=lr_shift, lr_guidance=lr_guidance,
                                            fps=fps).items() if v is not None}

@@ -6,6 +6,7 @@ so a prompt gives the same video either way.
     pipe = Pipeline("weights/Wan2.2-TI2V-5B", "weights/PixelWizard/2k/model.pt", preset="2k")
     video = pipe.generate("a red fox trots through fresh snow")      # Video: frames [F, H, W, 3] uint8, fps
     pipe.generate("waves on a black sand beach", path="waves.mp4")   # streamed into the file
+    pipe.generate("the cat turns its head", image="cat.jpg")          # image to video: the image is frame 0
     pipe.upscale("pier.mov", prompt="a pier at dusk", path="pier-2k.mp4")   # a video of yours, upscaled
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from pixelwizard.checkpoints import preflight, wan
+from pixelwizard.io.image import load_image
 from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.render import render_video
 from pixelwizard.io.video import to_uint8
@@ -73,17 +75,25 @@ class Pipeline:
             for stage in stages:
                 self._models.pop(stage, None)
 
-    def generate(self, prompt: str, *, seed: int | None = None, negative_prompt: str | None = None,
-                 path: str | Path | None = None) -> Video | Path:
-        """One video of `prompt` (its id, hence its seeds, as `generate --prompt` derives them): the frames, or
-        an MP4 at `path` (written whole or not at all)."""
-        item = Prompt(single_prompt(prompt)[0].id, prompt.strip(), seed, negative_prompt)
-        preset = self.preset
+    def generate(self, prompt: str, *, image: str | Path | None = None, seed: int | None = None,
+                 negative_prompt: str | None = None, path: str | Path | None = None) -> Video | Path:
+        """One video of `prompt` (its id, hence its seeds, as `generate --prompt` derives them), from `image` as
+        its first frame if given (a portrait image makes a portrait video): the frames, or an MP4 at `path`
+        (written whole or not at all)."""
+        item = replace(single_prompt(prompt, image and Path(image))[0], seed=seed, negative_prompt=negative_prompt)
+        preset, picture, first = self.preset, None, None
+        if item.image is not None:
+            picture = load_image(item.image)
+            preset = preset.for_clip(preset.frames, picture.height > picture.width)
+            first = steps.encode_first_frame(self._model("decode"), picture, preset.lr_width, preset.lr_height)
         context, uncond = self._encode(item, ("lr", "hr"))
         anchor = steps.lr_anchor(self._model("lr"), Conditioning(context, uncond["lr"]), preset,
-                                 steps.stage_seed(item, preset, "lr"), self.config)
+                                 steps.stage_seed(item, preset, "lr"), self.config, first_frame=first)
         self._done_with("lr")
-        return self._upscale(item, Conditioning(context, uncond["hr"]), anchor, preset, preset.fps, path)
+        first = (steps.encode_first_frame(self._model("decode"), picture, preset.width, preset.height)
+                 if picture is not None and preset.hr_first_frame else None)  # experimental: frame 0 at the HR size
+        return self._upscale(item, Conditioning(context, uncond["hr"]), anchor, preset, preset.fps, path,
+                             first_frame=first)
 
     def upscale(self, video: str | Path, *, prompt: str = "", start: float | None = None, fps: int | None = None,
                 seed: int | None = None, negative_prompt: str | None = None,
@@ -109,10 +119,11 @@ class Pipeline:
         return context, {s: encoded[text] for s, text in uncond_texts.items()}
 
     def _upscale(self, item: Prompt, cond: Conditioning, anchor: torch.Tensor, preset: Preset,
-                 fps: int | Fraction, path: str | Path | None) -> Video | Path:
-        """The HR shortcut on `anchor`, then the patched decode: the frames, or an MP4 at `path`."""
+                 fps: int | Fraction, path: str | Path | None, first_frame: torch.Tensor | None = None) -> Video | Path:
+        """The HR shortcut on `anchor` (an image's first frame pinned with `first_frame`), then the patched decode:
+        the frames, or an MP4 at `path`."""
         latent = steps.hr_latent(self._model("hr"), cond, anchor, preset, steps.stage_seed(item, preset, "hr"),
-                                 self.config)
+                                 self.config, first_frame=first_frame)
         self._done_with("hr")
         vae = self._model("decode")
         try:

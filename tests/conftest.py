@@ -82,7 +82,7 @@ def finished_run(weights, tmp_path_factory):
     return out
 
 
-# The sources of the upscaling tests: every kind of video the lr stage takes, and a saved anchor latent.
+# The sources of the upscaling tests: every kind of video the lr stage takes (and a saved latent and an image).
 VIDEOS = {  # id: (file, frames, width, height, write_video options)
     "land": ("land.mp4", 14, 200, 120, {}),
     "port": ("port.mp4", 12, 120, 200, {"rate": 30}),
@@ -93,8 +93,8 @@ VIDEOS = {  # id: (file, frames, width, height, write_video options)
 
 
 def write_sources(folder: Path) -> list[dict]:
-    """The upscaling tests' videos and saved latent in `folder`, and their JSONL lines (paths relative)."""
-    from media import write_video
+    """The upscaling tests' videos, saved latent and image in `folder`, and their JSONL lines (paths relative)."""
+    from media import write_image, write_video
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -102,14 +102,16 @@ def write_sources(folder: Path) -> list[dict]:
         write_video(folder / name, frames, width, height, **options)
         lines.append({"id": prompt_id, "video": name, **({"text": "a tower"} if prompt_id == "port" else {})})
     torch.save({"latent": torch.randn(48, 3, 4, 8, generator=torch.Generator().manual_seed(1))}, folder / "saved.pt")
-    return [*lines, {"id": "saved", "latent": "saved.pt", "text": "waves"}]
+    write_image(folder / "still.jpg", 96, 64, orientation=6)  # shown upright: 64 wide, 96 high
+    return [*lines, {"id": "saved", "latent": "saved.pt", "text": "waves"},
+            {"id": "still", "image": "still.jpg", "text": "a lighthouse in the rain"}]
 
 
 @pytest.fixture(scope="session")
 def upscaled_run(weights, tmp_path_factory):
-    """One uninterrupted run of a JSONL batch mixing a text prompt, videos of every kind and a saved latent, four
-    per job, 13 frames (a video with fewer runs at the largest 4n+1 it has). Shared and read-only (tests that change
-    it work on a copy)."""
+    """One uninterrupted run of a JSONL batch mixing a text prompt, videos of every kind, a saved latent and an
+    image prompt, four per job, 13 frames (a video with fewer runs at the largest 4n+1 it has). Shared and
+    read-only (tests that change it work on a copy)."""
     root = tmp_path_factory.mktemp("upscaled")
     lines = [{"id": "fox", "text": PROMPTS[0][1]}, *write_sources(root)]
     (root / "batch.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))

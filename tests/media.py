@@ -8,6 +8,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 STEP, PERIOD = 12, 20  # frame i is grey level 8 + STEP * (i % PERIOD)
 
@@ -44,6 +45,16 @@ def write_video(path: Path, frames: int, width: int = 64, height: int = 48, *, r
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def write_image(path: Path, width: int, height: int, *, orientation: int | None = None) -> Path:
+    """An image of frame 0's pixels (`path`'s suffix picks the format); `orientation`: its EXIF orientation tag
+    (6: a camera held upright stores the picture turned, and says so)."""
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.fromarray(frame_pixels(0, width, height)).save(path, exif=exif)
     return path
 
 

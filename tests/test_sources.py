@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 from conftest import make_outputs
-from media import write_video
+from media import write_image, write_video
 from test_provenance import changed, digests, in_memory, snapshot
 
 from pixelwizard.checkpoints.identity import DigestCache
@@ -32,13 +32,14 @@ def inputs(tmp_path):
     folder.mkdir()
     torch.save(torch.zeros(48, 3, 4, 8), folder / "anchor.pt")
     return {"land": write_video(folder / "land.mp4", 14, 96, 64), "port": write_video(folder / "port.mp4", 9, 64, 96),
-            "anchor": folder / "anchor.pt"}
+            "anchor": folder / "anchor.pt", "still": write_image(folder / "still.png", 64, 48)}
 
 
 def prompts(inputs, **changes):
     base = {"fox": Prompt("fox", "a fox"), "land": Prompt("land", "", video=str(inputs["land"])),
             "port": Prompt("port", "a tower", video=str(inputs["port"])),
-            "saved": Prompt("saved", "waves", latent=str(inputs["anchor"]))}
+            "saved": Prompt("saved", "waves", latent=str(inputs["anchor"])),
+            "still": Prompt("still", "a cat", image=str(inputs["still"]))}
     return tuple(dataclasses.replace(base[k], **changes.get(k, {})) for k in base)
 
 
@@ -63,8 +64,9 @@ def test_a_source_s_content_is_the_identity_of_what_is_made_from_it(weights, inp
     shutil.copy(inputs["land"], moved)
     assert digests(snapshot(weights, prompts=prompts(inputs, land={"video": str(moved)})), tmp_path) == base
     torch.save(torch.ones(48, 3, 4, 8), inputs["anchor"])
+    write_image(inputs["still"], 64, 50)
     assert changed_outputs(base, digests(snapshot(weights, prompts=prompts(inputs)), tmp_path)) == \
-        {"saved": {"lr", "preview", "hr", "decode"}}  # a saved anchor has no input clip
+        {p: {"lr", "preview", "hr", "decode"} for p in ("saved", "still")}  # no input clip for these
 
 
 def test_a_video_prompt_s_text_and_start_count_where_they_are_read(weights, inputs, tmp_path):
@@ -97,7 +99,7 @@ def test_a_clip_is_read_once_per_content(weights, inputs, tmp_path):
     assert first.sources["land"]["available"] == 14 and first.clip(first.prompt("land")).frames == 9  # tiny: 9
     entries = json.loads(cache_path.read_text())
     facts = [key for key in entries if key.startswith("sha256:")]
-    assert len(facts) == 3  # one content per source file
+    assert len(facts) == 4  # one content per source file
     for key in facts:  # what is kept is what is used: a doctored fact proves the file was not read again
         entries[key] = {name: {**value, "frames": 5} for name, value in entries[key].items()}
     cache_path.write_text(json.dumps(entries))
@@ -113,3 +115,9 @@ def test_every_unusable_source_is_reported_at_once(weights, inputs, tmp_path):
     with pytest.raises(InputProblems) as caught:
         RunSnapshot.build(snapshot(weights).config, bad, None, in_memory())
     assert [line.split(": ")[0] for line in caught.value.problems] == [bad[0].video, bad[1].video]
+
+
+def test_the_hr_first_frame_pin_counts_for_image_prompts_only(weights, inputs, tmp_path):
+    base = digests(snapshot(weights, prompts=prompts(inputs)), tmp_path)
+    pinned = digests(snapshot(weights, prompts=prompts(inputs), settings={"hr_first_frame": True}), tmp_path)
+    assert changed_outputs(base, pinned) == {"still": {"hr", "decode"}}

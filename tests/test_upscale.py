@@ -7,6 +7,7 @@ content; every unusable input is refused up front with one line per file and not
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -16,18 +17,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import VIDEOS, computed, copy_run, events, pixelwizard, write_sources
-from media import marker_corner, shown, write_video
+from conftest import VIDEOS, computed, copy_run, events, generate, pixelwizard, write_sources
+from media import marker_corner, shown, write_image, write_video
 from test_video_input import bad_videos
 from test_workflow import kill_when
 
 from pixelwizard import Pipeline
+from pixelwizard.checkpoints import wan
+from pixelwizard.io.image import load_image
 from pixelwizard.io.latent_store import read_store
 from pixelwizard.io.sidecar import read_sidecar
 from pixelwizard.io.video import read_video
+from pixelwizard.pipeline import steps
 from pixelwizard.pipeline.prompts import read_prompts
+from pixelwizard.pipeline.run_config import RunConfig
 
 TAG = "p2w-ov1-24fps"
+
+
+def weights_of(out: Path) -> Path:
+    """The Wan2.2 checkpoint directory a run used."""
+    return Path(RunConfig.load(out / "pixelwizard.yaml").ckpt_dir)
 
 
 def tree(out: Path) -> dict[str, tuple[int, int]]:
@@ -41,13 +51,21 @@ def test_every_unusable_input_is_one_line_naming_it_and_the_fix_and_out_is_uncha
     folder = tmp_path / "in"
     folder.mkdir()
     bad = bad_videos(folder)  # a missing file, a text file, no frames, 4 frames, a truncated MP4, 8x8 pixels
-    result = pixelwizard("upscale", folder / "good.mp4", *(path for path, _ in bad), "--out", out, "--preset", "tiny",
-                         "--ckpt-dir", weights["ckpt_dir"], "--hr-ckpt", weights["hr_ckpt"], check=False)
+    (folder / "text.png").write_text("not an image\n")
+    write_image(folder / "dot.png", 1, 1)
+    bad += [(folder / "text.png", "not an image PIL can read"), (folder / "dot.png", "image is 1x1 pixels, too small")]
+    kind = {".png": "image", ".mp4": "video"}
+    lines = [{"video": "good.mp4"}, *({kind[path.suffix]: path.name, "text": "x"} for path, _ in bad)]
+    batch = folder / "batch.jsonl"
+    batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = generate(weights, batch, out, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    lines = [line.removeprefix("error: ") for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == len(bad)  # one line per unusable file, the good one not among them
-    for line, (path, problem) in zip(lines, bad):
+    said = [line.removeprefix("error: ") for line in result.stderr.splitlines() if line.strip()]
+    assert len(said) == len(bad)  # one line per unusable file, the good one not among them
+    for line, (path, problem) in zip(said, bad):
         assert line.startswith(f"{path}: ") and problem in line and "; " in line, line  # the file, what, the fix
+    result = generate(weights, None, out, "--image", folder / "dot.png", check=False)  # --image without --prompt
+    assert result.returncode == 2 and result.stderr.startswith("error: --image needs --prompt TEXT")
     assert tree(out) == before  # nothing in OUT changed, not even the digest cache
 
 
@@ -82,6 +100,15 @@ def test_a_mixed_batch_keeps_each_clip_and_names_its_source(upscaled_run):
     assert saved["provenance"]["source"]["kind"] == "latent" and saved["prompt"]["text"] == "waves"
     assert not (out / "input" / "saved.mp4").exists() and not (out / "input" / "fox.mp4").exists()
     assert read_video(out / "decode" / TAG / "fox.mp4")[0].shape == (13, 160, 256, 3)  # the text prompt, as before
+    # The image prompt: upright by its EXIF orientation, so portrait; its first frame pinned into the LR anchor.
+    still = read_sidecar(out / "decode" / TAG / "still.json")
+    assert still["prompt"]["image"] == str(out.parent / "still.jpg")
+    assert still["provenance"]["source"]["kind"] == "image"
+    assert read_video(out / "decode" / TAG / "still.mp4")[0].shape == (13, 256, 160, 3)
+    anchor, attrs = read_store(out / "lr" / "still.zarr")
+    assert set(attrs["provenance"]["checkpoints"]) == {"lr_dit", "vae"}
+    first = steps.encode_first_frame(wan.load_vae(weights_of(out)), load_image(out.parent / "still.jpg"), 64, 128)
+    assert anchor["latent"].shape == (48, 4, 8, 4) and torch.allclose(anchor["latent"][:, :1], first, atol=1e-5)
     assert [e for e in events(out) if e.get("action") in ("warning", "failed")] == []
 
 
@@ -116,3 +143,16 @@ def test_upscale_resumes_after_a_kill_in_encode_matches_the_api_and_reruns_exact
     before = len(events(out))
     pixelwizard(*args)
     assert computed(out, before) == Counter({(stage, ids["land"]): 1 for stage in ("input", "lr", "hr", "decode")})
+
+
+@pytest.mark.slow
+def test_an_image_with_the_experimental_hr_pin_holds_its_first_frame_at_the_hr_size(weights, tmp_path):
+    image = write_image(tmp_path / "still.png", 96, 64)
+    out = tmp_path / "out"
+    generate(weights, None, out, "--prompt", "a lighthouse", "--image", image, "--set", "hr_first_frame=true",
+             "--until", "hr", "--no-previews")
+    (prompt,) = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    latent, attrs = read_store(out / "hr" / f"{prompt['id']}.zarr")
+    assert attrs["provenance"]["settings"]["hr_first_frame"] is True and attrs["prompt"]["image"] == str(image)
+    first = steps.encode_first_frame(wan.load_vae(weights["ckpt_dir"]), load_image(image), 256, 160)
+    assert torch.allclose(latent["latent"][:, :1], first, atol=1e-5)

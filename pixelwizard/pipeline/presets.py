@@ -69,6 +69,8 @@ class Preset:
     hr_solver: str = setting("unipc", "HR shortcut solver: unipc, dpm++ or euler (the rule it was trained with)")
     uncond_prompt: str = setting("negative", "HR unconditional text: negative, or empty (the training-time dropout)")
     uncond_anchor: str = setting("same", "HR unconditional anchor: same, or zero (the training-time dropout)")
+    hr_first_frame: bool = setting(False, "Image prompts: pin the HR latent's first frame to the image too "
+                                          "(experimental)")
     # Decode.
     num_patches: int = setting(3, "Decode patches")
     patch_dim: str = setting("w", "Split the decode patches along w or h")

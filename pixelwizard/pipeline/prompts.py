@@ -179,11 +179,14 @@ def read_prompts(path: Path) -> list[Prompt]:
     return check_unique(prompts, path, [n for n, _ in numbered])
 
 
-def single_prompt(text: str) -> list[Prompt]:
-    """`--prompt TEXT`: one prompt, its id derived as for a line of a text file."""
+def single_prompt(text: str, image: Path | None = None) -> list[Prompt]:
+    """`--prompt TEXT` (and `--image FILE`, its first frame): one prompt, its id derived as for a line of a text
+    file (a JSONL line naming the image)."""
     if not text.strip():
         raise PromptFileError("--prompt", 1, "empty prompt text", "give the prompt's text")
-    return [_prompt("--prompt", 1, None, text.strip())]
+    if image is None:
+        return [_prompt("--prompt", 1, None, text.strip())]
+    return [_prompt("--prompt", 1, None, text.strip(), written=str(image), image=str(Path(image).resolve()))]
 
 
 def source_prompts(files: Sequence[Path], text: str, *, start: float | None = None,

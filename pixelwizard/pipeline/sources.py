@@ -1,13 +1,14 @@
 """A prompt's source file, known before anything runs: the sha256 of its content (which enters the provenance of
 everything made from it) and what the run takes from it: a video's clip (start, rate, frames, display size), a
-latent's frames and size. Every file is checked here, up front, each problem one line naming the file and the fix.
+latent's frames and size, an image's upright size. Every file is checked here, up front, each problem one line
+naming the file and the fix.
 
 The facts are kept in the run's digest cache under the content's digest, so `status` on a batch of videos reads
 no video again; a file replaced by other content has another digest, and is read again.
 
 A source also fixes the prompt's clip: a video's frames (the largest 4n+1 it has, at most the preset's) and rate,
-and the orientation of the video or latent (landscape sources take the landscape anchor, portrait ones the
-portrait anchor, `Preset.for_clip`).
+and the orientation of the video, latent or image (landscape sources take the landscape anchor, portrait ones
+the portrait anchor, `Preset.for_clip`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,12 @@ def read_facts(prompt: Prompt, preset: Preset, channels: int) -> dict[str, Any]:
         latent = load_latent(path, channels=channels, max_frames=preset.frames)
         _, t, h, w = latent.shape
         return {"frames": 4 * (t - 1) + 1, "latent_height": h, "latent_width": w}
-    raise ValueError(f"{prompt.id}: no source file to read")  # images: pixelwizard/io/image.py
+    if prompt.source == "image":
+        from pixelwizard.io.image import load_image
+
+        image = load_image(path)  # upright by its EXIF orientation
+        return {"width": image.width, "height": image.height}
+    raise ValueError(f"{prompt.id}: no source file to read")
 
 
 def source_facts(prompt: Prompt, preset: Preset, channels: int, cache: DigestCache) -> dict[str, Any]:

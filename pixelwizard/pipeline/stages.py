@@ -8,7 +8,8 @@ derived from this table; nothing restates it.
     text     prompt -> umT5 embedding                          per prompt
     uncond   negative (and empty) prompt -> umT5 embedding     per distinct text of the run
     input    video -> its clip as an MP4 + quality numbers      per prompt with a video (shown beside the result)
-    lr       text + uncond -> 448x256 LR anchor latent          per prompt; from a video: its clip VAE-encoded;
+    lr       text + uncond -> 448x256 LR anchor latent          per prompt (from an image: its first frame);
+                                                                from a video: its clip VAE-encoded;
                                                                 from a saved latent: that latent
     preview  lr -> small MP4 of the anchor                      per prompt (optional)
     hr       text + uncond + lr -> 2K/4K HR latent              per prompt (or the --only ids)
@@ -66,6 +67,8 @@ def decode_tag(preset: Preset) -> str:
 
 
 FROM_FILE = dict(reads=(), seeded=False, uncond_text=None)  # an anchor read from a file: no text, no noise
+HR_SETTINGS = ("frames", "width", "height", "hr_steps", "hr_shift", "hr_guidance", "hr_solver", "uncond_prompt",
+               "uncond_anchor")
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("text", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="prompts", shard_size=256),
     Stage("uncond", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="uncond", shard_size=256),
@@ -74,15 +77,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           settings=("frames", "lr_width", "lr_height", "lr_steps", "lr_shift", "lr_guidance", "lr_solver"),
           checkpoints=("lr_dit",), output="zarr", items="prompts", shard_size=16, seeded=True,
           uncond_text=negative_text,
-          sources={"video": dict(FROM_FILE, settings=("lr_width", "lr_height"), checkpoints=("vae",)),
+          sources={"image": dict(checkpoints=("lr_dit", "vae")),  # its first frame, VAE-encoded
+                   "video": dict(FROM_FILE, settings=("lr_width", "lr_height"), checkpoints=("vae",)),
                    "latent": dict(FROM_FILE, settings=(), checkpoints=())}),
     Stage("preview", reads=("lr",), settings=("fps",), checkpoints=("vae",), output="mp4", items="prompts",
           shard_size=32, sources={"video": dict(settings=())}),  # at the video's rate
-    Stage("hr", reads=("text", "uncond", "lr"),
-          settings=("frames", "width", "height", "hr_steps", "hr_shift", "hr_guidance", "hr_solver", "uncond_prompt",
-                    "uncond_anchor"),
-          checkpoints=("hr_dit",), output="zarr", items="selected", shard_size=8, gpus="hr_gpus", seeded=True,
-          uncond_text=lambda p, preset: negative_text(p, preset) if preset.uncond_prompt == "negative" else ""),
+    Stage("hr", reads=("text", "uncond", "lr"), settings=HR_SETTINGS, checkpoints=("hr_dit",), output="zarr",
+          items="selected", shard_size=8, gpus="hr_gpus", seeded=True,
+          uncond_text=lambda p, preset: negative_text(p, preset) if preset.uncond_prompt == "negative" else "",
+          sources={"image": dict(settings=(*HR_SETTINGS, "hr_first_frame"), checkpoints=("hr_dit", "vae"))}),
     Stage("decode", reads=("hr",), settings=("num_patches", "patch_dim", "overlap", "fps"), checkpoints=("vae",),
           output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag,
           sources={"video": dict(settings=("num_patches", "patch_dim", "overlap"))}),  # at the video's rate

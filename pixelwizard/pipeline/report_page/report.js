@@ -197,7 +197,7 @@ function sourceLine(p) {
   const what = s.kind === "video"
     ? `${s.frames} frames at ${fmt(fraction(s.rate))} fps from ${fmt(s.start)} s, ${s.width}x${s.height}` +
       (s.rotation ? `, rotated ${s.rotation}°` : "")
-    : `${s.frames} frames`;
+    : s.kind === "image" ? `the first frame, ${s.width}x${s.height}` : `${s.frames} frames`;
   return el("p", {class: "meta source"}, `${s.kind} `, el("span", {class: "mono", text: s.file}),
             ` (${what}; sha256 `, el("span", {class: "mono", title: s.sha256, text: s.sha256.slice(0, 12)}), ")");
 }
