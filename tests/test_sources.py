@@ -21,7 +21,7 @@ from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.provenance import Provenance
 from pixelwizard.pipeline.snapshot import RunSnapshot
-from pixelwizard.pipeline.sources import InputProblems
+from pixelwizard.pipeline.sources import InputProblems, notes
 
 PER_PROMPT = {"text", "input", "lr", "preview", "hr", "decode"}
 
@@ -121,3 +121,12 @@ def test_the_hr_first_frame_pin_counts_for_image_prompts_only(weights, inputs, t
     base = digests(snapshot(weights, prompts=prompts(inputs)), tmp_path)
     pinned = digests(snapshot(weights, prompts=prompts(inputs), settings={"hr_first_frame": True}), tmp_path)
     assert changed_outputs(base, pinned) == {"still": {"hr", "decode"}}
+
+
+def test_the_run_says_what_it_does_with_its_sources(weights, inputs):
+    snap = snapshot(weights, prompts=prompts(inputs), settings={"frames": 13})
+    assert notes(snap.prompts, snap.sources, snap.preset) == [
+        "1 video without a prompt text runs with the empty prompt (give one with --prompt or \"text\" in the JSONL "
+        "line)",
+        f"2 sources shorter than 13 frames: each runs at the largest 4n+1 it has ({inputs['port']}: 9 frames)"]
+    assert snap.preset_for(snap.prompt("port")).frames == 9 and snap.preset_for(snap.prompt("still")).frames == 13

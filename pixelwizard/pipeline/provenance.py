@@ -83,7 +83,7 @@ class Provenance:
 
     def reads_text(self, stage: str, item_id: str) -> bool:
         """Whether the output depends on the prompt's text (an anchor read from a file does not)."""
-        return stage in ("text", "uncond") or any(self.reads_text(up, up_id)
+        return stage in ("text", "uncond") or any(up in ("text", "uncond") or "text" in self.record(up, up_id)
                                                   for up, up_id in self.inputs(stage, item_id).items())
 
     def record(self, stage: str, item_id: str) -> dict[str, Any]:

@@ -80,6 +80,8 @@ class RunSnapshot:
 
     def preset_for(self, prompt: Prompt) -> Preset:
         """The preset as this prompt's clip runs it: its frames, in its orientation (Preset.for_clip)."""
+        if prompt.id not in self.sources:  # the preset's own clip
+            return self.preset
         clip = self.clip(prompt)
         return self.preset.for_clip(clip.frames, clip.portrait)
 

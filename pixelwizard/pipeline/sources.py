@@ -121,9 +121,9 @@ def notes(prompts: Sequence[Prompt], sources: Mapping[str, Mapping[str, Any]], p
     lines = []
     silent = [p for p in prompts if p.source in ("video", "latent") and not p.text]
     if silent:
-        lines.append(f"{_counted(len(silent), 'video')} without a prompt text run with the empty prompt (give one "
-                     "with --prompt or \"text\" in the JSONL line)")
-    short = [p for p in prompts if p.id in sources and sources[p.id]["frames"] < preset.frames]
+        lines.append(f"{_counted(len(silent), 'video')} without a prompt text {'runs' if len(silent) == 1 else 'run'} "
+                     "with the empty prompt (give one with --prompt or \"text\" in the JSONL line)")
+    short = [p for p in prompts if sources.get(p.id, {}).get("frames", preset.frames) < preset.frames]
     if short:
         first = sources[short[0].id]
         lines.append(f"{_counted(len(short), 'source')} shorter than {preset.frames} frames: each runs at the largest "
