@@ -101,7 +101,7 @@ def test_checkpoint_problems_are_found_before_anything_runs(weights, tmp_path, d
 
 @pytest.mark.parametrize("extra, fragments", [
     (["--hr-gpus", "3"], ["--hr-gpus 3", "use one of 1, 2, 4"]),
-    (["--overlap", "20"], ["--overlap 20", "patching does nothing", "below"]),
+    (["--overlap", "20"], ["--overlap 20", "patching does nothing", "use an overlap of at most 7"]),
     (["--set", "hr_steps=abc"], ["--set hr_steps=abc: hr_steps must be an integer"]),
     (["--shard-size", "hr=0"], ["--shard-size hr=0"]),
 ])

@@ -33,31 +33,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from pixelwizard.io.patch_geometry import patch_ranges
 from pixelwizard.models.vae import WanVAE
 
 WEIGHT_FLOOR = 1e-6  # the original's max(sum(mask), 1e-6)
-
-
-def patch_ranges(size: int, num_patches: int, overlap: int) -> list[tuple[int, int]]:
-    """Half-open latent ranges [start, end) of each patch along one axis of length `size`.
-
-    Patch i owns [base*i, base*(i+1)) with base = size // num_patches (the last patch owns the remainder) and
-    is widened by `overlap` on each inner edge, clipped to [0, size).
-    """
-    if num_patches < 1:
-        raise ValueError(f"num_patches must be >= 1, got {num_patches}")
-    if overlap < 0:
-        raise ValueError(f"overlap must be >= 0 latent units, got {overlap}")
-    if size < num_patches:
-        raise ValueError(f"cannot split {size} latent units into {num_patches} patches at least 1 unit wide")
-    base = size // num_patches
-    ranges = []
-    for i in range(num_patches):
-        first, last = i == 0, i == num_patches - 1
-        start = base * i - (0 if first else overlap)
-        end = size if last else base * (i + 1) + overlap
-        ranges.append((max(0, start), min(size, end)))
-    return ranges
 
 
 def cosine_ramp(length: int) -> Tensor:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from pixelwizard.io.lines import BOM
 from pixelwizard.pipeline.presets import Preset, PresetError, get_preset
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -98,15 +99,16 @@ class RunConfig:
     def to_mapping(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, root: Path) -> None:
+        """Write the configuration as YAML at `path` inside `root` (OUT)."""
         from pixelwizard.io.files import write_atomic
 
-        write_atomic(Path(path), yaml.safe_dump(self.to_mapping(), sort_keys=False, allow_unicode=True))
+        write_atomic(Path(path), yaml.safe_dump(self.to_mapping(), sort_keys=False, allow_unicode=True), root)
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8").removeprefix(BOM)) or {}
         except FileNotFoundError:
             raise RunConfigError(f"{path}: no run configuration here; run `pixelwizard generate` first") from None
         except yaml.YAMLError as err:
