@@ -12,8 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixelwizard.pipeline.prompts import check_text, shown
-from pixelwizard.sampling.seeds import check_seed
+from pixelwizard.pipeline.prompts import check_seed, check_text, shown
 
 # The Wan2.x default negative prompt (wan/configs/shared_config.py), used verbatim.
 WAN_NEGATIVE_PROMPT = (

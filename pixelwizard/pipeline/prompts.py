@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from pixelwizard.io.lines import LineFileError, json_line, parse_json, read_lines
-from pixelwizard.sampling.seeds import check_seed
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SLUG_WORDS = 4
 SHOWN_CHARS = 40
+MAX_SEED = 2**63 - 1  # seeds feed sampling/seeds.py's 63-bit derivation
 
 
 class PromptFileError(LineFileError):
@@ -53,6 +53,13 @@ def check_id(prompt_id: str) -> None:
     """Raise ValueError unless `prompt_id` is safe as a file name."""
     if not isinstance(prompt_id, str) or not _ID_RE.fullmatch(prompt_id) or ".." in prompt_id:
         raise ValueError(f"invalid prompt id {prompt_id!r}")
+
+
+def check_seed(value: Any) -> int:
+    """A seed pixelwizard is given (the run's, a prompt's) is a whole number from 0 to 2^63-1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError("must be a whole number from 0 to 2^63-1")
+    return value
 
 
 def check_text(value: Any) -> str:
