@@ -8,12 +8,14 @@ They take plain parameters and the starting noise; the product's presets are map
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from pixelwizard.distributed import no_autograd
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.sampling.schedules import shortcut_dt
@@ -49,7 +51,18 @@ def denoise(velocity: Velocity, noise: Tensor, *, steps: int, shift: float, solv
     return x
 
 
-@torch.inference_mode()
+def _without_autograd(sampler: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run `sampler(model, ...)` under `no_autograd(model)`: inference mode, no_grad for an FSDP2-sharded model."""
+
+    @functools.wraps(sampler)
+    def run(model: WanDiT, *args, **kwargs) -> Tensor:
+        with no_autograd(model):
+            return sampler(model, *args, **kwargs)
+
+    return run
+
+
+@_without_autograd
 def sample_lr(
     model: WanDiT,
     cond: Conditioning,
@@ -79,7 +92,7 @@ def sample_lr(
     return denoise(guided, noise[None].to(device), steps=steps, shift=shift, solver=solver, on_step=on_step)[0]
 
 
-@torch.inference_mode()
+@_without_autograd
 def sample_hr(
     model: HRDiT,
     cond: Conditioning,
