@@ -15,8 +15,13 @@ version counter", fixed by pytorch#197327, after torch 2.11), so the samplers ru
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import torch
 
+MIN_TORCH = (2, 11)  # pyproject.toml's floor, the torch GPU images ship (the CI runs the model tests on it)
+FSDP_INFERENCE_FIXED = (2, 14)  # pytorch#197327 merged in September 2026; 2.13 and older count as affected
 CUDNN_CONV3D_BROKEN = (90800, 91500)  # [first bad, first good) runtime cuDNN, as torch.backends.cudnn.version()
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -50,3 +55,46 @@ def check_conv3d(cudnn_version: int | None, dtype: torch.dtype, channels_last: b
             f"cuDNN off for half-precision Conv3d on cuDNN {low} to below {high} (slow_conv_dilated3d: tens of GB "
             f"and minutes per chunk); run the VAE channels-last-3d (the CUDA default: "
             f"vae.use_memory_format(torch.channels_last_3d)), or install a torch with cuDNN >= {high}")
+
+
+@dataclass(frozen=True)
+class Trap:
+    """One known-bad combination as it stands here: whether it applies, what happens, what to do, and whether
+    PixelWizard already does it itself."""
+
+    name: str
+    applies: bool
+    detail: str
+    fix: str
+    handled: bool = False
+
+
+def torch_release(version: str) -> tuple[int, int]:
+    """'2.11.0+cu130' -> (2, 11)."""
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
+def known_traps(torch_version: str, cudnn_version: int | None, capability: tuple[int, int] | None) -> list[Trap]:
+    """Every trap above for this torch, runtime cuDNN (None: none) and GPU compute capability (None: no GPU)."""
+    release = torch_release(torch_version)
+    low, high = (cudnn_name(v) for v in CUDNN_CONV3D_BROKEN)
+    conv3d = conv3d_skips_cudnn(cudnn_version, torch.bfloat16, channels_last=False)
+    cudnn = "no cuDNN here" if cudnn_version is None else \
+        f"cuDNN {cudnn_name(cudnn_version)}: an NCDHW bf16 Conv3d {'falls back to' if conv3d else 'stays off'} " \
+        "slow_conv_dilated3d"
+    hopper = capability is not None and capability >= (9, 0)
+    floor = ".".join(map(str, MIN_TORCH))
+    return [
+        Trap(f"torch below {floor}", release < MIN_TORCH, f"torch {torch_version}",
+             f"pip install 'torch>={floor}' (the oldest torch the tests run on)"),
+        Trap(f"half-precision Conv3d off cuDNN {low} to below {high}", conv3d, cudnn,
+             "the VAE runs channels-last-3d on CUDA, which passes the gate (an NCDHW one stops with an error); "
+             f"for other code: channels-last-3d, or cuDNN >= {high}", handled=True),
+        Trap("FSDP2 unshard under inference mode", release < FSDP_INFERENCE_FIXED,
+             f"torch {torch_version}: multi-GPU HR could fail with 'Inference tensors do not track version counter'",
+             "the samplers run an FSDP2-sharded model under no_grad", handled=True),
+        Trap("torch's default SDPA kernel on Hopper", hopper,
+             "torch's own dispatch runs its FlashAttention-2 kernel here" if hopper else "not a Hopper GPU",
+             "attention=auto prefers flash3, then sdpa-cudnn (torch's cuDNN kernel, no package needed)", handled=True),
+    ]
