@@ -8,6 +8,10 @@ back to `slow_conv_dilated3d`, whose vol2col buffer for one 4K patch chunk of th
 torch runs cuDNN there and gets wrong results on large inputs (pytorch#163539). Channels-last-3d input or weight
 makes the suggested format channels-last, which passes the gate. torch 2.9 ships cuDNN 9.10.2.
 
+Fragmentation. The HR and decode stages allocate large activations of changing sizes; with CUDA's caching allocator in
+fixed segments, freed blocks fragment and reserved memory outgrows allocated memory (on a 24 GB card what fails is
+the reserved figure). Those stages, and bench/gpu.py, run with expandable segments (`use_expandable_segments`).
+
 FSDP2 under inference mode. FSDP2's unshard crashed in `torch.inference_mode()` ("Inference tensors do not track
 version counter", fixed by pytorch#197327, after torch 2.11), so the samplers run a sharded model under no_grad
 (`pixelwizard.distributed.no_autograd`).
@@ -15,6 +19,7 @@ version counter", fixed by pytorch#197327, after torch 2.11), so the samplers ru
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -24,10 +29,22 @@ MIN_TORCH = (2, 11)  # pyproject.toml's floor, the torch GPU images ship (the CI
 FSDP_INFERENCE_FIXED = (2, 14)  # pytorch#197327 merged in September 2026; 2.13 and older count as affected
 CUDNN_CONV3D_BROKEN = (90800, 91500)  # [first bad, first good) runtime cuDNN, as torch.backends.cudnn.version()
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch >= 2.9 also reads the second
 
 
 class GpuTrapError(RuntimeError):
     """A combination of GPU software that would run silently slow or wrong; the message names the versions and fix."""
+
+
+def use_expandable_segments() -> str:
+    """PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in this process unless the user set an allocator configuration;
+    returns the one in force. CUDA's caching allocator reads it when it starts, at the process's first CUDA
+    allocation: call this before any (Job.start does, first thing)."""
+    for name in ALLOC_CONF_VARS:
+        if name in os.environ:
+            return f"{name}={os.environ[name]} (set by the user)"
+    os.environ[ALLOC_CONF_VARS[0]] = "expandable_segments:True"
+    return f"{ALLOC_CONF_VARS[0]}=expandable_segments:True"
 
 
 def cudnn_name(version: int) -> str:

@@ -92,13 +92,16 @@ class BlockStreamer:
         self.loaded[i] = (slot, done)
 
     def _enter(self, i: int) -> None:
+        following = (i + 1) % len(self.blocks)
+        for stale in [j for j in self.loaded if j not in (i, following)]:  # a forward that stopped early
+            del self.loaded[stale]
         self._fetch(i)
         slot, done = self.loaded[i]
         if done is not None:
             torch.cuda.current_stream(self.device).wait_event(done)
         for p, t in zip(self.blocks[i].parameters(), self.slot_views[slot]):
             p.data = t
-        self._fetch((i + 1) % len(self.blocks))
+        self._fetch(following)
 
     def _leave(self, i: int) -> None:
         for p, host in zip(self.blocks[i].parameters(), self.host_views[i]):

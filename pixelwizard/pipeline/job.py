@@ -38,6 +38,7 @@ from typing import IO, Any, TypeVar
 import torch
 
 from pixelwizard import __version__, distributed
+from pixelwizard.gpu_traps import use_expandable_segments
 from pixelwizard.io.files import remove_stale_temps, write_atomic
 from pixelwizard.io.latent_store import read_store, write_store
 from pixelwizard.io.sidecar import write_sidecar
@@ -53,7 +54,6 @@ from pixelwizard.pipeline.stages import STAGES
 log = logging.getLogger("pixelwizard")
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch >= 2.9 also reads the second
 PROGRESS_EVERY_S = 0.5
 PR_SET_PDEATHSIG = 1
 
@@ -65,17 +65,6 @@ class Stopped(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
-
-
-def use_expandable_segments() -> str:
-    """PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in this process unless the user set an allocator configuration;
-    returns the one in force. CUDA's caching allocator reads it when it starts, at the process's first CUDA
-    allocation: call this before any (Job.start does, first thing)."""
-    for name in ALLOC_CONF_VARS:
-        if name in os.environ:
-            return f"{name}={os.environ[name]} (set by the user)"
-    os.environ[ALLOC_CONF_VARS[0]] = "expandable_segments:True"
-    return f"{ALLOC_CONF_VARS[0]}=expandable_segments:True"
 
 
 def die_with_parent() -> None:
