@@ -406,8 +406,8 @@ def hr_forward_time(model: HRDiT, scale: Scale, preset: Preset) -> dict:
     seconds = whole.seconds - sum(blocks) + config.num_layers * per_block
     tokens = tokens_of(config, scale.vae.latent_shape(preset.frames, preset.height, preset.width))
     flops = forward_flops(config, tokens, hr=True)
-    return {"tokens": tokens, "forward_s": round(seconds, 3), "per_block_s": round(per_block, 4),
-            "tflop": round(flops / 1e12, 2), "tflops": round(flops / seconds / 1e12, 1)}
+    return {"tokens": tokens, "forward_s": round(seconds, 3), "per_block_s": round(per_block, 4), "flop": flops,
+            "tflops": round(flops / seconds / 1e12, 1)}
 
 
 # ------------------------------------------------------------------------------------------------ the run
