@@ -6,6 +6,7 @@ section's figures as it finishes them, and rewrites its JSON (atomically) after 
     python bench/gpu.py --plan                                    # the plan and expected seconds on an H100; no GPU
     python bench/gpu.py --smoke --out smoke.json                  # every section at tiny size on the CPU
     python bench/gpu.py --sections hr decode                      # a subset, in the plan's order
+    python bench/gpu.py --presets 2k 4k ...                       # the presets measured (default: 2k 4k)
 
 Needs torch, einops, safetensors and transformers (what a bare GPU image ships); nothing of zarr, av, snakemake or
 ftfy. Weights are random at full size (Wan2.2-TI2V-5B DiT / HR DiT, VAE, umT5) with realistic statistics (see
@@ -93,9 +94,8 @@ class Scale:
     chunk_tokens: int | None = None  # the DiT's row chunk (None: its default)
 
 
-def full_scale() -> Scale:
-    presets = {name: preset for name, preset in PRESETS.items() if name != "tiny"}
-    return Scale("cuda", DiTConfig(), VAEConfig(), T5Config(), presets, 8192)
+def full_scale(presets: list[str]) -> Scale:
+    return Scale("cuda", DiTConfig(), VAEConfig(), T5Config(), {name: PRESETS[name] for name in presets}, 8192)
 
 
 def smoke_scale() -> Scale:
@@ -860,6 +860,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: the same code paths")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--presets", nargs="+", choices=[p for p in PRESETS if p != "tiny"], default=["2k", "4k"],
+                        help="the presets measured (every section's time grows with them; the first is the one "
+                             "fidelity and LR run at)")
     parser.add_argument("--out", type=Path, help="the JSON, rewritten after every section")
     parser.add_argument("--budget-s", type=float, help="skip each section that cannot finish in the seconds left")
     parser.add_argument("--plan", action="store_true",
@@ -869,7 +872,7 @@ def main() -> None:
     parser.add_argument("--no-doctor", action="store_true", help=argparse.SUPPRESS)  # the autotune child
     args = parser.parse_args()
     started = time.monotonic()
-    scale = smoke_scale() if args.smoke else full_scale()
+    scale = smoke_scale() if args.smoke else full_scale(args.presets)
     sections = [s for s in SECTIONS if s in args.sections and not (args.no_doctor and s == "doctor")]
     if args.plan:
         backends, best = ["sdpa", "sdpa-cudnn", "sage"], "sdpa-cudnn"

@@ -10,6 +10,7 @@ from pathlib import Path
 import tomllib
 from conftest import pixelwizard
 
+from pixelwizard.doctor import render
 from pixelwizard.gpu_traps import MIN_TORCH, known_traps
 from pixelwizard.pipeline.gpu_memory import Models, decode_gib, fit, hr_gib
 from pixelwizard.pipeline.presets import PRESETS
@@ -30,7 +31,7 @@ def test_doctor_without_a_gpu_reports_the_rest(tmp_path):
     presets = {p["preset"]: p for p in data["presets"]}
     assert set(presets) == set(PRESETS) - {"tiny"}
     assert presets["4k"]["largest"] == "hr" and presets["4k"]["fits"] is None
-    text = pixelwizard("doctor", "--out", out).stdout
+    text = "\n".join(render(data))  # what `pixelwizard doctor` prints without --json
     assert "GPUs       none: torch sees no CUDA device" in text
     assert re.search(r"preset     4k: largest stage hr 20\.\d GiB .*: no GPU to check against", text)
 
