@@ -593,7 +593,7 @@ def section_autotune(run: Run) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "autotune.json"
         command = [sys.executable, __file__, "--sections", "decode", "--cudnn-benchmark", "--no-doctor", "--out",
-                   str(out), *(["--smoke"] if run.smoke else [])]
+                   str(out), *(["--smoke"] if run.smoke else ["--presets", *run.scale.presets])]
         result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         if result.returncode != 0:
             raise RuntimeError(f"the autotuned decode failed (exit {result.returncode}): {result.stderr[-2000:]}")
