@@ -403,6 +403,20 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output 
     raise typer.Exit(execute(out, config, items, None, run, until=None, record=True))
 
 
+@app.command()
+def doctor(out: Path = typer.Option(Path("."), "--out", "-o", help="Where outputs would go: its free disk is shown"),
+           as_json: bool = typer.Option(False, "--json", help="The report as JSON")) -> None:
+    """What to run first on a new GPU machine: GPUs, driver, torch/CUDA/cuDNN, attention backends, known GPU traps, free
+    disk, and per preset the stage that needs most GPU memory and whether it fits."""
+    import json
+
+    from pixelwizard import doctor as checkup  # torch and the models: imported only for this command
+
+    data = checkup.report(out)
+    Console().print(json.dumps(data, indent=1) if as_json else "\n".join(checkup.render(data)), highlight=False,
+                    soft_wrap=True)
+
+
 def main() -> None:
     app()
 

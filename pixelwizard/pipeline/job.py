@@ -38,6 +38,7 @@ from typing import IO, Any, TypeVar
 import torch
 
 from pixelwizard import __version__, distributed
+from pixelwizard.gpu_traps import use_expandable_segments
 from pixelwizard.io.files import open_output, remove_output, remove_stale_temps, write_atomic
 from pixelwizard.io.latent_store import read_store, write_store
 from pixelwizard.io.sidecar import write_sidecar
@@ -154,6 +155,8 @@ class Job:
         parser.add_argument("shard", help="which shard of the stage's items, e.g. 00003")
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if STAGES[stage].expandable_segments:
+            log.info("CUDA caching allocator: %s", use_expandable_segments())
         if "LOCAL_RANK" in os.environ:
             die_with_parent()
         snapshot = RunSnapshot.load(args.snapshot)

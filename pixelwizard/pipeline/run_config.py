@@ -22,7 +22,7 @@ from pixelwizard.pipeline.presets import Preset, PresetError, get_preset
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("bfloat16", "float32")
-ATTENTION = ("auto", "sdpa", "flash2", "flash3", "sage")
+ATTENTION = ("auto", "sdpa", "sdpa-cudnn", "flash2", "flash3", "sage")  # models/attention.py BACKENDS
 
 
 class RunConfigError(ValueError):
@@ -49,7 +49,7 @@ class RunConfig:
     previews: bool = option(True, "Write a small MP4 preview of each LR anchor")
     device: str = option("auto", "auto, cuda or cpu")
     dtype: str = option("bfloat16", "DiT weights on a GPU: bfloat16 or float32 (the CPU runs float32)")
-    attention: str = option("auto", "Attention kernel: auto, sdpa, flash2, flash3 or sage")
+    attention: str = option("auto", "Attention kernel: auto, sdpa, sdpa-cudnn, flash2, flash3 or sage")
     offload: bool = option(False, "Stream the DiT's blocks from host memory, one ahead of use (small GPUs)")
     hr_gpus: int = option(1, "GPUs (torchrun processes) per HR job: FSDP + Ulysses when > 1")
     decode_gpus: int = option(1, "GPUs (torchrun processes) per decode job: the patches spread over them")
