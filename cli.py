@@ -17,7 +17,8 @@ from rich.console import Console
 
 from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
 from pixelwizard.checkpoints.strict import CheckpointError
-from pixelwizard.io.files import write_atomic
+from pixelwizard.io.files import remove_output, write_atomic
+from pixelwizard.io.input_file import LATENT_SUFFIXES
 from pixelwizard.models.config import ConfigError
 from pixelwizard.pipeline import checks, runner, sources, status
 from pixelwizard.pipeline.gpu_lease import visible_gpus
@@ -26,8 +27,8 @@ from pixelwizard.pipeline.live import LiveView
 from pixelwizard.pipeline.plan import STOP_AFTER, Plan
 from pixelwizard.pipeline.presets import PRESETS, PresetError, parse_setting, setting_help, setting_type
 from pixelwizard.pipeline.prompts import (
-    LATENT_SUFFIXES,
-    PromptFileError,
+    ids_file,
+    prompts_jsonl,
     read_ids,
     read_prompts,
     single_prompt,
@@ -40,8 +41,8 @@ from pixelwizard.pipeline.stages import STAGES, lineage
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True, soft_wrap=True)  # one line stays one line in logs and pipes
-USER_ERRORS = (RunConfigError, PresetError, PromptFileError, CheckpointError, ConfigError, runner.RunBusyError,
-               FileNotFoundError, ValueError)
+USER_ERRORS = (RunConfigError, PresetError, CheckpointError, ConfigError, runner.RunBusyError, FileNotFoundError,
+               ValueError)  # ValueError: the prompt files' and settings' errors, OutputPathError
 
 
 def config_option(name: str, *flags: str) -> typer.models.OptionInfo:
@@ -202,13 +203,13 @@ def generate(
 ) -> None:
     """Generate a video for every prompt (text -> LR anchor -> HR shortcut -> decode) into OUT."""
     try:
+        if image is not None and prompt is None:
+            raise RunConfigError("--image needs --prompt TEXT: what the video shows (a prompt file names its images "
+                                 "in its \"image\" fields)")
         if (prompts is None) == (prompt is None):
             raise RunConfigError("give a prompt file or --prompt TEXT (one of them)")
         if until is not None and until not in STOP_AFTER:
             raise RunConfigError(f"--until {until}: choose one of {', '.join(STOP_AFTER)}")
-        if image is not None and prompt is None:
-            raise RunConfigError("--image needs --prompt TEXT: what the video shows (a prompt file names its images "
-                                 "in its \"image\" fields)")
         items = single_prompt(prompt, image) if prompt is not None else read_prompts(prompts)
         chosen = read_ids(only, items) if only is not None else None
         overrides = {k: v for k, v in dict(lr_steps=lr_steps, lr_shift=lr_shift, lr_guidance=lr_guidance,
@@ -287,17 +288,18 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
         checks.check_out(out)
         checks.check_checkpoints(config)
         checks.check_kernels(config)
-        cache = DigestCache(layout.digests, persist=False)  # written once OUT's lock is held
+        cache = DigestCache(layout.digests, persist=False, root=out)  # written once OUT's lock is held
         gpus = len(visible_gpus())
         snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
         for line in sources.notes(items, snapshot.sources, snapshot.preset):
             console.print(f"note: {line}", highlight=False)
         checks.check_parallelism(snapshot, gpus)
-        checks.check_patches(snapshot)
+        checks.check_patches(config)
         plan = Plan(snapshot, layout)
         wanted = [s for s in (STOP_AFTER[until] if until else [s.name for s in plan.stages])
                   if s in plan.shards and (stages is None or s in stages)]
         shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
+        checks.check_paths(plan, shown, record)
         rows = status.collect(snapshot, layout, shown)
         if run.dry_run:
             return dry_run_report(plan, rows)
@@ -306,10 +308,10 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
         with runner.run_lock(layout) as lock:
             cache.save()
             if record:
-                write_atomic(layout.prompts, "".join(p.to_json() + "\n" for p in items))
+                write_atomic(layout.prompts, prompts_jsonl(items), out)
                 if chosen is not None:
-                    write_atomic(layout.only, "".join(f"{i}\n" for i in chosen))
-                config.save(layout.config)
+                    write_atomic(layout.only, ids_file(chosen), out)
+                config.save(layout.config, out)
             snapshot_path = snapshot.save(layout).relative_to(out)
             before = prepare(plan, shown, stages)
             command = runner.snakemake_command(layout, snapshot_path, targets, profile=run.profile,
@@ -346,11 +348,11 @@ def _with_lineage(stages: list[str]) -> set[str]:
 def prepare(plan: Plan, shown: list[str], stages: list[str] | None) -> list[status.StageStatus]:
     """Every output's state as the run starts (under OUT's lock); the markers of shards holding an output that is
     not done go, so that Snakemake runs those jobs again (a failed, missing, stale or corrupt output)."""
-    rows = status.collect(plan.snapshot, plan.layout, shown)
+    rows = status.collect(plan.snapshot, plan.layout, shown, renew=True)
     for row in rows:
         if stages is None or row.stage in stages:
             for shard in {plan.shard_of(row.stage, p.id) for p in row.problems}:
-                plan.marker(row.stage, shard).unlink(missing_ok=True)
+                remove_output(plan.marker(row.stage, shard), plan.layout.out)
     return rows
 
 
@@ -429,7 +431,11 @@ def make_tiny_weights(directory: Path = typer.Argument(..., help="Where to write
     """Tiny random-weight checkpoints in the real layouts (Wan2.2 directory, PixelWizard lr/ and tiny/ model.pt)."""
     from pixelwizard.checkpoints.tiny import write_tiny_weights
 
-    for name, path in write_tiny_weights(directory, seed=seed).items():
+    try:
+        paths = write_tiny_weights(directory.resolve(), seed=seed)
+    except USER_ERRORS as err:
+        fail(err, False)
+    for name, path in paths.items():
         console.print(f"{name}: {path}", highlight=False)
 
 
@@ -441,12 +447,30 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output 
     from pixelwizard.checkpoints.tiny import write_tiny_weights
 
     out = out.resolve()
-    paths = write_tiny_weights(out / "weights", seed=0)
+    try:
+        checks.check_out(out)
+        paths = write_tiny_weights(out / "weights", seed=0, root=out)
+    except USER_ERRORS as err:
+        fail(err, verbose)
     items = read_prompts(runner.workflow_files() / "prompts" / "demo.txt")
     config = RunConfig(prompts=PROMPTS, preset="tiny", shard_sizes=dict.fromkeys(STAGES, 2),
                        **{k: str(v) for k, v in paths.items()})
     run = RunOptions(cores=cores, verbose=verbose, quiet=quiet)
     raise typer.Exit(execute(out, config, items, None, run, until=None, record=True))
+
+
+@app.command()
+def doctor(out: Path = typer.Option(Path("."), "--out", "-o", help="Where outputs would go: its free disk is shown"),
+           as_json: bool = typer.Option(False, "--json", help="The report as JSON")) -> None:
+    """What to run first on a new GPU machine: GPUs, driver, torch/CUDA/cuDNN, attention backends, known GPU traps, free
+    disk, and per preset the stage that needs most GPU memory and whether it fits."""
+    import json
+
+    from pixelwizard import doctor as checkup  # torch and the models: imported only for this command
+
+    data = checkup.report(out)
+    Console().print(json.dumps(data, indent=1) if as_json else "\n".join(checkup.render(data)), highlight=False,
+                    soft_wrap=True)
 
 
 def main() -> None:

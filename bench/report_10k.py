@@ -32,7 +32,7 @@ from pixelwizard.checkpoints.identity import DigestCache  # noqa: E402
 from pixelwizard.checkpoints.tiny import write_tiny_weights  # noqa: E402
 from pixelwizard.io.sidecar import read_sidecar, write_sidecar  # noqa: E402
 from pixelwizard.pipeline.layout import Layout  # noqa: E402
-from pixelwizard.pipeline.prompts import Prompt  # noqa: E402
+from pixelwizard.pipeline.prompts import Prompt, prompts_jsonl  # noqa: E402
 from pixelwizard.pipeline.provenance import Provenance  # noqa: E402
 from pixelwizard.pipeline.report import write_report  # noqa: E402
 from pixelwizard.pipeline.run_config import RunConfig  # noqa: E402
@@ -68,7 +68,7 @@ def make_run(root: Path, count: int) -> Path:
             write_sidecar(sidecar, {**attrs, "metrics": metrics}, [provenance.output(stage, item.id)])
     layout.events.parent.mkdir(parents=True, exist_ok=True)
     layout.events.write_text("".join(json.dumps(e) + "\n" for e in events))
-    layout.prompts.write_text("".join(p.to_json() + "\n" for p in prompts))
+    layout.prompts.write_text(prompts_jsonl(prompts))
     layout.config.write_text(yaml.safe_dump(config.to_mapping()))
     return out
 

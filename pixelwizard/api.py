@@ -13,7 +13,7 @@ so a prompt gives the same video either way.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,15 @@ import numpy as np
 import torch
 
 from pixelwizard.checkpoints import preflight, wan
+from pixelwizard.io.files import check_output
 from pixelwizard.io.image import load_image
 from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.render import render_video
 from pixelwizard.io.video import to_uint8
 from pixelwizard.io.video_input import probe_clip
-from pixelwizard.pipeline import steps
+from pixelwizard.pipeline import checks, steps
 from pixelwizard.pipeline.presets import Preset
-from pixelwizard.pipeline.prompts import Prompt, single_prompt, source_prompts
+from pixelwizard.pipeline.prompts import Prompt, make_prompt
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.pipeline.stages import STAGES
 from pixelwizard.sampling.samplers import Conditioning
@@ -54,6 +55,7 @@ class Pipeline:
         self.preset = self.config.resolved_preset()
         preflight.check_checkpoints(Path(self.config.ckpt_dir), lr_ckpt=lr_ckpt and Path(self.config.lr_ckpt),
                                     hr_ckpt=Path(self.config.hr_ckpt), resolution=self.preset.hr_checkpoint)
+        checks.check_patches(self.config)
         self.device = steps.pick_device(device)
         self.keep_models = keep_models
         ckpt = Path(self.config.ckpt_dir)
@@ -79,8 +81,13 @@ class Pipeline:
                  negative_prompt: str | None = None, path: str | Path | None = None) -> Video | Path:
         """One video of `prompt` (its id, hence its seeds, as `generate --prompt` derives them), from `image` as
         its first frame if given (a portrait image makes a portrait video): the frames, or an MP4 at `path`
-        (written whole or not at all)."""
-        item = replace(single_prompt(prompt, image and Path(image))[0], seed=seed, negative_prompt=negative_prompt)
+        (written whole or not at all, replacing a file or a link there but never a folder). The prompt's settings
+        follow the rules of a prompt file's (pipeline/prompts.py: PromptError names the one to fix), checked with
+        `path` before anything is computed."""
+        item = make_prompt(text=prompt, image=None if image is None else str(image), seed=seed,
+                           negative_prompt=negative_prompt)
+        if path is not None:
+            check_output(Path(path))
         preset, picture, first = self.preset, None, None
         if item.image is not None:
             picture = load_image(item.image)
@@ -100,10 +107,12 @@ class Pipeline:
                 path: str | Path | None = None) -> Video | Path:
         """One video upscaled to the preset's size, as `pixelwizard upscale VIDEO` does it (the same clip, id and
         seeds): its clip fitted to the anchor and VAE-encoded, then HR and decode; the frames, or an MP4 at `path`.
-        A portrait video takes the preset turned."""
-        item = replace(source_prompts([Path(video)], prompt, start=start, fps=fps)[0], seed=seed,
-                       negative_prompt=negative_prompt)
-        clip = probe_clip(Path(item.video), max_frames=self.preset.frames, start=start or 0.0, fps=fps)
+        A portrait video takes the preset turned. Settings and `path` are checked as `generate` checks them."""
+        item = make_prompt(text=prompt, video=str(video), start=start, fps=fps, seed=seed,
+                           negative_prompt=negative_prompt)
+        if path is not None:
+            check_output(Path(path))
+        clip = probe_clip(Path(item.video), max_frames=self.preset.frames, start=item.start or 0.0, fps=item.fps)
         preset = self.preset.for_clip(clip.frames, clip.portrait)
         anchor = steps.video_anchor(self._model("decode"), Path(item.video), clip, preset)
         context, uncond = self._encode(item, ("hr",))

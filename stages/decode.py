@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 sheet = out.path.with_suffix(".png")
                 metrics = render_video(vae(), latent, out.path, fps=job.snapshot.fps_for(prompt), sheet_path=sheet,
-                                       on_step=out.step, group=group, **patches)
+                                       root=out.root, on_step=out.step, group=group, **patches)
                 out.write_sidecar([out.path, sheet], metrics=metrics)
     return job.exit_code
 

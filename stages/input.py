@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
             with job.record(prompt) as out:
                 clip = steps.clip_of(job.snapshot.sources[prompt.id])
                 sheet = out.path.with_suffix(".png")
-                metrics = steps.input_clip(job.source_file(prompt), clip, out.path, sheet, on_step=out.step)
+                metrics = steps.input_clip(job.source_file(prompt), clip, out.path, sheet, out.root,
+                                             on_step=out.step)
                 out.write_sidecar([out.path, sheet], metrics=metrics)
     return job.exit_code
 

@@ -256,7 +256,9 @@ def test_a_copied_store_is_checked_once_then_trusted(latent_store, tmp_path):
     copy = tmp_path / "copy.zarr"
     subprocess.run(["cp", "-a", str(latent_store), str(copy)], check=True)  # same mtimes, new inodes
     before = json.loads((copy / "zarr.json").read_text())["attributes"]["files"]
-    assert verify_store(copy)["digest"] == "d"  # read and checked in full, then re-stamped
+    assert verify_store(copy)["digest"] == "d"  # read and checked in full; a read-only check changes nothing
+    assert json.loads((copy / "zarr.json").read_text())["attributes"]["files"] == before
+    assert verify_store(copy, renew_in=tmp_path)["digest"] == "d"  # a run's check re-stamps it
     after = json.loads((copy / "zarr.json").read_text())["attributes"]["files"]
     assert before != after and after == verify_store(copy)["files"]
     assert torch.equal(read_store(copy)[0]["latent"], read_store(latent_store)[0]["latent"])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import make_outputs
 from media import write_image, write_video
-from test_provenance import changed, digests, in_memory, snapshot
+from test_provenance import digests, in_memory, snapshot
 
 from pixelwizard.checkpoints.identity import DigestCache
 from pixelwizard.pipeline.layout import Layout

@@ -10,9 +10,9 @@ import yaml
 from conftest import make_outputs
 from test_provenance import PROMPTS, snapshot
 
-from pixelwizard.checkpoints.identity import DigestCache
 from pixelwizard.pipeline.events import append_event
 from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.prompts import prompts_jsonl
 from pixelwizard.pipeline.provenance import Provenance
 
 
@@ -33,7 +33,7 @@ def test_status_reads_states_and_reasons_from_the_outputs(weights, tmp_path):
     old = Provenance(snapshot(weights), layout)
     make_outputs(old)
     # The run's configuration as `generate` records it, then with one HR setting changed.
-    (out / "prompts.jsonl").write_text("".join(p.to_json() + "\n" for p in PROMPTS))
+    (out / "prompts.jsonl").write_text(prompts_jsonl(PROMPTS))
     config = {**old.snapshot.config.to_mapping(), "prompts": "prompts.jsonl"}
     (out / "pixelwizard.yaml").write_text(yaml.safe_dump(config))
     rows, _ = status_rows(out)
@@ -53,4 +53,4 @@ def test_status_reads_states_and_reasons_from_the_outputs(weights, tmp_path):
     assert "hr: stale fox, cat: hr_steps 4 -> 5" in shown
     assert "hr: failed owl: OSError: [Errno 28] No space left on device" in shown
     assert "its hr input is stale (hr_steps 4 -> 5)" in shown
-    assert DigestCache(layout.digests).entries  # checkpoint digests cached beside the run
+    assert not layout.digests.exists()  # status writes nothing in OUT: runs cache the checkpoint digests

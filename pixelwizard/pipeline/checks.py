@@ -1,6 +1,6 @@
 """Everything that can be known before a run starts, checked in seconds before any job is submitted: the output
-directory, the checkpoints (headers, not tensor data), GPU counts, patch settings and free disk. Each problem is one
-line naming the file or setting and the fix.
+directory and the paths the run writes, the checkpoints (headers, not tensor data), GPU counts, patch settings and
+free disk. Each problem is one line naming the file or setting and the fix.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from pathlib import Path
 import torch
 
 from pixelwizard.checkpoints import preflight, wan
-from pixelwizard.io.patched_decode import patch_ranges
+from pixelwizard.io.files import check_folder, check_outputs
+from pixelwizard.io.patch_geometry import DecodeSettingsError, check_decode_settings
 from pixelwizard.models.attention import select_backend
+from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.provenance import OutputState
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
@@ -31,6 +34,23 @@ def check_out(out: Path) -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise RunConfigError(f"--out {out}: {existing} is not writable (read-only file system or permissions); "
                              "choose a directory you can write")
+
+
+def check_paths(plan: Plan, stages: list[str], record: bool) -> None:
+    """Nothing the run writes (its record when `record`, the CLI's and Snakemake's files, the folders, markers, logs
+    and progress files of `stages`) would land outside OUT through a link or replace what pixelwizard did not make
+    (io/files.py). A prompt's own outputs are checked as they are written: one in the way fails that prompt alone."""
+    layout: Layout = plan.layout
+    files = [layout.snapshot(plan.snapshot.digest), layout.digests, layout.run_lock, layout.jobs_lock, layout.events,
+             *([layout.prompts, layout.only, layout.config] if record else [])]
+    folders = [layout.snakemake_logs, layout.out / ".snakemake"]
+    for stage in stages:
+        for shard in plan.shards[stage]:
+            files += [plan.marker(stage, shard), plan.log(stage, shard), layout.progress(stage, shard)]
+        folders.append(layout.folder(stage, plan.provenance.tag(stage)))
+    check_outputs(files, layout.out)
+    for folder in folders:
+        check_folder(folder, layout.out)
 
 
 def check_checkpoints(config: RunConfig) -> None:
@@ -67,22 +87,18 @@ def check_kernels(config: RunConfig) -> None:
         select_backend(config.attention, "cuda")
 
 
-def check_patches(snapshot: RunSnapshot) -> None:
-    """Every decode patch must be narrower than the latent, or patching does nothing but cost (for each geometry
-    the run's clips take: a portrait video turns a landscape preset)."""
-    for preset in dict.fromkeys(snapshot.preset_for(p) for p in snapshot.prompts) or [snapshot.preset]:
-        _, _, height, width = wan.vae_config(Path(snapshot.config.ckpt_dir)).latent_shape(
-            preset.frames, preset.height, preset.width)
-        size = width if preset.patch_dim == "w" else height
-        try:
-            ranges = patch_ranges(size, preset.num_patches, preset.overlap)
-        except ValueError as err:
-            raise RunConfigError(f"--num-patches {preset.num_patches}: {err}") from None
-        widest = max(end - start for start, end in ranges)
-        if preset.num_patches > 1 and widest >= size:
-            most = (size - size // preset.num_patches) // 2
-            raise RunConfigError(f"--overlap {preset.overlap}: a patch then spans the whole latent ({size} units "
-                                 f"along {preset.patch_dim}), so patching does nothing; use an overlap below {most}")
+def check_patches(config: RunConfig) -> None:
+    """The decode patch settings decode this latent and have their seams measured: the geometry's own check
+    (io/patch_geometry.py), the one the decode stage runs before it decodes. A clip that turns the preset (a
+    portrait video) keeps its patches along the same latent side, so one check holds for every clip."""
+    preset = config.resolved_preset()
+    vae = wan.vae_config(Path(config.ckpt_dir))
+    _, _, height, width = vae.latent_shape(preset.frames, preset.height, preset.width)
+    try:
+        check_decode_settings(width if preset.patch_dim == "w" else height, preset.num_patches, preset.overlap,
+                              vae.space_factor, preset.patch_dim)
+    except DecodeSettingsError as err:
+        raise RunConfigError(str(err)) from None
 
 
 def output_bytes(snapshot: RunSnapshot, stage: str, item_id: str | None = None) -> int:

@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.io.files import write_atomic
+from pixelwizard.io.files import open_output, write_atomic
+from pixelwizard.io.lines import json_line, parse_json
 
 FAILED = "failed"
 
 
-def append_event(path: Path, **event: Any) -> None:
-    """One JSON line; lines this short are written whole by O_APPEND, so concurrent jobs never interleave."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"time": round(time.time(), 3), "host": socket.gethostname(), "pid": os.getpid(), **event},
-                      ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
+def append_event(path: Path, *, root: Path | None = None, **event: Any) -> None:
+    """One JSON line, appended inside `root` (OUT; default: the log's own folder); lines this short are written
+    whole by O_APPEND, so concurrent jobs never interleave."""
+    line = json_line({"time": round(time.time(), 3), "host": socket.gethostname(), "pid": os.getpid(), **event})
+    with open_output(path, root, append=True) as f:
         f.write(line)
 
 
@@ -37,10 +37,10 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
         return [], offset
     whole = data[: data.rfind(b"\n") + 1]
     events = []
-    for line in whole.splitlines():
+    for line in whole.split(b"\n")[:-1]:
         try:
-            events.append(json.loads(line))
-        except ValueError:
+            events.append(parse_json(line.decode("utf-8")))
+        except ValueError:  # UnicodeDecodeError too
             continue
     return events, offset + len(whole)
 
@@ -57,15 +57,15 @@ def last_failures(events: list[dict[str, Any]]) -> dict[tuple[str, str, str], di
     return failures
 
 
-def write_progress(path: Path, **progress: Any) -> None:
-    write_atomic(path, json.dumps({"time": round(time.time(), 3), "pid": os.getpid(), **progress}))
+def write_progress(path: Path, *, root: Path | None = None, **progress: Any) -> None:
+    write_atomic(path, json.dumps({"time": round(time.time(), 3), "pid": os.getpid(), **progress}), root)
 
 
 def read_progress(folder: Path) -> list[dict[str, Any]]:
     found = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
         try:
-            found.append(json.loads(path.read_text()))
+            found.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):  # removed or replaced while listing
             continue
     return found

@@ -6,7 +6,7 @@ of a SLURM allocation are its own (the allocation's GPUs are numbered from 0 in 
 one allocation (`salloc` + the local profile) share its GPUs without overlap, and a job that is an allocation of its
 own (the slurm profile) finds every lock free.
 
-    python -m pixelwizard.pipeline.gpu_lease N -- COMMAND...     # what every stage job of the Snakefile runs
+    python -m pixelwizard.pipeline.gpu_lease N [--log LOG] -- COMMAND...   # what every stage job of the Snakefile runs
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
+
+from pixelwizard.io.files import open_output
 
 LOCK_DIR = Path(tempfile.gettempdir()) / "pixelwizard-gpu-locks"
 POLL_S = 0.5
@@ -70,7 +72,7 @@ def gpu_lease(count: int, timeout_s: float = 24 * 3600) -> Iterator[dict[str, st
 
 
 def _try_lock(held: ExitStack, path: Path) -> bool:
-    handle = open(path, "w")
+    handle = open_output(path, path.parent, append=True)  # a shared /tmp: never truncate or follow a planted link
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -81,13 +83,19 @@ def _try_lock(held: ExitStack, path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Lease the GPUs, run the command with them, pass stop signals on, exit with the command's code."""
+    """Lease the GPUs, run the command with them (its output into LOG, a file inside the working directory, OUT:
+    io/files.py), pass stop signals on, exit with the command's code."""
     argv = sys.argv[1:] if argv is None else argv
+    log = None
+    if len(argv) > 2 and argv[1] == "--log":
+        log, argv = Path(argv[2]), [argv[0], *argv[3:]]
     if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        print("usage: python -m pixelwizard.pipeline.gpu_lease N -- COMMAND...", file=sys.stderr)
+        print("usage: python -m pixelwizard.pipeline.gpu_lease N [--log LOG] -- COMMAND...", file=sys.stderr)
         return 2
-    with gpu_lease(int(argv[0])) as env:
-        child = subprocess.Popen(argv[2:], env={**os.environ, **env})
+    output = open_output(Path.cwd() / log, Path.cwd(), append=False) if log is not None else nullcontext()
+    with output as stream, gpu_lease(int(argv[0])) as env:
+        child = subprocess.Popen(argv[2:], env={**os.environ, **env}, stdout=stream,
+                                 stderr=subprocess.STDOUT if stream is not None else None)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda number, _frame: child.send_signal(number))
         return child.wait()

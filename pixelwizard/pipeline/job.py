@@ -39,7 +39,8 @@ import torch
 
 from pixelwizard import __version__, distributed
 from pixelwizard.checkpoints.identity import DigestCache
-from pixelwizard.io.files import remove_stale_temps, write_atomic
+from pixelwizard.gpu_traps import use_expandable_segments
+from pixelwizard.io.files import open_output, remove_output, remove_stale_temps, write_atomic
 from pixelwizard.io.latent_store import read_store, write_store
 from pixelwizard.io.sidecar import write_sidecar
 from pixelwizard.pipeline import steps
@@ -91,7 +92,7 @@ class Output:
         self.path = job.provenance.output(job.stage, item.id)
         # The prompt as given (its text, its source file): every output names what it was made from.
         self.attrs = {**job.provenance.attrs(job.stage, item.id), "version": __version__,
-                      "prompt": json.loads(item.to_json())}
+                      "prompt": item.to_record()}
         self.stepping = False
         self._last_progress = 0.0
 
@@ -117,15 +118,20 @@ class Output:
     def seed(self) -> int:
         return steps.stage_seed(self.item, self.job.preset, self.stage)
 
+    @property
+    def root(self) -> Path:
+        """The run's folder, OUT: every output is written inside it (io/files.py)."""
+        return self.job.layout.out
+
     def write_store(self, arrays: dict[str, torch.Tensor], **attrs: Any) -> None:
         if self.job.is_writer:
-            write_store(self.path, arrays, {**self.attrs, **attrs})
+            write_store(self.path, arrays, {**self.attrs, **attrs}, self.root)
 
     def write_sidecar(self, files: list[Path], **attrs: Any) -> None:
         """Complete an MP4 output: the JSON beside it, written last."""
         if self.job.is_writer:
             sidecar = self.job.layout.sidecar(self.stage, self.item.id, self.job.provenance.tag(self.stage))
-            write_sidecar(sidecar, {**self.attrs, **attrs}, files)
+            write_sidecar(sidecar, {**self.attrs, **attrs}, files, self.root)
 
 
 class Job:
@@ -133,7 +139,8 @@ class Job:
         self.stage, self.snapshot, self.shard, self.layout, self.device = stage, snapshot, shard, layout, device
         self.config, self.preset = snapshot.config, snapshot.preset
         self.events = layout.events
-        self.provenance = Provenance(snapshot, layout, read_events(layout.events)[0] if distributed.rank() == 0 else [])
+        self.provenance = Provenance(snapshot, layout, read_events(layout.events)[0] if distributed.rank() == 0 else [],
+                                     renew=True)
         self.plan = Plan(snapshot, layout, self.provenance)
         self.items = self.plan.shards[stage][shard]
         self.is_writer = distributed.is_writer()
@@ -153,6 +160,8 @@ class Job:
         parser.add_argument("shard", help="which shard of the stage's items, e.g. 00003")
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if STAGES[stage].expandable_segments:
+            log.info("CUDA caching allocator: %s", use_expandable_segments())
         if "LOCAL_RANK" in os.environ:
             die_with_parent()
         snapshot = RunSnapshot.load(args.snapshot)
@@ -164,7 +173,7 @@ class Job:
         for signum in STOP_SIGNALS:
             signal.signal(signum, job._on_signal)
         if job.is_writer and STAGES[stage].output == "zarr":
-            removed = remove_stale_temps(job.provenance.output(stage, job.items[0].id).parent)
+            removed = remove_stale_temps(job.provenance.output(stage, job.items[0].id).parent, layout.out)
             if removed:
                 log.info("removed %d temporary store(s) left by killed writers", removed)
         return job
@@ -207,12 +216,12 @@ class Job:
 
     def event(self, item_id: str, action: str, **fields: Any) -> None:
         if self.is_writer:
-            append_event(self.events, stage=self.stage, id=item_id, shard=self.shard,
+            append_event(self.events, root=self.layout.out, stage=self.stage, id=item_id, shard=self.shard,
                          digest=self.provenance.digest(self.stage, item_id), action=action, **fields)
 
     def progress(self, item_id: str, done: int, total: int) -> None:
-        write_progress(self.layout.progress(self.stage, self.shard), stage=self.stage, shard=self.shard, id=item_id,
-                       done=done, total=total, items=len(self.items))
+        write_progress(self.layout.progress(self.stage, self.shard), root=self.layout.out, stage=self.stage,
+                       shard=self.shard, id=item_id, done=done, total=total, items=len(self.items))
 
     def pending(self) -> Iterator[Prompt]:
         """The shard's items that are not current and whose inputs are: rank 0 decides, every rank follows.
@@ -261,7 +270,7 @@ class Job:
         except Exception as err:
             log.error("%s %s failed:\n%s", self.stage, item.id, traceback.format_exc())
             message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-            append_event(self.events, stage=self.stage, id=item.id, shard=self.shard,
+            append_event(self.events, root=self.layout.out, stage=self.stage, id=item.id, shard=self.shard,
                          digest=self.provenance.digest(self.stage, item.id), action="failed", error=message)
             self.outcomes[item.id] = "failed"
             if distributed.world_size() > 1:
@@ -307,7 +316,7 @@ class Job:
         """A loop that ran through leaves the shard's marker (exit code 0, whatever single prompts did); a stop
         leaves no marker (exit code 128 + the signal number); a crash propagates."""
         if self.is_writer:
-            self.layout.progress(self.stage, self.shard).unlink(missing_ok=True)
+            remove_output(self.layout.progress(self.stage, self.shard), self.layout.out)
         if isinstance(exc, Stopped):
             log.warning("%s shard %s %s", self.stage, self.shard, exc)
             self.exit_code = 128 + exc.signum
@@ -315,8 +324,9 @@ class Job:
         if exc is None and self.is_writer:
             marker = self.plan.marker(self.stage, self.shard)
             for old in marker.parent.glob(f"{self.shard}-*.json"):
-                old.unlink(missing_ok=True)
-            write_atomic(marker, json.dumps({"stage": self.stage, "shard": self.shard, "outcomes": self.outcomes}))
+                remove_output(old, self.layout.out)
+            write_atomic(marker, json.dumps({"stage": self.stage, "shard": self.shard, "outcomes": self.outcomes}),
+                         self.layout.out)
         distributed.shutdown()
         return False
 
@@ -324,7 +334,6 @@ class Job:
 def _hold_jobs_lock(layout: Layout) -> IO[str]:
     """A shared lock on OUT/.pixelwizard/jobs.lock for the job's lifetime: `generate` refuses to start while jobs
     of an earlier run still work in OUT (the kernel drops the lock when the process dies)."""
-    layout.jobs_lock.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(layout.jobs_lock, "a")
+    handle = open_output(layout.jobs_lock, layout.out, append=True)
     fcntl.flock(handle, fcntl.LOCK_SH)
     return handle

@@ -89,14 +89,13 @@ class Plan:
 
     def command(self, stage: str, shard_name: str, snapshot_path: Path) -> str:
         """The shell command of a stage job: the GPU lease, then the stage script (through torchrun when the job
-        spans several GPUs), its output into the job's log."""
+        spans several GPUs), its output into the job's log (opened by the lease, inside OUT: io/files.py)."""
         gpus = self.gpus(stage)
         python = shlex.quote(sys.executable)
         script = f"-m pixelwizard.workflow.stages.{stage} {shlex.quote(str(snapshot_path))} {shard_name}"
         launch = f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus}" if gpus > 1 else python
-        log = self.log(stage, shard_name)
-        return (f"mkdir -p {shlex.quote(str(log.parent))} && {python} -m pixelwizard.pipeline.gpu_lease {gpus} -- "
-                f"{launch} {script} > {shlex.quote(str(log))} 2>&1")
+        log = shlex.quote(str(self.log(stage, shard_name)))
+        return f"{python} -m pixelwizard.pipeline.gpu_lease {gpus} --log {log} -- {launch} {script}"
 
 
 def snakemake_plan(config: dict) -> tuple[Plan, Path]:
@@ -107,6 +106,7 @@ def snakemake_plan(config: dict) -> tuple[Plan, Path]:
         path = Path(config["snapshot"])
         snapshot = RunSnapshot.load(path)
     else:
-        snapshot = RunSnapshot.from_files(RunConfig.from_mapping(dict(config)), Path("."), DigestCache(layout.digests))
+        cache = DigestCache(layout.digests, root=layout.out)
+        snapshot = RunSnapshot.from_files(RunConfig.from_mapping(dict(config)), Path("."), cache)
         path = snapshot.save(layout)
     return Plan(snapshot, layout), path

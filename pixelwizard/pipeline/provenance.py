@@ -50,11 +50,15 @@ class OutputState:
 
 
 class Provenance:
-    """The expected provenance of a run's outputs and their states on disk (each computed once per instance)."""
+    """The expected provenance of a run's outputs and their states on disk (each computed once per instance).
+    `renew`: the caller runs stages in OUT (holding its lock), so an intact copy's stamps are renewed as they are
+    checked; otherwise (status, report, dry runs) nothing in OUT is written."""
 
-    def __init__(self, snapshot: RunSnapshot, layout: Layout, events: list[dict[str, Any]] = ()):
+    def __init__(self, snapshot: RunSnapshot, layout: Layout, events: list[dict[str, Any]] = (), *,
+                 renew: bool = False):
         self.snapshot = snapshot
         self.layout = layout
+        self.renew_in = layout.out if renew else None
         self.failures = last_failures(list(events))
         self._items = {s: {i.id: i for i in snapshot.items(s)} for s in STAGES}
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
@@ -118,8 +122,8 @@ class Provenance:
     def read_attrs(self, stage: str, item_id: str) -> dict[str, Any]:
         """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError."""
         if STAGES[stage].output == "zarr":
-            return verify_store(self.output(stage, item_id))
-        return verify_sidecar(self.layout.sidecar(stage, item_id, self.tag(stage)))
+            return verify_store(self.output(stage, item_id), self.renew_in)
+        return verify_sidecar(self.layout.sidecar(stage, item_id, self.tag(stage)), self.renew_in)
 
     def state(self, stage: str, item_id: str) -> OutputState:
         key = (stage, item_id)

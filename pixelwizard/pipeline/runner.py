@@ -24,6 +24,7 @@ from typing import IO
 
 import psutil
 
+from pixelwizard.io.files import open_output
 from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import Layout
 
@@ -52,8 +53,8 @@ def _busy(layout: Layout) -> RunBusyError:
                         "(pixelwizard status shows its progress) or choose another --out")
 
 
-def _try_lock(path: Path, mode: int) -> IO | None:
-    handle = open(path, "a")
+def _try_lock(layout: Layout, path: Path, mode: int) -> IO | None:
+    handle = open_output(path, layout.out, append=True)
     try:
         fcntl.flock(handle, mode | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -66,7 +67,7 @@ def check_free(layout: Layout) -> None:
     """Raise RunBusyError if a run or its jobs are at work in OUT; creates nothing."""
     for path in (layout.run_lock, layout.jobs_lock):
         if path.exists():
-            handle = _try_lock(path, fcntl.LOCK_SH if path == layout.run_lock else fcntl.LOCK_EX)
+            handle = _try_lock(layout, path, fcntl.LOCK_SH if path == layout.run_lock else fcntl.LOCK_EX)
             if handle is None:
                 raise _busy(layout)
             handle.close()
@@ -76,12 +77,12 @@ def check_free(layout: Layout) -> None:
 def run_lock(layout: Layout) -> Iterator[IO]:
     """Hold OUT's run lock for a run (taken before anything in OUT changes); yields the lock's file, whose
     descriptor Snakemake inherits so that the lock lives as long as the run does."""
-    layout.state.mkdir(parents=True, exist_ok=True)
-    handle = _try_lock(layout.run_lock, fcntl.LOCK_EX)
+    layout.out.mkdir(parents=True, exist_ok=True)
+    handle = _try_lock(layout, layout.run_lock, fcntl.LOCK_EX)
     if handle is None:
         raise _busy(layout)
     with handle:
-        jobs = _try_lock(layout.jobs_lock, fcntl.LOCK_EX)
+        jobs = _try_lock(layout, layout.jobs_lock, fcntl.LOCK_EX)
         if jobs is None:
             raise RunBusyError(f"{layout.out}: stage jobs of an earlier run are still working here (its Snakemake "
                                "was stopped alone); wait for them, or end them, then run again")
@@ -123,10 +124,9 @@ def run_snakemake(layout: Layout, command: list[str], lock: IO, *, verbose: bool
     if any((layout.out / ".snakemake" / "locks").glob("*")):
         # A SIGKILLed Snakemake leaves its lock behind; holding OUT's run lock proves nobody else uses it.
         subprocess.run([*command, "--unlock"], capture_output=True, check=False)
-    layout.snakemake_logs.mkdir(parents=True, exist_ok=True)
     log_path = layout.snakemake_logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     stopped: list[tuple[int, float]] = []  # (signal, when)
-    with open(log_path, "w") as log:
+    with open_output(log_path, layout.out, append=False) as log:
         output = None if verbose else log
         # Ctrl-C reaches the whole foreground process group: Snakemake and its shells must ignore it (a child keeps
         # an ignored disposition) and leave the stop to this process; the stage jobs handle it themselves.

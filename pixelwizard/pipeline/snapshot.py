@@ -105,7 +105,7 @@ class RunSnapshot:
 
     def to_json(self) -> str:
         return json.dumps({
-            "config": self.config.to_mapping(), "prompts": [json.loads(p.to_json()) for p in self.prompts],
+            "config": self.config.to_mapping(), "prompts": [p.to_record() for p in self.prompts],
             "only": list(self.only) if self.only is not None else None, "identities": self.identities,
             **({"sources": self.sources} if self.sources else {}),
         }, ensure_ascii=False, sort_keys=True)
@@ -118,12 +118,12 @@ class RunSnapshot:
         """Write the snapshot under its digest (nothing to do when it is already there); returns its path."""
         path = layout.snapshot(self.digest)
         if not path.exists():
-            write_atomic(path, self.to_json())
+            write_atomic(path, self.to_json(), layout.out)
         return path
 
     @classmethod
     def load(cls, path: Path) -> RunSnapshot:
-        values = json.loads(Path(path).read_text())
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
         only = values["only"]
         return cls(RunConfig.from_mapping(values["config"], source=str(path)),
                    tuple(Prompt(**p) for p in values["prompts"]), tuple(only) if only is not None else None,

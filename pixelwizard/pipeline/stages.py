@@ -48,6 +48,9 @@ class Stage:
     seeded: bool = False  # draws noise: a per-prompt seed enters its provenance
     uncond_text: Callable[[Prompt, Preset], str] | None = None  # the unconditional text a prompt's job reads
     tag: Callable[[Preset], str] | None = None  # outputs of other settings go to OUT/<name>/<tag>/, beside
+    # Its GPU memory is large activations of changing sizes: CUDA's caching allocator runs with expandable segments
+    # (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True unless the user set one), so freed blocks do not fragment.
+    expandable_segments: bool = False
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # source kind -> the fields that differ
 
     def recipe(self, source: str) -> Stage:
@@ -83,11 +86,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("preview", reads=("lr",), settings=("fps",), checkpoints=("vae",), output="mp4", items="prompts",
           shard_size=32, sources={"video": dict(settings=())}),  # at the video's rate
     Stage("hr", reads=("text", "uncond", "lr"), settings=HR_SETTINGS, checkpoints=("hr_dit",), output="zarr",
-          items="selected", shard_size=8, gpus="hr_gpus", seeded=True,
+          items="selected", shard_size=8, gpus="hr_gpus", seeded=True, expandable_segments=True,
           uncond_text=lambda p, preset: negative_text(p, preset) if preset.uncond_prompt == "negative" else "",
           sources={"image": dict(settings=(*HR_SETTINGS, "hr_first_frame"), checkpoints=("hr_dit", "vae"))}),
     Stage("decode", reads=("hr",), settings=("num_patches", "patch_dim", "overlap", "fps"), checkpoints=("vae",),
-          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag,
+          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag, expandable_segments=True,
           sources={"video": dict(settings=("num_patches", "patch_dim", "overlap"))}),  # at the video's rate
 )}
 

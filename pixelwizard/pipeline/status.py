@@ -36,14 +36,17 @@ class StageStatus:
 
 
 def last_snapshot(out: Path) -> RunSnapshot:
-    """The run as the last `generate` in OUT configured it (its pixelwizard.yaml, prompts.jsonl, only.txt)."""
+    """The run as the last `generate` in OUT configured it (its pixelwizard.yaml, prompts.jsonl, only.txt); reads
+    OUT, writes nothing."""
     layout = Layout(out)
     config = RunConfig.load(layout.config)
-    return RunSnapshot.from_files(config, out, DigestCache(layout.digests))
+    return RunSnapshot.from_files(config, out, DigestCache(layout.digests, persist=False))
 
 
-def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = None) -> list[StageStatus]:
-    provenance = Provenance(snapshot, layout, read_events(layout.events)[0])
+def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = None, *,
+            renew: bool = False) -> list[StageStatus]:
+    """Every output's state, by stage; `renew`: see Provenance (only a run holding OUT's lock may)."""
+    provenance = Provenance(snapshot, layout, read_events(layout.events)[0], renew=renew)
     plan = Plan(snapshot, layout, provenance)
     rows = []
     for stage in plan.stages:

@@ -51,8 +51,16 @@ def vae_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.bfloat16
 
 
+def vae_memory_format(device: torch.device) -> torch.memory_format:
+    """channels-last-3d on a GPU: cuDNN's convolutions are channels-last natively (NCDHW costs layout conversions
+    around every conv) and it passes PyTorch's Conv3d gate on cuDNN 9.8-9.14 (pixelwizard/gpu_traps.py); bench/gpu.py
+    times it against NCDHW. NCDHW on the CPU."""
+    return torch.contiguous_format if device.type == "cpu" else torch.channels_last_3d
+
+
 def load_vae(config: RunConfig, device: torch.device) -> WanVAE:
-    return wan.load_vae(Path(config.ckpt_dir), device=device, dtype=vae_dtype(device))
+    vae = wan.load_vae(Path(config.ckpt_dir), device=device, dtype=vae_dtype(device))
+    return vae.use_memory_format(vae_memory_format(device))
 
 
 def load_lr_dit(config: RunConfig, device: torch.device) -> WanDiT:
@@ -143,13 +151,14 @@ def saved_anchor(path: Path, preset: Preset, config: RunConfig) -> torch.Tensor:
     return load_latent(path, channels=wan.vae_config(Path(config.ckpt_dir)).z_dim, max_frames=preset.frames)
 
 
-def input_clip(path: Path, clip: Clip, out: Path, sheet: Path, on_step: StepCallback | None = None) -> dict:
+def input_clip(path: Path, clip: Clip, out: Path, sheet: Path, root: Path,
+               on_step: StepCallback | None = None) -> dict:
     """A video's clip as the run takes it, at its display size (even sides for yuv420p: an odd side loses its last
-    pixel line) and rate, into an H.264 MP4 and a contact sheet; returns the clip's quality numbers."""
+    pixel line) and rate, into an H.264 MP4 and a contact sheet inside `root`; returns the clip's quality numbers."""
     width, height = clip.width - clip.width % 2, clip.height - clip.height % 2
     chunks = (frame[None, :height, :width] for frame in clip_frames(path, clip))
     return write_video(chunks, out, width=width, height=height, frames=clip.frames, steps=clip.frames, fps=clip.fps,
-                       meter=QualityMeter(width, height), sheet_path=sheet, on_step=on_step)
+                       meter=QualityMeter(width, height), sheet_path=sheet, root=root, on_step=on_step)
 
 
 def hr_latent(model: HRDiT, cond: Conditioning, anchor: torch.Tensor, preset: Preset, seed: int, config: RunConfig,
