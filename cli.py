@@ -88,7 +88,8 @@ RUN_OPTIONS = {
 
 def with_options(name: str, options: dict[str, tuple[Any, typer.models.OptionInfo]],
                  pack: Callable[..., Any]) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a command the options of `options`, passed to it as one argument `name`: `pack(**their values)`."""
+    """Give a command the options of `options`, passed to it as one argument `name`: `pack(**their values)`; a
+    value `pack` refuses is one line, as in the command (`run`, the run options, packed first, says how verbose)."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         signature = inspect.signature(command)
@@ -97,7 +98,10 @@ def with_options(name: str, options: dict[str, tuple[Any, typer.models.OptionInf
 
         @functools.wraps(command)
         def wrapper(**values: object) -> None:
-            packed = pack(**{option: values.pop(option) for option in options})
+            try:
+                packed = pack(**{option: values.pop(option) for option in options})
+            except USER_ERRORS as err:
+                fail(err, getattr(values.get("run"), "verbose", False))
             command(**values, **{name: packed})
 
         hints = typing.get_type_hints(command)
