@@ -1,4 +1,9 @@
-"""`pixelwizard`: generate 2K/4K videos from prompts, re-decode saved latents, see a batch's state and report."""
+"""`pixelwizard`: generate 2K/4K videos from prompts, re-decode saved latents, see a batch's state and report.
+
+Every module imported here is free of torch, so `--help` and every argument or configuration error answer at once
+(tests/test_startup.py checks it in a fresh process); what needs torch (the up-front checks, the tiny weights) is
+imported inside the command that uses it.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,10 @@ import typer
 from rich.console import Console
 
 from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
-from pixelwizard.checkpoints.strict import CheckpointError
+from pixelwizard.checkpoints.errors import CheckpointError
 from pixelwizard.io.files import write_atomic
 from pixelwizard.models.config import ConfigError
-from pixelwizard.pipeline import checks, runner, status
+from pixelwizard.pipeline import runner, status
 from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.live import LiveView
@@ -229,6 +234,8 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
     """Check everything up front, take OUT's lock, record the run, plan it and run it; returns the exit code.
     `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode). Nothing in
     OUT changes before the lock is held, and nothing at all in a dry run or a refused one."""
+    from pixelwizard.pipeline import checks  # reads checkpoint headers with torch
+
     layout = Layout(out)
     try:
         checks.check_out(out)

@@ -18,16 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.io.latent_store import StoreError, verify_store
 from pixelwizard.io.sidecar import SidecarError, verify_sidecar
 from pixelwizard.pipeline.events import last_failures
 from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt, text_hash
 from pixelwizard.pipeline.snapshot import RunSnapshot, uncond_item
 from pixelwizard.pipeline.stages import STAGES
-from pixelwizard.pipeline.steps import stage_seed
+from pixelwizard.sampling.seeds import prompt_seed
 
 DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
+
+
+def stage_seed(prompt: Prompt, preset: Preset, stage: str) -> int:
+    """The seed of a prompt's noise at a stage: from its own seed, or the run's, and its id."""
+    return prompt_seed(preset.seed if prompt.seed is None else prompt.seed, prompt.id, stage)
 
 
 def provenance_digest(record: Mapping[str, Any]) -> str:
@@ -102,6 +107,8 @@ class Provenance:
 
     def read_attrs(self, stage: str, item_id: str) -> dict[str, Any]:
         """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError."""
+        from pixelwizard.io.latent_store import verify_store  # zarr: only states need it, digests do not
+
         if STAGES[stage].output == "zarr":
             return verify_store(self.output(stage, item_id))
         return verify_sidecar(self.layout.sidecar(stage, item_id, self.tag(stage)))
@@ -113,6 +120,8 @@ class Provenance:
         return self._states[key]
 
     def _state(self, stage: str, item_id: str) -> OutputState:
+        from pixelwizard.io.latent_store import StoreError
+
         expected = self.digest(stage, item_id)
         try:
             attrs = self.read_attrs(stage, item_id)

@@ -1,12 +1,14 @@
 """What each stage computes for one prompt, given its models: the stage scripts (around which pipeline/job.py keeps
 the books) and the Python API (`pixelwizard.Pipeline`) both call these, so a video is the same made either way.
-Here the product's preset is mapped onto the models and samplers: seeds, noise shapes, sampler parameters.
+Here the product's preset is mapped onto the models and samplers: noise shapes, sampler parameters (the
+seeds: `provenance.stage_seed`, as every output records them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,13 +18,14 @@ from pixelwizard.checkpoints.trainer import load_hr_model, load_lr_model
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.models.offload import offload_blocks
-from pixelwizard.models.text_encoder import TextEncoder, clean_prompt
 from pixelwizard.models.vae import WanVAE
 from pixelwizard.pipeline.presets import Preset
-from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.sampling.samplers import Conditioning, StepCallback, sample_hr, sample_lr
-from pixelwizard.sampling.seeds import gaussian_noise, prompt_seed
+from pixelwizard.sampling.seeds import gaussian_noise
+
+if TYPE_CHECKING:  # transformers takes seconds to import: only the text stage pays for it
+    from pixelwizard.models.text_encoder import TextEncoder
 
 
 def pick_device(requested: str) -> torch.device:
@@ -78,11 +81,6 @@ def load_hr_dit(config: RunConfig, device: torch.device) -> HRDiT:
     return model.use_attention(config.attention, device)
 
 
-def stage_seed(prompt: Prompt, preset: Preset, stage: str) -> int:
-    """The seed of a prompt's noise at a stage: from its own seed, or the run's, and its id."""
-    return prompt_seed(preset.seed if prompt.seed is None else prompt.seed, prompt.id, stage)
-
-
 @dataclass(frozen=True)
 class Embedding:
     context: torch.Tensor  # [L, dim], L = tokens read (at most the encoder's text_len)
@@ -91,6 +89,8 @@ class Embedding:
 
 
 def encode(encoder: TextEncoder, text: str) -> Embedding:
+    from pixelwizard.models.text_encoder import clean_prompt
+
     tokens = len(encoder.tokenizer(clean_prompt(text))["input_ids"])
     (context,) = encoder.encode([text])
     return Embedding(context, tokens, max(0, tokens - encoder.config.text_len))
