@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import shutil
 import signal
 import time
 import typing
@@ -24,7 +25,7 @@ from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
 from pixelwizard.checkpoints.errors import CheckpointError
 from pixelwizard.io.files import write_atomic
 from pixelwizard.models.config import ConfigError
-from pixelwizard.pipeline import runner, status
+from pixelwizard.pipeline import inflight, runner, status
 from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.live import LiveView
@@ -38,7 +39,7 @@ from pixelwizard.pipeline.stages import STAGES, lineage
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True, soft_wrap=True)  # one line stays one line in logs and pipes
-USER_ERRORS = (RunConfigError, PresetError, PromptFileError, CheckpointError, ConfigError, runner.RunBusyError,
+USER_ERRORS = (RunConfigError, PresetError, PromptFileError, CheckpointError, ConfigError, inflight.RunBusyError,
                FileNotFoundError, ValueError)
 
 
@@ -199,7 +200,7 @@ def generate(
             decode_gpus=decode_gpus)
     except USER_ERRORS as err:
         fail(err, run.verbose)
-    raise typer.Exit(execute(out.resolve(), config, items, chosen, run, until=until, record=True))
+    raise typer.Exit(execute("generate", out.resolve(), config, items, chosen, run, until=until, record=True))
 
 
 @app.command()
@@ -226,17 +227,20 @@ def decode(
         chosen = read_ids(out / config.only, items) if config.only else None
     except USER_ERRORS as err:
         fail(err, run.verbose)
-    raise typer.Exit(execute(out, config, items, chosen, run, until=None, record=False, stages=["decode"]))
+    raise typer.Exit(execute("decode", out, config, items, chosen, run, until=None, record=False, stages=["decode"]))
 
 
-def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] | None, run: RunOptions, *,
-            until: str | None, record: bool, stages: list[str] | None = None) -> int:
+def execute(command: str, out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] | None,
+            run: RunOptions, *, until: str | None, record: bool, stages: list[str] | None = None) -> int:
     """Check everything up front, take OUT's lock, record the run, plan it and run it; returns the exit code.
     `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode). Nothing in
     OUT changes before the lock is held, and nothing at all in a dry run or a refused one."""
     from pixelwizard.pipeline import checks  # reads checkpoint headers with torch
 
     layout = Layout(out)
+    waiting = console.status("checking the checkpoints and settings, planning the run")  # on a terminal: not frozen
+    if console.is_terminal and not run.quiet:
+        waiting.start()
     try:
         checks.check_out(out)
         checks.check_checkpoints(config)
@@ -255,7 +259,7 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
             return dry_run_report(plan, rows)
         targets = plan.targets(until) if stages is None else ready_markers(plan, wanted)
         checks.check_disk(snapshot, out, [p for row in rows for p in row.problems])
-        with runner.run_lock(layout) as lock:
+        with inflight.run_lock(layout, f"pixelwizard {command}") as lock:
             cache.save()
             if record:
                 write_atomic(layout.prompts, "".join(p.to_json() + "\n" for p in items))
@@ -264,14 +268,17 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
                 config.save(layout.config)
             snapshot_path = snapshot.save(layout).relative_to(out)
             before = prepare(plan, shown, stages)
-            command = runner.snakemake_command(layout, snapshot_path, targets, profile=run.profile,
-                                               cores=run.cores or max(1, gpus), jobs=run.jobs,
-                                               allowed_rules=stages or ())
+            snakemake = runner.snakemake_command(layout, snapshot_path, targets, profile=run.profile,
+                                                 cores=run.cores or max(1, gpus), jobs=run.jobs,
+                                                 allowed_rules=stages or ())
             start = time.monotonic()
-            with LiveView(layout, before, console, quiet=run.quiet) as view:
-                outcome = runner.run_snakemake(layout, command, lock, verbose=run.verbose, on_tick=view.tick)
+            waiting.stop()
+            with LiveView(layout, before, console, title=f"pixelwizard {command} {out}", quiet=run.quiet) as view:
+                outcome = runner.run_snakemake(layout, snakemake, lock, verbose=run.verbose, on_tick=view.tick)
     except USER_ERRORS as err:
         fail(err, run.verbose)
+    finally:
+        waiting.stop()
     return summary(snapshot, layout, shown, outcome, time.monotonic() - start)
 
 
@@ -308,8 +315,8 @@ def prepare(plan: Plan, shown: list[str], stages: list[str] | None) -> list[stat
 
 def dry_run_report(plan: Plan, rows: list[status.StageStatus]) -> int:
     try:
-        runner.check_free(plan.layout)
-    except runner.RunBusyError as busy:
+        inflight.check_free(plan.layout)
+    except inflight.RunBusyError as busy:
         console.print(f"note: {busy}", highlight=False)
     console.print(status.table(rows, f"{plan.layout.out} (dry run: nothing was changed)"))
     for row in rows:
@@ -336,10 +343,33 @@ def summary(snapshot: RunSnapshot, layout: Layout, shown: list[str], outcome: ru
         return 0
     console.print(status.table(rows, f"{layout.out}: not everything was made"))
     status.print_problems(console, rows)
-    if outcome.code != 0:
-        console.print(f"Snakemake stopped with code {outcome.code}; its log: {outcome.log}", highlight=False)
-    console.print("Run the same command again to retry what failed.", highlight=False)
+    for line in advice(rows, layout, outcome):
+        console.print(line, highlight=False)
     return 1
+
+
+def advice(rows: list[status.StageStatus], layout: Layout, outcome: runner.Outcome) -> list[str]:
+    """What happened to the run as a whole, and what to do first: free space before a retry when the disk filled up,
+    memory when a job was killed, otherwise just the retry."""
+    lines = []
+    if outcome.orphaned:
+        names = ", ".join(job.name for job in outcome.orphaned)
+        lines.append(f"Snakemake ended ({inflight.how_it_ended(outcome.code)}) while jobs still ran ({names}); they "
+                     f"were stopped. Its log: {outcome.log}")
+    elif outcome.code != 0:
+        lines.append(f"Snakemake stopped with {inflight.how_it_ended(outcome.code)}; its log: {outcome.log}")
+    errors = [p.reasons[0] for row in rows for p in row.problems if p.state == "failed" and p.reasons]
+    if any("No space left on device" in e for e in errors):
+        free = shutil.disk_usage(layout.out).free
+        lines.append(f"The disk holding {layout.out} is full ({free / 1e6:,.1f} MB free now): free space there first, "
+                     "then run the same command again.")
+    elif any("killed by signal 9" in e for e in errors):
+        lines.append("A job was killed by SIGKILL (the kernel's OOM killer, or kill -9): if memory ran out, run fewer "
+                     "jobs at once (--cores) or give each more room (--offload, --hr-gpus), then run the same command "
+                     "again to retry what failed.")
+    else:
+        lines.append("Run the same command again to retry what failed.")
+    return lines
 
 
 @app.command("status")
@@ -356,6 +386,32 @@ def show_status(out: Path = typer.Argument(..., help="Output directory of a gene
     shown = Console(soft_wrap=True)
     shown.print(status.table(rows, title))
     status.print_problems(shown, rows)
+    status.print_at_work(shown, Layout(out))
+
+
+@app.command()
+def stop(out: Path = typer.Argument(..., help="Output directory of a run"), verbose: bool = VERBOSE) -> None:
+    """Stop the run working in OUT, from another terminal, as Ctrl-C would: every job finishes its current step
+    (nothing half-written is kept; a job still running a minute later is killed). Also ends stage jobs that an
+    earlier run left working there."""
+    out = out.resolve()
+    layout = Layout(out)
+    if not out.is_dir():
+        fail(RunConfigError(f"{out}: no such directory"), verbose)
+    if inflight.run_holder(layout) is None and not inflight.live_jobs(layout):
+        console.print(f"nothing runs in {out}", highlight=False)
+        return
+    status.print_at_work(console, layout)
+    result = inflight.stop(layout)
+    ended = [job.name for job in result.jobs if job not in result.left]
+    console.print(f"[yellow]stopped[/] in {result.seconds:.0f} s: "
+                  + ", ".join(filter(None, [result.run and result.run.get("command"), *ended])), highlight=False)
+    if result.killed:
+        console.print(f"killed after {inflight.STOP_GRACE_S:.0f} s: {', '.join(j.name for j in result.killed)}",
+                      highlight=False)
+    if result.left:
+        fail(RuntimeError(f"still running: {'; '.join(j.describe() for j in result.left)}; end them where they run"),
+             verbose)
 
 
 @app.command("report")
@@ -393,12 +449,13 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output 
     from pixelwizard.checkpoints.tiny import write_tiny_weights
 
     out = out.resolve()
-    paths = write_tiny_weights(out / "weights", seed=0)
+    with console.status("writing tiny random weights"):
+        paths = write_tiny_weights(out / "weights", seed=0)
     items = read_prompts(runner.workflow_files() / "prompts" / "demo.txt")
     config = RunConfig(prompts=PROMPTS, preset="tiny", shard_sizes=dict.fromkeys(STAGES, 2),
                        **{k: str(v) for k, v in paths.items()})
     run = RunOptions(cores=cores, verbose=verbose, quiet=quiet)
-    raise typer.Exit(execute(out, config, items, None, run, until=None, record=True))
+    raise typer.Exit(execute("demo", out, config, items, None, run, until=None, record=True))
 
 
 def main() -> None:

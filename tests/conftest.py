@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -100,6 +102,37 @@ def frames_of(out: Path, prompt_id: str, tag: str = TAG) -> np.ndarray:
     frames, fps = read_video(out / "decode" / tag / f"{prompt_id}.mp4")
     assert fps == 24
     return frames
+
+
+def wait_for_job(process: subprocess.Popen, out: Path, stage: str, doing: str, timeout: float = 300) -> dict:
+    """Wait until a job of `stage` is `doing` something (its record in OUT: "sampling fox 1/4" for a step begun);
+    returns the record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for path in (out / ".pixelwizard" / "jobs").glob(f"{stage}-*.json"):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record["doing"].startswith(doing):
+                return record
+        assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else "the run ended"
+        assert time.monotonic() < deadline, f"no {stage} job was {doing!r} within {timeout} s"
+        time.sleep(0.1)
+
+
+def pixelwizard_processes(out: Path) -> list[psutil.Process]:
+    """Every process working for the run in OUT: its command line names OUT, or it runs in OUT."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd", "status"]):
+        try:
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if str(out) in " ".join(process.info["cmdline"] or []) or process.info["cwd"] == str(out):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def python_env() -> dict[str, str]:

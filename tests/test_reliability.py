@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from conftest import (
@@ -26,7 +25,9 @@ from conftest import (
     generate,
     generate_args,
     pixelwizard,
+    pixelwizard_processes,
     popen_generate,
+    wait_for_job,
     write_prompts,
 )
 
@@ -250,26 +251,6 @@ def test_a_failing_prompt_does_not_hold_up_its_shard_mates(finished_run, weights
 
 # ---- signals (items 6, 7, 8) ----------------------------------------------------------------------------------------
 
-def wait_for_hr_step(process: subprocess.Popen, out: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    progress = out / ".pixelwizard" / "progress"
-    while not any(p.name.startswith("hr-") for p in progress.glob("*.json")) if progress.exists() else True:
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "the HR stage never started a step"
-        time.sleep(0.1)
-
-
-def pixelwizard_processes(out: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline", "cwd"]):
-        try:
-            if str(out) in " ".join(process.info["cmdline"] or []) or process.info["cwd"] == str(out):
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, False),
                                               (signal.SIGINT, True)], ids=["sigterm", "sigint", "ctrl-c"])
@@ -279,7 +260,7 @@ def test_a_stop_signal_ends_the_run_within_seconds_and_it_resumes(weights, tmp_p
     out = tmp_path / "out"
     prompts = write_prompts(tmp_path / "p.jsonl")
     process = popen_generate(weights, prompts, out, "--hr-steps", "400", start_new_session=True)
-    wait_for_hr_step(process, out)
+    wait_for_job(process, out, "hr", "sampling")
     sent = time.time()
     os.killpg(process.pid, signum) if to_group else process.send_signal(signum)
     code = process.wait(timeout=120)
@@ -303,7 +284,7 @@ def test_sigkill_of_the_process_group_leaves_no_worker_behind(weights, tmp_path)
     out = tmp_path / "out"
     process = popen_generate(weights, write_prompts(tmp_path / "p.jsonl"), out, "--hr-steps", "400",
                              "--hr-gpus", "2", start_new_session=True)
-    wait_for_hr_step(process, out)
+    wait_for_job(process, out, "hr", "sampling")
     workers = [p for p in pixelwizard_processes(out) if "pixelwizard.workflow.stages.hr" in " ".join(p.cmdline())]
     assert len(workers) >= 2  # torchrun and its two workers
     os.killpg(process.pid, signal.SIGKILL)

@@ -1,6 +1,6 @@
-"""What stage jobs tell the rest: the event log (one JSON line per prompt and stage: started, computed, skipped,
-failed, blocked, interrupted, recomputing a corrupt output, warnings) and a small progress file per running job
-(the prompt and the denoising step or decode chunk it is at), which the CLI's live view and `status` read.
+"""What stage jobs tell the rest: the event log, one JSON line per prompt and stage: started, computed (the job's
+first with its start-up times), skipped, failed, blocked, interrupted, recomputing a corrupt output, warnings. (What a
+running job is doing right now is in its record: pipeline/inflight.py.)
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.io.files import write_atomic
 
 FAILED = "failed"
 
@@ -55,17 +54,3 @@ def last_failures(events: list[dict[str, Any]]) -> dict[tuple[str, str, str], di
         elif event.get("action") in ("computed", "skipped"):
             failures.pop(key, None)
     return failures
-
-
-def write_progress(path: Path, **progress: Any) -> None:
-    write_atomic(path, json.dumps({"time": round(time.time(), 3), "pid": os.getpid(), **progress}))
-
-
-def read_progress(folder: Path) -> list[dict[str, Any]]:
-    found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-        try:
-            found.append(json.loads(path.read_text()))
-        except (OSError, ValueError):  # removed or replaced while listing
-            continue
-    return found

@@ -14,9 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -78,20 +76,3 @@ def _try_lock(held: ExitStack, path: Path) -> bool:
         return False
     held.enter_context(handle)
     return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Lease the GPUs, run the command with them, pass stop signals on, exit with the command's code."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        print("usage: python -m pixelwizard.pipeline.gpu_lease N -- COMMAND...", file=sys.stderr)
-        return 2
-    with gpu_lease(int(argv[0])) as env:
-        child = subprocess.Popen(argv[2:], env={**os.environ, **env})
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, lambda number, _frame: child.send_signal(number))
-        return child.wait()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

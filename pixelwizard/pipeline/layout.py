@@ -8,7 +8,7 @@ directory that is copied or moved works where it lands.
     OUT/decode/<tag>/<id>.mp4 .png .json     videos, contact sheets, provenance and quality numbers
     OUT/logs/<stage>/<shard>.log             one log per stage job; OUT/logs/events.jsonl, OUT/logs/snakemake/
     OUT/.done/<stage>/<shard>-<digest>.json  Snakemake's shard markers
-    OUT/.pixelwizard/                        run snapshots, the checkpoint digest cache, locks, job progress
+    OUT/.pixelwizard/                        run snapshots, the checkpoint digest cache, locks, job records
 """
 
 from __future__ import annotations
@@ -62,9 +62,6 @@ class Layout:
 
     def snapshot(self, digest: str) -> Path:
         return self.state / "runs" / f"{digest[:16]}.json"
-
-    def progress(self, stage: str, shard: str) -> Path:
-        return self.state / "progress" / f"{stage}-{shard}.json"
 
     @property
     def digests(self) -> Path:

@@ -88,15 +88,14 @@ class Plan:
         return any(stage in s.reads for s in self.stages)
 
     def command(self, stage: str, shard_name: str, snapshot_path: Path) -> str:
-        """The shell command of a stage job: the GPU lease, then the stage script (through torchrun when the job
-        spans several GPUs), its output into the job's log."""
+        """The shell command of a stage job: the launcher (GPU lease, the job's record, its log; pipeline/launch.py),
+        then the stage script, through torchrun when the job spans several GPUs."""
         gpus = self.gpus(stage)
         python = shlex.quote(sys.executable)
         script = f"-m pixelwizard.workflow.stages.{stage} {shlex.quote(str(snapshot_path))} {shard_name}"
-        launch = f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus}" if gpus > 1 else python
-        log = self.log(stage, shard_name)
-        return (f"mkdir -p {shlex.quote(str(log.parent))} && {python} -m pixelwizard.pipeline.gpu_lease {gpus} -- "
-                f"{launch} {script} > {shlex.quote(str(log))} 2>&1")
+        run = f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus}" if gpus > 1 else python
+        log = shlex.quote(str(self.log(stage, shard_name)))
+        return f"exec {python} -m pixelwizard.pipeline.launch {stage} {shard_name} {gpus} {log} -- {run} {script}"
 
 
 def snakemake_plan(config: dict) -> tuple[Plan, Path]:

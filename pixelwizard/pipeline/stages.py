@@ -37,6 +37,7 @@ class Stage:
     seeded: bool = False  # draws noise: a per-prompt seed enters its provenance
     uncond_text: Callable[[Prompt, Preset], str] | None = None  # the unconditional text a prompt's job reads
     tag: Callable[[Preset], str] | None = None  # outputs of other settings go to OUT/<name>/<tag>/, beside
+    verb: str = "computing"  # what its job does to a prompt, for people: "sampling fox 3/4"
 
 
 def negative_text(prompt: Prompt, preset: Preset) -> str:
@@ -49,21 +50,24 @@ def decode_tag(preset: Preset) -> str:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("text", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="prompts", shard_size=256),
-    Stage("uncond", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="uncond", shard_size=256),
+    Stage("text", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="prompts", shard_size=256,
+          verb="encoding"),
+    Stage("uncond", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="uncond", shard_size=256,
+          verb="encoding"),
     Stage("lr", reads=("text", "uncond"),
           settings=("frames", "lr_width", "lr_height", "lr_steps", "lr_shift", "lr_guidance", "lr_solver"),
           checkpoints=("lr_dit",), output="zarr", items="prompts", shard_size=16, seeded=True,
-          uncond_text=negative_text),
+          uncond_text=negative_text, verb="sampling"),
     Stage("preview", reads=("lr",), settings=("fps",), checkpoints=("vae",), output="mp4", items="prompts",
-          shard_size=32),
+          shard_size=32, verb="decoding"),
     Stage("hr", reads=("text", "uncond", "lr"),
           settings=("frames", "width", "height", "hr_steps", "hr_shift", "hr_guidance", "hr_solver", "uncond_prompt",
                     "uncond_anchor"),
           checkpoints=("hr_dit",), output="zarr", items="selected", shard_size=8, gpus="hr_gpus", seeded=True,
-          uncond_text=lambda p, preset: negative_text(p, preset) if preset.uncond_prompt == "negative" else ""),
+          uncond_text=lambda p, preset: negative_text(p, preset) if preset.uncond_prompt == "negative" else "",
+          verb="sampling"),
     Stage("decode", reads=("hr",), settings=("num_patches", "patch_dim", "overlap", "fps"), checkpoints=("vae",),
-          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag),
+          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag, verb="decoding"),
 )}
 
 

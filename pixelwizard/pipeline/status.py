@@ -5,6 +5,7 @@ status`, the summary at the end of `generate` and the report all read it from he
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pixelwizard.checkpoints.identity import DigestCache
+from pixelwizard.pipeline import inflight
 from pixelwizard.pipeline.events import read_events
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
@@ -83,3 +85,19 @@ def print_problems(console: Console, rows: list[StageStatus], limit: int = 10) -
             why = "; ".join(reasons)
             console.print(f"  {row.label}: {state} {shown}" + (f": {why}" if why else ""), highlight=False,
                           markup=False)
+
+
+def print_at_work(console: Console, layout: Layout) -> None:
+    """Whether a run holds OUT, and the stage jobs in flight: stage, shard, prompts, what each does, for how long."""
+    holder, jobs = inflight.run_holder(layout), inflight.live_jobs(layout)
+    if holder is not None:
+        since = inflight.duration(time.time() - holder.get("started", time.time()))
+        console.print(f"a run holds this directory: {holder.get('command', 'pixelwizard')} (pid {holder.get('pid')} "
+                      f"on {holder.get('host')}, for {since}){'; stopping' if holder.get('stopping') else ''}",
+                      highlight=False, markup=False)
+    elif jobs:
+        console.print(f"no run holds this directory, but stage jobs work in it (Snakemake run directly, or jobs "
+                      f"left by a run that was killed; `pixelwizard stop {layout.out}` ends them):", highlight=False,
+                      markup=False)
+    for job in jobs:
+        console.print(f"  {job.describe()}", highlight=False, markup=False)
