@@ -403,7 +403,7 @@ def stop(out: Path = typer.Argument(..., help="Output directory of a run"), verb
         return
     status.print_at_work(console, layout)
     result = inflight.stop(layout)
-    ended = [job.name for job in result.jobs if job not in result.left]
+    ended = [job.name for job in result.jobs if job.pid not in {j.pid for j in result.left}]
     console.print(f"[yellow]stopped[/] in {result.seconds:.0f} s: "
                   + ", ".join(filter(None, [result.run and result.run.get("command"), *ended])), highlight=False)
     if result.killed:

@@ -86,6 +86,8 @@ def demo_figures(python: str, out: Path, cores: int) -> dict:
     wall = time.time() - start
     if result.returncode != 0:
         sys.exit(result.stderr[-3000:])
+    from pixelwizard.pipeline.stages import STAGES
+
     figures: dict = {"demo_s": round(wall, 1)}
     events = [json.loads(line) for line in (out / "logs" / "events.jsonl").read_text().splitlines()]
     firsts = {(e["stage"], e["shard"]): e for e in events if e.get("action") == "computed" and "startup" in e}
@@ -97,23 +99,27 @@ def demo_figures(python: str, out: Path, cores: int) -> dict:
         return figures  # an installation whose jobs record no start-up phases
     markers = {(p.parent.name if p.parent.parent.name == ".done" else p.parent.parent.name, p.name[:5]): p
                for p in (out / ".done").rglob("*.json")}
+    computed = [e for e in events if e.get("action") == "computed"]
+    shard_of = {(e["stage"], e["id"]): e["shard"] for e in computed}
     jobs = []
     for (stage, shard), event in firsts.items():
         phases = event["startup"]
         spans = {name: round(phases[b] - phases[a], 2) for name, a, b in PHASES if a in phases and b in phases}
-        jobs.append({"stage": stage, "shard": shard, "launched": phases["launched"],
+        ids = {e["id"] for e in computed if (e["stage"], e["shard"]) == (stage, shard)}
+        jobs.append({"stage": stage, "shard": shard, "ids": ids, "launched": phases["launched"],
                      "end": markers[(stage, shard)].stat().st_mtime, **spans})
-    reads = {"text": [], "uncond": [], "lr": ["text", "uncond"], "preview": ["lr"], "hr": ["text", "uncond", "lr"],
-             "decode": ["hr"]}
+    reads = {s.name: s.reads for s in STAGES.values()}
     for job in jobs:
-        inputs = [j["end"] for j in jobs if j["stage"] in reads[job["stage"]]]
-        ready = max(inputs) if inputs else run["snakemake_started"]
+        inputs = {(up, shard_of[(up, i)]) for up in reads[job["stage"]] if up != "uncond" for i in job["ids"]}
+        inputs |= {(j["stage"], j["shard"]) for j in jobs if j["stage"] == "uncond" and "uncond" in reads[job["stage"]]}
+        ends = [j["end"] for j in jobs if (j["stage"], j["shard"]) in inputs]
+        ready = max(ends) if ends else run["snakemake_started"]
         job["wait"] = round(job["launched"] - could_start(job, jobs, cores, ready), 2)
     first, last = min(j["launched"] for j in jobs), max(j["end"] for j in jobs)
     figures.update(cli_before_snakemake_s=round(run["snakemake_started"] - start, 1),
                    snakemake_to_first_job_s=round(first - run["snakemake_started"], 1),
                    jobs_s=round(last - first, 1), after_last_job_s=round(start + wall - last, 1),
-                   jobs=[{k: v for k, v in j.items() if k not in ("launched", "end")}
+                   jobs=[{k: v for k, v in j.items() if k not in ("launched", "end", "ids")}
                          for j in sorted(jobs, key=lambda j: j["launched"])])
     return figures
 

@@ -52,6 +52,6 @@ def test_the_python_api_snippet_runs_as_pasted(after_make_demo):
 
 
 def test_the_status_states_are_the_ones_status_uses():
-    section = README[README.index("| state | what it means |"):]
-    rows = re.findall(r"^\| (\w+) \|", section.split("\n\n")[0], re.M)
+    table = README[README.index("| state | what it means |"):].split("\n\n")[0]
+    rows = re.findall(r"^\| (\w+) \|", table.split("|---|---|")[1], re.M)
     assert rows == list(STATES)

@@ -317,6 +317,7 @@ def test_a_full_disk_mid_decode_on_two_ranks_is_one_line_and_nothing_waits(weigh
     message = " ".join(result.stderr.split())
     assert result.returncode == 1 and seconds < 120 and "Traceback" not in result.stderr
     assert "No space left on device" in message and "failed decode" in message
+    assert "is full" in message and "free space there first, then run the same command again" in message
     assert not [p for p in (out / "decode").rglob("*") if p.name.startswith(".")]  # no partial video
     assert pixelwizard_processes(out) == []
     assert "No space left on device" in " ".join(pixelwizard("status", out).stdout.split())

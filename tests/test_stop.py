@@ -30,9 +30,9 @@ def run_copy(finished_run, tmp_path):
     return copy_run(finished_run, tmp_path / "out")
 
 
-def start_slow_hr(weights, finished_run, out, **popen) -> subprocess.Popen:
-    return popen_generate(weights, finished_run.parent / "prompts.jsonl", out, *SLOW_HR, start_new_session=True,
-                          **popen)
+def start_slow_hr(weights, finished_run, out, *extra: str) -> subprocess.Popen:
+    return popen_generate(weights, finished_run.parent / "prompts.jsonl", out, *SLOW_HR, *extra,
+                          start_new_session=True)
 
 
 def table_cell(shown: str, row: str, column: str) -> str:
@@ -53,10 +53,12 @@ def last_event(out, stage: str, item: str) -> dict:
     return [e for e in events(out) if e["stage"] == stage and e["id"] == item][-1]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+@pytest.mark.parametrize("signum, hr_gpus", [(signal.SIGTERM, 2), (signal.SIGHUP, 1)],
+                         ids=["sigterm-torchrun", "sighup"])
 def test_a_stop_signal_to_the_cli_alone_returns_once_the_step_in_flight_ended(weights, finished_run, run_copy,
-                                                                            signum):
-    process = start_slow_hr(weights, finished_run, run_copy)
+                                                                            signum, hr_gpus):
+    """With --hr-gpus 2 the HR job is torchrun and two workers in a session of their own: all of them end."""
+    process = start_slow_hr(weights, finished_run, run_copy, "--hr-gpus", str(hr_gpus))
     record = wait_for_job(process, run_copy, "hr", "sampling")
     sent = time.time()
     process.send_signal(signum)  # the CLI alone, as a scheduler or `kill PID` does

@@ -76,6 +76,7 @@ class JobRecord:
     started: float  # the launcher's start (epoch): when Snakemake ran the job
     slurm_job: str | None = None
     script: tuple[int, float] | None = None  # the stage script's pid and start: it may outlive a killed launcher
+    parent: tuple[int, float] | None = None  # the launcher's parent (Snakemake) and its start
     prompts: list[str] = field(default_factory=list)  # the shard's ids, once the job has read its shard
     doing: str = "starting"  # for people: starting, loading hr_dit, sampling fox 3/4, ...
     item: str | None = None  # the prompt in flight and the digest of the output it makes
@@ -286,21 +287,27 @@ class Stopped:
 
 def stop(layout: Layout, grace_s: float = STOP_GRACE_S) -> Stopped:
     """End what works in OUT as a stop signal to its run would: the run (its CLI, or its Snakemake once the CLI is
-    gone) and every job get SIGTERM, finish their current step and publish nothing half-written; what still runs
-    after `grace_s` is killed. Returns once all of it has ended (or 10 s after the kill)."""
+    gone; the Snakemake of jobs started by Snakemake directly) and every job get SIGTERM, finish their current step
+    and publish nothing half-written; what still runs after `grace_s` is killed. Returns once all of it has ended
+    (or 10 s after the kill)."""
     start = time.monotonic()
     run, jobs = run_holder(layout), live_jobs(layout)
     here = socket.gethostname()
-    if run and run.get("host") == here:
-        for pid in (run.get("pid"), run.get("snakemake")):
-            if pid and process_start(pid) is not None:
-                os.kill(pid, signal.SIGTERM)
-                break
-    for job in jobs:
-        signal_job(job, signal.SIGTERM)
+    drivers = [run.get("pid"), run.get("snakemake")] if run and run.get("host") == here else []
+    if not run:  # Snakemake run directly: its jobs' launchers are its children
+        drivers += [job.parent[0] for job in jobs if job.parent and _alive(job.host, *job.parent)]
+    for pid in dict.fromkeys(p for p in drivers if p and process_start(p) is not None):
+        os.kill(pid, signal.SIGTERM)
+        if run:
+            break  # the CLI stops its Snakemake itself
+    signalled: dict[int, JobRecord] = {}
     killed: list[JobRecord] = []
     while True:
         left = live_jobs(layout)
+        for job in left:
+            if job.pid not in signalled:  # those running now and any started before the stop reached Snakemake
+                signalled[job.pid] = job
+                signal_job(job, signal.SIGTERM)
         holder = run_holder(layout)
         if not left and (holder is None or holder.get("host") != here):
             break
@@ -312,4 +319,4 @@ def stop(layout: Layout, grace_s: float = STOP_GRACE_S) -> Stopped:
         if waited > grace_s + 10:
             break
         time.sleep(POLL_S)
-    return Stopped(run, jobs, killed, left, time.monotonic() - start)
+    return Stopped(run, list(signalled.values()), killed, left, time.monotonic() - start)

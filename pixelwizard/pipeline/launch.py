@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if (inflight.run_holder(layout) or {}).get("stopping"):  # started after its run was stopped (a queued job)
         return 128 + signal.SIGTERM
     record = inflight.JobRecord(stage, shard, os.getpid(), os.getpgid(0), socket.gethostname(),
-                                inflight.process_start(os.getpid()), os.environ.get("SLURM_JOB_ID"))
+                                inflight.process_start(os.getpid()), os.environ.get("SLURM_JOB_ID"),
+                                parent=(os.getppid(), inflight.process_start(os.getppid())))
     path = inflight.record_path(layout, stage, shard)
     code = 1
     try:
