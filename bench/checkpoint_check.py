@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from report import report
 
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.checkpoints.tiny import write_hollow_dit, write_tiny_tokenizer
 from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig
 from pixelwizard.models.dit import WanDiT
@@ -72,9 +72,9 @@ def write_hollow_layout(root: Path) -> dict[str, Path]:
         t5 = {k: v.shape for k, v in wan_state_dict(UMT5EncoderModel(umt5_config(T5Config()))).items()}
         lr = {k: v.shape for k, v in WanDiT(DiTConfig()).state_dict().items()}
         hr = {k: v.shape for k, v in HRDiT(DiTConfig()).state_dict().items()}
-    torch.save(hollow(vae), ckpt / wan.VAE_FILE)
-    torch.save(hollow(t5), ckpt / wan.T5_FILE)
-    write_tiny_tokenizer(ckpt / wan.TOKENIZER_DIR, T5Config().vocab_size)
+    torch.save(hollow(vae), ckpt / wan_files.VAE_FILE)
+    torch.save(hollow(t5), ckpt / wan_files.T5_FILE)
+    write_tiny_tokenizer(ckpt / wan_files.TOKENIZER_DIR, T5Config().vocab_size)
     paths = {"ckpt_dir": ckpt, "lr_ckpt": root / "PixelWizard/lr/model.pt", "hr_ckpt": root / "PixelWizard/2k/model.pt"}
     for name, shapes in (("lr_ckpt", lr), ("hr_ckpt", hr)):
         paths[name].parent.mkdir(parents=True)

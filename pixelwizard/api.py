@@ -22,7 +22,7 @@ from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.render import render_video
 from pixelwizard.io.video import to_uint8
 from pixelwizard.pipeline import steps
-from pixelwizard.pipeline.prompts import Prompt, single_prompt
+from pixelwizard.pipeline.prompts import Prompt, single_prompt, stage_seed
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.pipeline.stages import STAGES
 from pixelwizard.sampling.samplers import Conditioning
@@ -81,10 +81,10 @@ class Pipeline:
         uncond = {s: encoded[text] for s, text in uncond_texts.items()}
         self._done_with("text")
         anchor = steps.lr_anchor(self._model("lr"), Conditioning(context, uncond["lr"]), preset,
-                                 steps.stage_seed(item, preset, "lr"), self.config)
+                                 stage_seed(item, preset, "lr"), self.config)
         self._done_with("lr")
         latent = steps.hr_latent(self._model("hr"), Conditioning(context, uncond["hr"]), anchor, preset,
-                                 steps.stage_seed(item, preset, "hr"), self.config)
+                                 stage_seed(item, preset, "hr"), self.config)
         self._done_with("hr")
         vae = self._model("decode")
         try:

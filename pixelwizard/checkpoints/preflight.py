@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan, wan_files
 from pixelwizard.checkpoints.strict import CheckpointError
 from pixelwizard.checkpoints.trainer import (
     check_resolution_folder,
@@ -49,10 +49,10 @@ def check_checkpoints(
 
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
-        problems.append(f"{ckpt_dir}: not a directory; expected {wan.LAYOUT}")
+        problems.append(f"{ckpt_dir}: not a directory; expected {wan_files.LAYOUT}")
         config = None
     else:
-        config = attempt(wan.read_dit_config, ckpt_dir)
+        config = attempt(wan_files.read_dit_config, ckpt_dir)
         if config is None:
             attempt(wan.dit_tensors, ckpt_dir)  # the shards can still be checked, not their shapes
         else:

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from torch import nn
 
 from pixelwizard.checkpoints import wan as weights
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.checkpoints.trainer import save_trainer_checkpoint
 from pixelwizard.models import text_encoder
 from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig, config_to_json
@@ -61,9 +62,9 @@ def write_tiny_checkpoint(
     weights.save_dit(randomize_(WanDiT(dit), seed), ckpt_dir)
     weights.save_vae(randomize_(WanVAE(vae), seed + 1), ckpt_dir)
     encoder = text_encoder.random_umt5(t5, seed + 2, torch.bfloat16)
-    text_encoder.save_wan_t5(encoder, ckpt_dir / weights.T5_FILE)
-    config_to_json(t5, ckpt_dir / weights.T5_CONFIG)
-    write_tiny_tokenizer(ckpt_dir / weights.TOKENIZER_DIR, t5.vocab_size)
+    text_encoder.save_wan_t5(encoder, ckpt_dir / wan_files.T5_FILE)
+    config_to_json(t5, ckpt_dir / wan_files.T5_CONFIG)
+    write_tiny_tokenizer(ckpt_dir / wan_files.TOKENIZER_DIR, t5.vocab_size)
     return ckpt_dir
 
 

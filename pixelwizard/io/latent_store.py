@@ -18,12 +18,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google_crc32c
 import numpy as np
-import torch
-import zarr
+
+if TYPE_CHECKING:  # imported where used: `status` checks stores without either (seconds of imports)
+    import torch
+    import zarr
 
 from pixelwizard.io.files import file_stamp, publish, remove_temp, temp_sibling, write_atomic
 
@@ -61,6 +63,9 @@ def _check_attrs(attrs: Mapping[str, Any]) -> None:
 
 
 def _write_array(group: zarr.Group, name: str, tensor: torch.Tensor) -> None:
+    import torch
+    import zarr
+
     tensor = tensor.detach().cpu().contiguous()  # no copy when already a contiguous CPU tensor
     attributes = {}
     if tensor.dtype == torch.bfloat16:  # zarr has no bfloat16: keep the exact bits
@@ -105,6 +110,8 @@ def write_store(path: Path, arrays: Mapping[str, torch.Tensor], attrs: Mapping[s
     float32 and other numpy-representable dtypes are stored as is, bfloat16 as its uint16 bits with the array
     attribute `logical_dtype: "bfloat16"`. Attributes must be JSON (tuples come back as lists).
     """
+    import zarr
+
     path = Path(path)
     _check_attrs(attrs)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +153,8 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
 
 def _check_chunks(path: Path) -> None:
     """Every chunk of every array present and matching its crc32c; raises CorruptStoreError."""
+    import zarr
+
     group = zarr.open_group(path, mode="r", zarr_format=3)
     for name in group.array_keys():
         array = group[name]
@@ -186,6 +195,9 @@ def read_store(path: Path, names: Sequence[str] | None = None) -> tuple[dict[str
 
     The attributes include the internal `complete`, `format_version` and `files` keys.
     """
+    import torch
+    import zarr
+
     path = Path(path)
     attrs = _group_attrs(path)
     group = zarr.open_group(path, mode="r", zarr_format=3)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pixelwizard.checkpoints import preflight, wan
+from pixelwizard.checkpoints import preflight, wan_files
 from pixelwizard.io.patched_decode import patch_ranges
 from pixelwizard.models.attention import select_backend
 from pixelwizard.pipeline.provenance import OutputState
@@ -42,7 +42,7 @@ def check_checkpoints(config: RunConfig) -> None:
 def check_parallelism(snapshot: RunSnapshot, visible_gpus: int) -> None:
     """GPU counts the model and the patches can use, and no more GPUs per job than the machine has."""
     config, preset = snapshot.config, snapshot.preset
-    dit = wan.read_dit_config(Path(config.ckpt_dir))
+    dit = wan_files.read_dit_config(Path(config.ckpt_dir))
     if dit.num_heads % config.hr_gpus:
         valid = ", ".join(str(n) for n in range(1, dit.num_heads + 1) if dit.num_heads % n == 0)
         raise RunConfigError(f"--hr-gpus {config.hr_gpus}: the {dit.num_heads} attention heads are split evenly "
@@ -69,7 +69,7 @@ def check_kernels(config: RunConfig) -> None:
 def check_patches(snapshot: RunSnapshot) -> None:
     """Every decode patch must be narrower than the latent, or patching does nothing but cost."""
     preset = snapshot.preset
-    _, _, height, width = wan.vae_config(Path(snapshot.config.ckpt_dir)).latent_shape(
+    _, _, height, width = wan_files.vae_config(Path(snapshot.config.ckpt_dir)).latent_shape(
         preset.frames, preset.height, preset.width)
     size = width if preset.patch_dim == "w" else height
     try:
@@ -86,7 +86,7 @@ def check_patches(snapshot: RunSnapshot) -> None:
 def output_bytes(snapshot: RunSnapshot, stage: str) -> int:
     """About how many bytes one output of `stage` takes on disk (latents as stored, videos at BITS_PER_PIXEL)."""
     preset = snapshot.preset
-    vae = wan.vae_config(Path(snapshot.config.ckpt_dir))
+    vae = wan_files.vae_config(Path(snapshot.config.ckpt_dir))
     if stage == "hr":
         c, t, h, w = vae.latent_shape(preset.frames, preset.height, preset.width)
         return 4 * c * t * h * w
@@ -96,7 +96,7 @@ def output_bytes(snapshot: RunSnapshot, stage: str) -> int:
     if stage in ("decode", "preview"):
         width, height = (preset.width, preset.height) if stage == "decode" else (preset.lr_width, preset.lr_height)
         return int(width * height * preset.frames * BITS_PER_PIXEL / 8)
-    t5 = wan.t5_config(Path(snapshot.config.ckpt_dir))
+    t5 = wan_files.t5_config(Path(snapshot.config.ckpt_dir))
     return 2 * t5.dim * t5.text_len  # a bf16 embedding of at most text_len tokens
 
 

@@ -45,7 +45,7 @@ from pixelwizard.pipeline import steps
 from pixelwizard.pipeline.events import append_event, read_events, write_progress
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
-from pixelwizard.pipeline.prompts import Prompt
+from pixelwizard.pipeline.prompts import Prompt, stage_seed
 from pixelwizard.pipeline.provenance import CORRUPT, DONE, FAILED, Provenance
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES
@@ -110,7 +110,7 @@ class Output:
 
     @property
     def seed(self) -> int:
-        return steps.stage_seed(self.item, self.job.preset, self.stage)
+        return stage_seed(self.item, self.job.preset, self.stage)
 
     def write_store(self, arrays: dict[str, torch.Tensor], **attrs: Any) -> None:
         if self.job.is_writer:

@@ -22,10 +22,9 @@ from pixelwizard.io.latent_store import StoreError, verify_store
 from pixelwizard.io.sidecar import SidecarError, verify_sidecar
 from pixelwizard.pipeline.events import last_failures
 from pixelwizard.pipeline.layout import Layout
-from pixelwizard.pipeline.prompts import Prompt, text_hash
+from pixelwizard.pipeline.prompts import Prompt, stage_seed, text_hash
 from pixelwizard.pipeline.snapshot import RunSnapshot, uncond_item
 from pixelwizard.pipeline.stages import STAGES
-from pixelwizard.pipeline.steps import stage_seed
 
 DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
 
