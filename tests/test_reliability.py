@@ -213,11 +213,12 @@ def test_damaged_outputs_are_found_and_recomputed(finished_run, weights, tmp_pat
     lr_chunk.write_bytes(lr_chunk.read_bytes()[::-1])
 
     status = pixelwizard("status", out).stdout
-    for damaged, problem in (("hr: corrupt fox", "fails its checksum"), ("hr: corrupt waves", "fails its checksum"),
-                             ("hr: corrupt market", "incomplete"), ("lr: corrupt owl", "fails its checksum")):
+    for damaged, problem in (("hr: 1 corrupt (fox)", "fails its checksum"),
+                             ("hr: 1 corrupt (waves)", "fails its checksum"),
+                             ("hr: 1 corrupt (market)", "incomplete"), ("lr: 1 corrupt (owl)", "fails its checksum")):
         assert any(line.strip().startswith(damaged) and problem in line for line in status.splitlines()), status
     decode = pixelwizard("decode", out, "--overlap", "0", check=False)  # never a video from a damaged latent
-    assert decode.returncode == 1 and "blocked fox, waves, market: hr corrupt" in decode.stderr
+    assert decode.returncode == 1 and "3 blocked (fox, waves, market): hr corrupt" in decode.stderr
     assert [p.stem for p in (out / "decode" / "p2w-ov0-24fps").glob("*.mp4")] == ["owl"]
     before = len(events(out))
     generate(weights, write_prompts(tmp_path / "p.jsonl"), out, "--shard-size", "2")
@@ -239,9 +240,9 @@ def test_a_failing_prompt_does_not_hold_up_its_shard_mates(finished_run, weights
     result = generate(weights, prompts, out, "--shard-size", "4", check=False)
     assert result.returncode == 1
     assert "failed hr owl: NotADirectoryError" in " ".join(result.stderr.split())
-    assert "hr: failed owl: NotADirectoryError" in " ".join(result.stderr.split())  # the summary at the end
+    assert "hr: 1 failed (owl): NotADirectoryError" in " ".join(result.stderr.split())  # the summary at the end
     assert sorted(p.stem for p in (out / "decode" / "p2w-ov1-24fps").glob("*.mp4")) == ["fox", "market", "waves"]
-    assert "hr: failed owl: NotADirectoryError" in " ".join(pixelwizard("status", out).stdout.split())
+    assert "hr: 1 failed (owl): NotADirectoryError" in " ".join(pixelwizard("status", out).stdout.split())
     (out / "hr" / "owl.zarr").unlink()
     before = len(events(out))
     generate(weights, prompts, out, "--shard-size", "4")

@@ -6,8 +6,9 @@ every array, and only then is it renamed to its final path. Readers refuse any s
 zarr silently reads unwritten chunks as the fill value. Every chunk ends in its crc32c (zarr's crc32c codec), every
 chunk is written (also all-zero ones), and the group attributes record each file's stamp (size, mtime, inode):
 
-    verify_store()   cheap when the stamps still match (a stat per file); otherwise every chunk is read and its
-                     checksum checked once, and on success the stamps are renewed (after a copy, say)
+    verify_store()   cheap while every file is unchanged (files.unchanged: a stat per file, a copy passes);
+                     otherwise every chunk is read and its checksum checked once, and on success the stamps are
+                     renewed
     read_store()     zarr checks each chunk's crc32c as it decodes it
 """
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # imported where used: `status` checks stores without either 
     import torch
     import zarr
 
-from pixelwizard.io.files import file_stamp, publish, remove_temp, temp_sibling, write_atomic
+from pixelwizard.io.files import file_stamp, publish, remove_temp, temp_sibling, unchanged, write_atomic
 
 FORMAT_VERSION = 2  # 2: crc32c per chunk, every chunk written, file stamps
 RESERVED_ATTRS = ("complete", "format_version", "files")
@@ -177,11 +178,10 @@ def verify_store(path: Path) -> dict[str, Any]:
     attrs = _group_attrs(path)
     if attrs.get("format_version") != FORMAT_VERSION:
         raise CorruptStoreError(path, f"format {attrs.get('format_version')}, this version writes {FORMAT_VERSION}")
-    stamps = _stamps(path)
-    if stamps == attrs.get("files"):
+    stamps, recorded = _stamps(path), attrs.get("files") or {}
+    if stamps.keys() == recorded.keys() and all(unchanged(recorded[name], s) for name, s in stamps.items()):
         return attrs
-    recorded = set(attrs.get("files") or {})
-    if missing := sorted(recorded - set(stamps)):
+    if missing := sorted(set(recorded) - set(stamps)):
         raise CorruptStoreError(path, f"{missing[0]} is missing")
     _check_chunks(path)
     attrs = {**attrs, "files": stamps}  # intact, e.g. a copy: renew the stamps so the next check is cheap

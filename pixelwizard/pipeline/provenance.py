@@ -27,6 +27,7 @@ from pixelwizard.pipeline.snapshot import RunSnapshot, uncond_item
 from pixelwizard.pipeline.stages import STAGES
 
 DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
+HELD = "held"  # not made by the run's own choice (--until, --only): status and the report show it so
 
 
 def provenance_digest(record: Mapping[str, Any]) -> str:
@@ -39,7 +40,7 @@ def provenance_digest(record: Mapping[str, Any]) -> str:
 class OutputState:
     stage: str
     id: str
-    state: str  # done, stale, missing, corrupt, failed or blocked
+    state: str  # done, stale, missing, corrupt, failed, blocked (or held, as status shows it)
     reasons: tuple[str, ...] = ()  # what changed (stale), what is damaged (corrupt), the error (failed), the input
 
     @property
@@ -60,7 +61,8 @@ class Provenance:
         self._states: dict[tuple[str, str], OutputState] = {}
 
     def item(self, stage: str, item_id: str) -> Prompt:
-        return self._items[stage][item_id]
+        """An item of the stage, or a prompt that --only holds back from it."""
+        return self._items[stage].get(item_id) or self.snapshot.prompt(item_id)
 
     def tag(self, stage: str) -> str | None:
         tag = STAGES[stage].tag
@@ -143,7 +145,7 @@ class Provenance:
         if recorded.get("text") != expected["text"]:
             reasons.append("prompt text changed")
         if recorded.get("seed") != expected.get("seed"):
-            reasons.append(f"seed {recorded.get('seed')} -> {expected.get('seed')}")
+            reasons.append("seed changed")  # the run's or the prompt's own: each prompt's stage seed differs
         old_settings = recorded.get("settings") or {}
         for name, value in expected["settings"].items():
             if old_settings.get(name) != value:

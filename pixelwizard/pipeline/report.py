@@ -27,36 +27,15 @@ from pixelwizard.io.files import write_atomic
 from pixelwizard.io.sidecar import SidecarError, read_sidecar
 from pixelwizard.pipeline.events import read_events
 from pixelwizard.pipeline.layout import Layout
-from pixelwizard.pipeline.provenance import DONE, STALE, Provenance
-from pixelwizard.pipeline.run_config import RunConfigError
+from pixelwizard.pipeline.provenance import DONE, STALE, OutputState, Provenance
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES, decode_tag, enabled_stages
-from pixelwizard.pipeline.status import STATES, last_snapshot
+from pixelwizard.pipeline.status import STATES, decode_variants, label, last_snapshot, output_states
 
 PAGE_FILES = ("report.css", "report.js", "index.html")
 DATA_FILE = "data.js"
 DATA_GLOBAL = "PIXELWIZARD_REPORT"
 SLOWEST = 10
-
-
-def decode_variants(snapshot: RunSnapshot, layout: Layout) -> dict[str, RunSnapshot]:
-    """decode tag -> the run with that tag's decode settings: the run's own first, then every other folder of
-    OUT/decode/ (re-decodes, `pixelwizard decode OUT --overlap 0`), its settings read from a video's JSON."""
-    variants = {decode_tag(snapshot.preset): snapshot}
-    folder = layout.folder("decode")
-    for tag_folder in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if tag_folder.name in variants or not tag_folder.is_dir():
-            continue
-        for sidecar in tag_folder.glob("*.json"):
-            try:
-                settings = read_sidecar(sidecar).get("provenance", {}).get("settings", {})
-                variant = dataclasses.replace(snapshot, config=snapshot.config.with_settings(**settings))
-            except (SidecarError, RunConfigError, AttributeError, TypeError):
-                continue
-            if decode_tag(variant.preset) == tag_folder.name:
-                variants[tag_folder.name] = variant
-                break
-    return variants
 
 
 def numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -98,11 +77,10 @@ class ReportData:
         for stage in enabled_stages(snapshot.config):
             for tag, provenance in self.variants.items() if stage.name == "decode" else [(None, self.main)]:
                 self.outputs[label(stage.name, tag)] = {
-                    item.id: self.output(provenance, stage.name, item.id)
-                    for item in provenance.snapshot.items(stage.name)}
+                    state.id: self.output(provenance, state) for state in output_states(provenance, stage.name)}
 
-    def output(self, provenance: Provenance, stage: str, item_id: str) -> dict[str, Any]:
-        state = provenance.state(stage, item_id)
+    def output(self, provenance: Provenance, state: OutputState) -> dict[str, Any]:
+        stage, item_id = state.stage, state.id
         entry: dict[str, Any] = {"state": state.state}
         if state.reasons:
             entry["why"] = "; ".join(state.reasons)
@@ -195,13 +173,8 @@ class ReportData:
         prompts = self.prompts()
         metrics = sorted({k for p in prompts for d in p["decodes"].values() for k in d.get("metrics", {})})
         return {"out": str(self.layout.out), "made": time.strftime("%Y-%m-%d %H:%M:%S"), "version": __version__,
-                "run": self.run(), "stages": self.prompt_stages(), "tags": list(self.variants),
+                "run": self.run(), "states": list(STATES), "stages": self.prompt_stages(), "tags": list(self.variants),
                 "main_tag": self.main_tag, "metrics": metrics, "batch": self.batch(prompts), "prompts": prompts}
-
-
-def label(stage: str, tag: str | None) -> str:
-    """A stage's name as `pixelwizard status` shows it: with its decode tag where it has one."""
-    return f"{stage} {tag}" if tag else stage
 
 
 def write_report(out: Path) -> tuple[Path, dict[str, Any]]:
