@@ -243,9 +243,9 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
         shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
         rows = status.collect(snapshot, layout, shown)
         if run.dry_run:
-            return dry_run_report(plan, rows)
+            return dry_run_report(plan, rows, run.verbose)
         targets = plan.targets() if stages is None else ready_markers(plan, wanted)
-        checks.check_disk(snapshot, out, [p for row in rows for p in row.todo])
+        checks.check_disk(plan, out, [p for row in rows for p in row.todo])
         with runner.run_lock(layout) as lock:
             cache.save()
             if record:
@@ -294,18 +294,18 @@ def prepare(plan: Plan, shown: list[str], stages: list[str] | None) -> list[stat
     return rows
 
 
-def dry_run_report(plan: Plan, rows: list[status.StageStatus]) -> int:
+def dry_run_report(plan: Plan, rows: list[status.StageStatus], verbose: bool) -> int:
     try:
         runner.check_free(plan.layout)
     except runner.RunBusyError as busy:
         console.print(f"note: {busy}", highlight=False)
-    console.print(status.table(rows, f"{plan.layout.out} (dry run: nothing was changed)"))
+    status.print_table(console, rows, f"{plan.layout.out} (dry run: nothing was changed)")
     for row in rows:
         shards = {plan.shard_of(row.stage, p.id) for p in row.todo}
         if shards:
             console.print(f"  {row.label}: {counted(len(row.todo), 'output')} to make in "
                           f"{counted(len(shards), 'job')}", highlight=False)
-    status.print_problems(console, rows, plan.layout.out, run.verbose)
+    status.print_problems(console, rows, plan.layout.out, verbose)
     return 0
 
 
@@ -322,7 +322,7 @@ def summary(snapshot: RunSnapshot, layout: Layout, shown: list[str], outcome: ru
         console.print(f"[green]done:[/] {layout.out} in {seconds:.0f} s  (pixelwizard status {layout.out})",
                       highlight=False)
         return 0
-    console.print(status.table(rows, f"{layout.out}: not everything was made"))
+    status.print_table(console, rows, f"{layout.out}: not everything was made")
     status.print_problems(console, rows, layout.out)
     if outcome.code != 0:
         console.print(f"Snakemake stopped with code {outcome.code}; its log: {outcome.log}", highlight=False)
@@ -344,7 +344,7 @@ def show_status(out: Path = typer.Argument(..., help="Output directory of a gene
         fail(err, verbose)
     title = f"{out}  ({snapshot.config.preset}, {counted(len(snapshot.prompts), 'prompt')})"
     shown = Console(soft_wrap=True)
-    shown.print(status.table(rows, title))
+    status.print_table(shown, rows, title)
     status.print_problems(shown, rows, out, verbose)
 
 

@@ -37,7 +37,9 @@ from pixelwizard.models.vae import WanVAE
 CHECK = """
 import json, resource, sys, time
 start = time.perf_counter()
-from pixelwizard.checkpoints.preflight import check_checkpoints, CheckpointProblems
+from pixelwizard.checkpoints.preflight import CheckpointProblems
+from pixelwizard.pipeline.checks import check_checkpoints
+from pixelwizard.pipeline.run_config import RunConfig
 import pixelwizard.models.text_encoder  # transformers: imported by the check itself, counted apart
 imported = time.perf_counter()
 def rchar():
@@ -46,7 +48,8 @@ def rchar():
 before = rchar()
 args = json.loads(sys.argv[1])
 try:
-    check_checkpoints(args["ckpt_dir"], lr_ckpt=args["lr_ckpt"], hr_ckpt=args["hr_ckpt"], preset_name=args["preset"])
+    check_checkpoints(RunConfig(ckpt_dir=args["ckpt_dir"], lr_ckpt=args["lr_ckpt"], hr_ckpt=args["hr_ckpt"],
+                                preset=args["preset"]))
     problems = []
 except CheckpointProblems as err:
     problems = err.problems

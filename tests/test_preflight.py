@@ -16,6 +16,8 @@ from pixelwizard.checkpoints.tiny import TINY_DIT, randomize_, write_hollow_dit,
 from pixelwizard.checkpoints.trainer import save_trainer_checkpoint
 from pixelwizard.models.config import DiTConfig, config_to_json
 from pixelwizard.models.hr_model import HRDiT
+from pixelwizard.pipeline import checks
+from pixelwizard.pipeline.run_config import RunConfig
 
 SHARD_1 = "diffusion_pytorch_model-00001-of-00003.safetensors"
 
@@ -33,11 +35,10 @@ def weights(pristine, tmp_path):
     return {name: tmp_path / "w" / path.relative_to(root) for name, path in pristine.items()}
 
 
-def problems(weights, preset_name="tiny"):
+def problems(weights):
     """The problem lines of the check (empty when everything passes); each must be a single line."""
     try:
-        check_checkpoints(weights["ckpt_dir"], lr_ckpt=weights["lr_ckpt"], hr_ckpt=weights["hr_ckpt"],
-                          preset_name=preset_name)
+        check_checkpoints(weights["ckpt_dir"], lr_ckpt=weights["lr_ckpt"], hr_ckpt=weights["hr_ckpt"])
     except CheckpointProblems as err:
         assert str(err) == "\n".join(err.problems) and all("\n" not in line for line in err.problems)
         return err.problems
@@ -119,15 +120,31 @@ def test_missing_tokenizer(weights):
     assert line == f"{weights['ckpt_dir'] / wan_files.TOKENIZER_DIR}: missing; expected {wan_files.LAYOUT}"
 
 
-def test_hr_checkpoint_folder_against_the_preset(weights):
-    in_2k = weights["hr_ckpt"].parent.parent / "2k" / "model.pt"
-    in_2k.parent.mkdir()
-    weights["hr_ckpt"].rename(in_2k)
+def run_problems(weights, preset: str, **settings) -> list[str]:
+    """The problem lines of a run's checkpoint check, which also holds the HR file against the preset's size."""
+    config = RunConfig(ckpt_dir=str(weights["ckpt_dir"]), lr_ckpt=str(weights["lr_ckpt"]),
+                       hr_ckpt=str(weights["hr_ckpt"]), preset=preset, settings=settings)
+    try:
+        checks.check_checkpoints(config)
+    except CheckpointProblems as err:
+        return err.problems
+    return []
+
+
+def test_hr_checkpoint_size_against_the_preset(weights):
+    hr = weights["hr_ckpt"]  # the tiny HR model: in a tiny/ folder, and it records 256x160
+    assert run_problems(weights, "tiny") == [] and run_problems(weights, "tiny", width=160, height=256) == []
+    assert run_problems(weights, "2k") == [
+        f"{hr}: trained for 256x160 (recorded in the file; its 'tiny' folder) but preset '2k' makes 2560x1440; use "
+        "--preset tiny with this checkpoint, or give --hr-ckpt the one trained for 2560x1440"]
+
+    in_2k = hr.parent.parent / "2k" / "model.pt"  # as PixelWizard publishes it: no size in the file
+    save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), 4), in_2k)
     weights["hr_ckpt"] = in_2k
-    assert problems(weights, preset_name="2k") == []
-    assert problems(weights, preset_name="4k") == [
-        f"{in_2k}: sits in a '2k' folder but the preset is '4k'; use --preset 2k with this checkpoint, or give "
-        "--hr-ckpt the one trained for 4k"]
+    assert run_problems(weights, "2k") == []
+    assert run_problems(weights, "4k") == [
+        f"{in_2k}: trained for 2560x1440 (its '2k' folder) but preset '4k' makes 3840x2144; use --preset 2k with "
+        "this checkpoint, or give --hr-ckpt the one trained for 3840x2144"]
 
 
 def test_every_problem_is_reported_at_once(weights):

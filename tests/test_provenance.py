@@ -17,7 +17,7 @@ from pixelwizard.pipeline.events import append_event, read_events
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.prompts import Prompt
-from pixelwizard.pipeline.provenance import Provenance
+from pixelwizard.pipeline.provenance import Provenance, provenance_digest
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES
@@ -127,3 +127,12 @@ def test_a_damaged_video_is_not_done(weights, tmp_path, damage):
     {"edit": lambda: video.write_bytes(b"VIDEO"), "truncate": lambda: video.write_bytes(b"vid"),
      "delete": video.unlink}[damage]()
     assert Provenance(provenance.snapshot, Layout(tmp_path)).state("decode", "fox").state == "corrupt"
+
+
+def test_the_digest_is_the_record_s_canonical_json(weights, tmp_path):
+    prompts = (*PROMPTS, Prompt("u-1.x_y", "ünïcode \u2028 \"quoted\" text", seed=2**63 - 1, negative_prompt="é"))
+    for changes in ({}, {"settings": {"hr_shift": 5, "uncond_prompt": "empty", "negative_prompt": "ñ \\ /"}}):
+        provenance = Provenance(snapshot(weights, prompts=prompts, **changes), Layout(tmp_path))
+        for stage in STAGES:
+            for item in provenance.snapshot.items(stage):
+                assert provenance.digest(stage, item.id) == provenance_digest(provenance.record(stage, item.id))

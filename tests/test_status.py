@@ -124,7 +124,7 @@ def test_reasons_are_grouped_and_a_large_run_fits_a_screen(weights, tmp_path):
     assert rows["lr"] == row(stale=120) and rows["hr"] == row(stale=80, failed=40)
     reasons = [line for line in shown.splitlines() if line.startswith("  ")]
     assert "  lr: 120 stale (p000, p001, p002, ... +117): seed changed" in reasons
-    assert f"  preview: 120 stale (p000, p001, p002, ... +117): its lr input is stale (seed changed)" in reasons
+    assert "  preview: 120 stale (p000, p001, p002, ... +117): its lr input is stale (seed changed)" in reasons
     assert len(reasons) == MAX_LINES and reasons[-1].startswith("  ... ") and "--verbose" in reasons[-1]
     assert len(shown.splitlines()) < 40
 

@@ -1,6 +1,5 @@
-"""The checkpoint error, importable without torch (the CLI's status and report never load a model)."""
-
-from __future__ import annotations
+"""The error of every checkpoint check and loader, in a module of its own without torch: the CLI catches it (one line
+for the user) without importing torch."""
 
 
 class CheckpointError(RuntimeError):

@@ -23,6 +23,7 @@ from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig, config_to_
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.models.vae import WanVAE
+from pixelwizard.pipeline.presets import PRESETS
 
 TINY_T5 = T5Config(vocab_size=384, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
 TINY_DIT = DiTConfig(dim=64, ffn_dim=128, freq_dim=32, num_heads=4, num_layers=2, text_dim=TINY_T5.dim)
@@ -83,7 +84,9 @@ def write_tiny_weights(directory: Path, *, seed: int = 0) -> dict[str, Path]:
     }
     write_tiny_checkpoint(paths["ckpt_dir"], seed=seed)
     save_trainer_checkpoint(randomize_(WanDiT(TINY_DIT), seed + 3), paths["lr_ckpt"])
-    save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), seed + 4), paths["hr_ckpt"])
+    tiny = PRESETS["tiny"]  # the size the tiny HR model is "trained" for: `generate --preset 2k` refuses it up front
+    save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), seed + 4), paths["hr_ckpt"],
+                            resolution=(tiny.width, tiny.height))
     return paths
 
 

@@ -45,8 +45,8 @@ from pixelwizard.pipeline import steps
 from pixelwizard.pipeline.events import append_event, read_events, write_progress
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
-from pixelwizard.pipeline.prompts import Prompt, stage_seed
-from pixelwizard.pipeline.provenance import CORRUPT, DONE, FAILED, Provenance
+from pixelwizard.pipeline.prompts import Prompt
+from pixelwizard.pipeline.provenance import CORRUPT, DONE, FAILED, Provenance, stage_seed
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES
 

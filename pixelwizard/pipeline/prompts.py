@@ -15,9 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.pipeline.presets import Preset
-from pixelwizard.sampling.seeds import prompt_seed
-
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ID_KEYS = ("id", "prompt_id")
 TEXT_KEYS = ("text", "prompt", "caption")
@@ -52,11 +49,6 @@ class Prompt:
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, ensure_ascii=False)
-
-
-def stage_seed(prompt: Prompt, preset: Preset, stage: str) -> int:
-    """The seed of a prompt's noise at a stage: from its own seed, or the run's, and its id."""
-    return prompt_seed(preset.seed if prompt.seed is None else prompt.seed, prompt.id, stage)
 
 
 def text_hash(text: str) -> str:

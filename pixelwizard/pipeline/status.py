@@ -116,14 +116,17 @@ def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = No
     return rows
 
 
-def table(rows: list[StageStatus], title: str) -> Table:
+def print_table(console: Console, rows: list[StageStatus], title: str) -> None:
+    """The counts per stage and state; into a pipe or a file every row stays on one line, however wide."""
     grid = Table(title=title, title_justify="left")
     grid.add_column("stage")
     for state in STATES:
         grid.add_column(state, justify="right")
     for row in rows:
         grid.add_row(row.label, *(f"{row.counts[s]:,}" if row.counts[s] else "·" for s in STATES))
-    return grid
+    if not console.is_terminal:
+        console.width = max(console.width, console.measure(grid, options=console.options.update_width(1000)).maximum)
+    console.print(grid)
 
 
 def reason_lines(rows: list[StageStatus], out: Path, verbose: bool = False) -> list[str]:
