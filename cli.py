@@ -1,10 +1,16 @@
-"""`pixelwizard`: generate 2K/4K videos from prompts, re-decode saved latents, see a batch's state and report."""
+"""`pixelwizard`: generate 2K/4K videos from prompts, re-decode saved latents, see a batch's state and report.
+
+Every module imported here is free of torch, so `--help` and every argument or configuration error answer at once
+(tests/test_startup.py checks it in a fresh process); what needs torch (the up-front checks, the tiny weights) is
+imported inside the command that uses it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
+import os
 import signal
 import time
 import typing
@@ -15,10 +21,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from pixelwizard.checkpoints.errors import CheckpointError
 from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
-from pixelwizard.checkpoints.strict import CheckpointError
 from pixelwizard.models.config import ConfigError
-from pixelwizard.pipeline import checks, runner, status
+from pixelwizard.pipeline import runner, status
 from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.live import LiveView
@@ -228,6 +234,8 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
     """Check everything up front, take OUT's lock, record the run, plan it and run it; returns the exit code.
     `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode). Nothing in
     OUT changes before the lock is held, and nothing at all in a dry run or a refused one."""
+    from pixelwizard.pipeline import checks  # reads checkpoint headers with torch
+
     layout = Layout(out)
     try:
         checks.check_out(out)
@@ -339,7 +347,7 @@ def show_status(out: Path = typer.Argument(..., help="Output directory of a gene
     out = out.resolve()
     try:
         snapshot = status.last_snapshot(out)
-        rows = status.collect(snapshot, Layout(out), every_tag=True)
+        rows = status.collect(snapshot, Layout(out), every_tag=True, processes=os.cpu_count())
     except USER_ERRORS as err:
         fail(err, verbose)
     title = f"{out}  ({snapshot.config.preset}, {counted(len(snapshot.prompts), 'prompt')})"
@@ -355,7 +363,7 @@ def show_report(out: Path = typer.Argument(..., help="Output directory of a gene
     counts and throughput, and the preview gate; a static page that opens from the file system."""
     out = out.resolve()
     try:
-        page, data = write_report(out)
+        page, data = write_report(out, processes=os.cpu_count())
     except USER_ERRORS as err:
         fail(err, verbose)
     except OSError as err:  # a read-only or full file system, OUT/report not a folder

@@ -15,12 +15,14 @@ from conftest import make_outputs
 from test_provenance import PROMPTS, snapshot
 
 from pixelwizard.checkpoints.identity import DigestCache
+from pixelwizard.pipeline import parallel
 from pixelwizard.pipeline.events import append_event
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.provenance import Provenance
+from pixelwizard.pipeline.report import ReportData
 from pixelwizard.pipeline.snapshot import RunSnapshot
-from pixelwizard.pipeline.status import MAX_LINES, STATES
+from pixelwizard.pipeline.status import MAX_LINES, STATES, collect
 
 TAG, OV0 = "p2w-ov1-24fps", "p2w-ov0-24fps"
 
@@ -151,9 +153,18 @@ COUNT_READS = textwrap.dedent("""
     from pixelwizard.pipeline import status
 
     rows = status.collect(status.last_snapshot(out), status.Layout(out), every_tag=True)
-    read = [p for p in opened if p.startswith(str(out)) and ("/c/" in p or p.endswith((".mp4", ".png")))]
-    print(json.dumps({"counts": {r.label: dict(r.counts) for r in rows}, "read": read}))
+    outputs = [p for p in opened if p.startswith(str(out)) and "/.pixelwizard/" not in p and "/logs/" not in p
+               and p not in (str(out / "pixelwizard.yaml"), str(out / "prompts.jsonl"))]
+    read = [p for p in outputs if "/c/" in p or p.endswith((".mp4", ".png"))]
+    print(json.dumps({"counts": {r.label: dict(r.counts) for r in rows}, "read": read, "opened": outputs}))
 """)
+
+
+def first_status(directory: Path) -> dict:
+    """The states `status` finds in a fresh process, and the files of outputs it opened (read: data, hashed)."""
+    probe = subprocess.run([sys.executable, "-c", COUNT_READS, str(directory)], capture_output=True, text=True,
+                           check=True)
+    return json.loads(probe.stdout)
 
 
 def test_a_copied_run_is_not_read_again_but_a_changed_file_is_found(weights, tmp_path):
@@ -164,11 +175,6 @@ def test_a_copied_run_is_not_read_again_but_a_changed_file_is_found(weights, tmp
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(out), str(copy)], check=True)  # new inodes, the same sizes and mtimes
 
-    def first_status(directory: Path) -> dict:
-        probe = subprocess.run([sys.executable, "-c", COUNT_READS, str(directory)], capture_output=True, text=True,
-                               check=True)
-        return json.loads(probe.stdout)
-
     seen = first_status(copy)
     assert seen["read"] == []  # no chunk and no video read (hashed) again
     assert all(counts == {"done": 3} or label == "uncond" for label, counts in seen["counts"].items())
@@ -177,3 +183,39 @@ def test_a_copied_run_is_not_read_again_but_a_changed_file_is_found(weights, tmp
     seen = first_status(copy)
     assert seen["read"] == [str(video)]
     assert seen["counts"][f"decode {TAG}"] == {"done": 2, "corrupt": 1}
+
+
+def test_prompts_judged_in_parts_on_several_cores_give_the_same_status_and_report(weights, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    layout = Layout(out)
+    make_outputs(Provenance(snapshot(weights), layout))
+    make_outputs(Provenance(snapshot(weights, settings={"overlap": 0}), layout), ("decode",))
+    changed = Provenance(snapshot(weights, settings={"hr_steps": 5}), layout)
+    append_event(layout.events, stage="hr", id="owl", digest=changed.digest("hr", "owl"), action="failed",
+                 error="RuntimeError: boom")
+    monkeypatch.setattr(parallel, "MIN_PER_PROCESS", 1)  # a part per prompt, each in its own process
+    one, three = (collect(changed.snapshot, layout, every_tag=True, processes=n) for n in (1, 3))
+    assert [(r.label, r.counts, r.problems) for r in one] == [(r.label, r.counts, r.problems) for r in three]
+    assert one[2].counts == {"done": 3} and one[4].counts == {"stale": 2, "failed": 1}
+    one, three = ({**ReportData(changed.snapshot, layout, n).to_dict(), "made": None} for n in (1, 3))
+    assert one == three
+
+
+def test_an_indexed_run_is_judged_from_stamps_and_a_changed_file_is_still_found(weights, tmp_path):
+    out = tmp_path / "out"
+    run = Provenance(snapshot(weights), Layout(out))
+    make_outputs(run, index=True)  # with the stamp index its jobs write
+    record(run.snapshot, out)
+    seen = first_status(out)
+    assert seen["opened"] == []  # no store, video or JSON of an output opened: a stat of each file
+    assert all(counts == {"done": 3} or label == "uncond" for label, counts in seen["counts"].items())
+    chunk = out / "hr" / "fox.zarr" / "x" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[::-1])  # the same size; the write moves its mtime
+    (out / "lr" / "owl.zarr" / "x" / "zarr.json").unlink()
+    video = out / "decode" / TAG / "cat.mp4"
+    video.write_bytes(b"VIDEO")
+    os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns - 10**9))  # even an older mtime
+    seen = first_status(out)
+    assert seen["counts"]["hr"] == {"done": 2, "corrupt": 1} and seen["counts"]["lr"] == {"done": 2, "corrupt": 1}
+    assert seen["counts"][f"decode {TAG}"] == {"done": 2, "corrupt": 1}
+    assert sorted(seen["read"]) == sorted([str(chunk), str(video)])  # read again: the changed files only

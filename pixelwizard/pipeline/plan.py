@@ -25,6 +25,8 @@ from pixelwizard.pipeline.run_config import STOP_AFTER, RunConfig
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES, Stage, enabled_stages, lineage
 
+MAX_JOBS = 512  # per stage, unless the run gives its shard sizes
+
 
 class Plan:
     def __init__(self, snapshot: RunSnapshot, layout: Layout, provenance: Provenance | None = None):
@@ -35,7 +37,8 @@ class Plan:
         self.shards: dict[str, dict[str, list[Prompt]]] = {}
         self._shard_of: dict[str, dict[str, str]] = {}
         for stage in self.stages:
-            pieces = shard(snapshot.items(stage.name), self.shard_size(stage.name))
+            items = snapshot.items(stage.name)
+            pieces = shard(items, self.shard_size(stage.name, len(items)))
             self.shards[stage.name] = {f"{i:05d}": piece for i, piece in enumerate(pieces)}
             self._shard_of[stage.name] = {item.id: name for name, piece in self.shards[stage.name].items()
                                           for item in piece}
@@ -43,8 +46,17 @@ class Plan:
     def shard_of(self, stage: str, item_id: str) -> str:
         return self._shard_of[stage][item_id]
 
-    def shard_size(self, stage: str) -> int:
-        return self.snapshot.config.shard_sizes.get(stage, STAGES[stage].shard_size)
+    def shard_size(self, stage: str, items: int) -> int:
+        """The run's own shard size for the stage, else the stage table's, doubled until the stage has at most
+        MAX_JOBS jobs: Snakemake spends milliseconds per job on its graph, so a batch of 100,000 prompts keeps a
+        graph of some thousand jobs (and a job's model load is shared by more prompts)."""
+        size = self.snapshot.config.shard_sizes.get(stage)
+        if size is not None:
+            return size
+        size = STAGES[stage].shard_size
+        while items > size * MAX_JOBS:
+            size *= 2
+        return size
 
     def gpus(self, stage: str) -> int:
         field = STAGES[stage].gpus

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,12 @@ from typing import Any
 from pixelwizard.io.latent_store import StoreError, verify_store
 from pixelwizard.io.sidecar import SidecarError, verify_sidecar
 from pixelwizard.pipeline.events import last_failures
-from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.layout import SUFFIXES, Layout
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt, text_hash
 from pixelwizard.pipeline.snapshot import RunSnapshot, uncond_item
-from pixelwizard.pipeline.stages import STAGES
+from pixelwizard.pipeline.stages import STAGES, Stage
+from pixelwizard.pipeline.stamp_index import StampIndex
 from pixelwizard.sampling.seeds import prompt_seed
 
 DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
@@ -58,36 +60,49 @@ class OutputState:
 class Provenance:
     """The expected provenance of a run's outputs and their states on disk (each computed once per instance)."""
 
-    def __init__(self, snapshot: RunSnapshot, layout: Layout, events: list[dict[str, Any]] = ()):
+    def __init__(self, snapshot: RunSnapshot, layout: Layout, events: list[dict[str, Any]] = (),
+                 base: Provenance | None = None):
+        """`events`: the run's event log (its failures); `base`: the same run with other decode settings, whose
+        outputs upstream of the decode (the same records, the same inputs) are judged there once."""
         self.snapshot = snapshot
         self.layout = layout
+        self.base = base
+        self._shared: dict[str, bool] = {}
         self.failures = last_failures(list(events))
         self._items = {s: {i.id: i for i in snapshot.items(s)} for s in STAGES}
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
         self._digests: dict[tuple[str, str], str] = {}
+        self._tags: dict[str, str | None] = {}
         self._canonical: dict[str, tuple[str, str]] = {}  # stage -> the constant parts of its records' JSON
         self._text_hashes: dict[str, str] = {}
         self._uncond_ids: dict[str, str] = {}
         self._states: dict[tuple[str, str], OutputState] = {}
+        self._recorded: dict[tuple[str, str], dict[str, Any]] = {}
+        self._listings: dict[tuple[str, str | None], set[str]] = {}
+        self._indexes: dict[tuple[str, str | None], StampIndex] = {}
 
     def item(self, stage: str, item_id: str) -> Prompt:
         """An item of the stage, or a prompt that --only holds back from it."""
         return self._items[stage].get(item_id) or self.snapshot.prompt(item_id)
 
     def tag(self, stage: str) -> str | None:
-        tag = STAGES[stage].tag
-        return tag(self.snapshot.preset) if tag else None
+        if stage not in self._tags:
+            tag = STAGES[stage].tag
+            self._tags[stage] = tag(self.snapshot.preset) if tag else None
+        return self._tags[stage]
 
     def output(self, stage: str, item_id: str) -> Path:
         return self.layout.output(stage, item_id, self.tag(stage))
 
     def inputs(self, stage: str, item_id: str) -> dict[str, str]:
         """upstream stage -> the id of the output of it that `stage` reads for `item_id`."""
-        spec = STAGES[stage]
-        return {up: self._uncond_id(spec.uncond_text(self.item(stage, item_id), self.snapshot.preset))
-                if up == "uncond" else item_id for up in spec.reads}
+        spec, item = STAGES[stage], self.item(stage, item_id)
+        return {up: self._input_id(spec, up, item) for up in spec.reads}
 
-    def _uncond_id(self, text: str) -> str:
+    def _input_id(self, spec: Stage, upstream: str, item: Prompt) -> str:
+        if upstream != "uncond":
+            return item.id
+        text = spec.uncond_text(item, self.snapshot.preset)
         if text not in self._uncond_ids:
             self._uncond_ids[text] = uncond_item(text).id
         return self._uncond_ids[text]
@@ -112,18 +127,27 @@ class Provenance:
         and building each record to serialize it was most of what `status` and the plan cost."""
         key = (stage, item_id)
         digest = self._digests.get(key)
-        if digest is None:
+        if digest is None and self._from_base(stage):
+            digest = self._digests[key] = self.base.digest(stage, item_id)
+        elif digest is None:
             head, tail = self._canonical.get(stage) or self._canonical_parts(stage)
-            item = self.item(stage, item_id)
-            inputs = ",".join(f'"{up}":"{self.digest(up, up_id)}"'
-                              for up, up_id in sorted(self.inputs(stage, item_id).items()))
-            seed = f',"seed":{stage_seed(item, self.snapshot.preset, stage)}' if STAGES[stage].seeded else ""
-            if item.text not in self._text_hashes:
-                self._text_hashes[item.text] = text_hash(item.text)
-            canonical = (f'{head}{json.dumps(item_id, ensure_ascii=False)},"inputs":{{{inputs}}}{seed}{tail}'
-                         f'{json.dumps(self._text_hashes[item.text])}}}')
+            item, spec = self.item(stage, item_id), STAGES[stage]
+            inputs = ",".join(f'"{up}":"{self.digest(up, self._input_id(spec, up, item))}"'
+                              for up in sorted(spec.reads))
+            seed = f',"seed":{stage_seed(item, self.snapshot.preset, stage)}' if spec.seeded else ""
+            hashed = self._text_hashes.get(item.text) or self._text_hashes.setdefault(item.text, text_hash(item.text))
+            canonical = f'{head}{json.dumps(item_id, ensure_ascii=False)},"inputs":{{{inputs}}}{seed}{tail}"{hashed}"}}'
             digest = self._digests[key] = hashlib.sha256(canonical.encode()).hexdigest()
         return digest
+
+    def _from_base(self, stage: str) -> bool:
+        """Whether the outputs of `stage` are the base run's: the same items, records and inputs."""
+        if stage not in self._shared:
+            self._shared[stage] = self.base is not None and all(self._from_base(up) for up in STAGES[stage].reads) \
+                and (self._canonical.get(stage) or self._canonical_parts(stage)) == \
+                (self.base._canonical.get(stage) or self.base._canonical_parts(stage)) \
+                and self.snapshot.items(stage) == self.base.snapshot.items(stage)
+        return self._shared[stage]
 
     def _canonical_parts(self, stage: str) -> tuple[str, str]:
         """The canonical JSON of a stage's records around the parts that differ per output (keys sorted:
@@ -140,13 +164,44 @@ class Provenance:
         """What an output is written with: its provenance record and that record's digest."""
         return {"provenance": self.record(stage, item_id), "digest": self.digest(stage, item_id)}
 
-    def read_attrs(self, stage: str, item_id: str) -> dict[str, Any]:
-        """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError."""
-        if STAGES[stage].output == "zarr":
-            return verify_store(self.output(stage, item_id))
-        return verify_sidecar(self.layout.sidecar(stage, item_id, self.tag(stage)))
+    def read_attrs(self, stage: str, item_id: str, full: bool = False) -> dict[str, Any]:
+        """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError. From
+        the stamp index while every file of the output is unchanged (its digest, files and the extras its job
+        recorded, no provenance record), else (and with `full`) read and checked."""
+        tag = self.tag(stage)
+        key = (stage, tag)
+        if key not in self._listings:  # one listing per folder instead of a stat per missing output
+            try:
+                self._listings[key] = set(os.listdir(self.layout.folder(stage, tag)))
+            except (FileNotFoundError, NotADirectoryError):
+                self._listings[key] = set()
+        zarr = STAGES[stage].output == "zarr"
+        if item_id + (SUFFIXES["zarr"] if zarr else ".json") not in self._listings[key]:
+            raise FileNotFoundError(f"{self.output(stage, item_id)}: missing")
+        if not full:
+            if key not in self._indexes:
+                self._indexes[key] = StampIndex(self.layout, stage, tag)
+            indexed = self._indexes[key].lookup(item_id)
+            if indexed is not None:
+                return indexed
+        return verify_store(self.output(stage, item_id)) if zarr else verify_sidecar(self.layout.sidecar(
+            stage, item_id, tag))
+
+    def recorded(self, stage: str, item_id: str) -> dict[str, Any] | None:
+        """The attributes of the output on disk that its state was judged by, with what its job's index entry adds
+        (seconds, time, metrics); None: missing, corrupt, failed."""
+        if self._from_base(stage):
+            return self.base.recorded(stage, item_id)
+        self.state(stage, item_id)
+        attrs = self._recorded.get((stage, item_id))
+        if attrs is not None and "entry" in attrs:
+            index = self._indexes[(stage, self.tag(stage))]
+            attrs = {**index.extras(item_id, attrs["entry"]), **attrs}
+        return attrs
 
     def state(self, stage: str, item_id: str) -> OutputState:
+        if self._from_base(stage):
+            return self.base.state(stage, item_id)
         key = (stage, item_id)
         if key not in self._states:
             self._states[key] = self._state(stage, item_id)
@@ -156,10 +211,13 @@ class Provenance:
         expected = self.digest(stage, item_id)
         try:
             attrs = self.read_attrs(stage, item_id)
+            if attrs.get("digest") != expected and "provenance" not in attrs:  # the index has no record: read it
+                attrs = self.read_attrs(stage, item_id, full=True)
         except FileNotFoundError:
             return self._not_done(stage, item_id, OutputState(stage, item_id, MISSING))
         except (StoreError, SidecarError) as err:
             return self._not_done(stage, item_id, OutputState(stage, item_id, CORRUPT, (str(err),)))
+        self._recorded[(stage, item_id)] = attrs
         if attrs.get("digest") == expected:
             return OutputState(stage, item_id, DONE)
         reasons = self.changes(stage, item_id, attrs.get("provenance") or {})

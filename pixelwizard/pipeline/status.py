@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +18,13 @@ from rich.table import Table
 
 from pixelwizard.checkpoints.identity import DigestCache
 from pixelwizard.io.sidecar import SidecarError, read_sidecar
-from pixelwizard.pipeline.events import read_events
+from pixelwizard.pipeline.events import failure_events
 from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.parallel import in_parts
 from pixelwizard.pipeline.provenance import HELD, MISSING, OutputState, Provenance
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
-from pixelwizard.pipeline.stages import decode_tag, enabled_stages
+from pixelwizard.pipeline.stages import STAGES, decode_tag, enabled_stages
 
 STATES = ("done", "stale", "held", "missing", "blocked", "failed", "corrupt")
 EXAMPLES = 3  # ids shown per reason (all of them with --verbose)
@@ -86,33 +87,50 @@ def decode_variants(snapshot: RunSnapshot, layout: Layout) -> dict[str, RunSnaps
     return variants
 
 
-def output_states(provenance: Provenance, stage: str) -> Iterator[OutputState]:
-    """The state of every output of `stage` the run shows; one the run holds back by choice is `held`, with the
-    choice as its reason, unless it is done."""
-    held = provenance.snapshot.held(stage)
-    for item in provenance.snapshot.outputs(stage):
+def output_states(provenance: Provenance, stage: str, prompts: Collection[str] | None = None) -> Iterator[OutputState]:
+    """The state of every output of `stage` the run shows (of `prompts`' outputs only, if given: the unconditional
+    texts are no prompts' and go with the part holding the first prompt); one the run holds back by choice is
+    `held`, with the choice as its reason, unless it is done."""
+    held, items = provenance.snapshot.held(stage), provenance.snapshot.outputs(stage)
+    if prompts is not None:
+        first = provenance.snapshot.prompts[0].id
+        items = (items if first in prompts else []) if STAGES[stage].items == "uncond" else \
+            [item for item in items if item.id in prompts]
+    for item in items:
         state = provenance.state(stage, item.id)
         why = held.get(item.id)
         yield state if state.done or why is None else OutputState(stage, item.id, HELD, (why,))
 
 
-def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = None, *,
-            every_tag: bool = False) -> list[StageStatus]:
-    """A row per stage (of `stages`), and per decode setting found in OUT with `every_tag`."""
-    events = read_events(layout.events)[0]
+def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = None, *, every_tag: bool = False,
+            processes: int = 1) -> list[StageStatus]:
+    """A row per stage (of `stages`), and per decode setting found in OUT with `every_tag`; with `processes`, the
+    prompts are judged in parts on as many cores."""
+    events = failure_events(layout.events)
     runs = decode_variants(snapshot, layout) if every_tag else {decode_tag(snapshot.preset): snapshot}
-    provenances = [Provenance(run, layout, events) for run in runs.values()]
-    rows = []
-    for stage in enabled_stages(snapshot.config):
-        if stages is not None and stage.name not in stages:
-            continue
-        for provenance in provenances if stage.name == "decode" else provenances[:1]:
-            row = StageStatus(stage.name, label(stage.name, provenance.tag(stage.name)))
-            for state in output_states(provenance, stage.name):
-                row.counts[state.state] += 1
-                if not state.done:
-                    row.problems.append(state)
-            rows.append(row)
+    own, *others = runs.values()
+    provenances = [main := Provenance(own, layout, events), *(Provenance(r, layout, events, main) for r in others)]
+    names = [s.name for s in enabled_stages(snapshot.config) if stages is None or s.name in stages]
+    ids = [p.id for p in snapshot.prompts]
+
+    def judge(part: Sequence[str]) -> list[StageStatus]:
+        chosen = set(part) if len(part) < len(ids) else None
+        rows = []
+        for name in names:
+            for provenance in provenances if name == "decode" else provenances[:1]:
+                row = StageStatus(name, label(name, provenance.tag(name)))
+                for state in output_states(provenance, name, chosen):
+                    row.counts[state.state] += 1
+                    if not state.done:
+                        row.problems.append(state)
+                rows.append(row)
+        return rows
+
+    rows, *others = in_parts(judge, ids, processes)
+    for other in others:  # the same rows, for the next prompts
+        for row, more in zip(rows, other):
+            row.counts.update(more.counts)
+            row.problems += more.problems
     return rows
 
 
