@@ -44,7 +44,8 @@ from pixelwizard.pipeline.stamp_index import ShardIndex, store_files
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "pixelwizard.workflow.cli"]
-METRICS = {"frames": 9, "mhd_mse": 0.012, "sharpness": 41.0, "flicker": {"mean": 0.5, "worst": 2.5, "worst_pair": [3, 4]},
+METRICS = {"frames": 9, "mhd_mse": 0.012, "sharpness": 41.0,
+           "flicker": {"mean": 0.5, "worst": 2.5, "worst_pair": [3, 4]},
            "seam": {"overall": 1.1, "per_boundary": [1.1], "boundaries": [128], "axis": "w"}}
 
 

@@ -18,7 +18,7 @@ from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.provenance import Provenance, provenance_digest
-from pixelwizard.pipeline.run_config import RunConfig
+from pixelwizard.pipeline.run_config import MAX_JOBS, RunConfig
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES
 
@@ -136,3 +136,12 @@ def test_the_digest_is_the_record_s_canonical_json(weights, tmp_path):
         for stage in STAGES:
             for item in provenance.snapshot.items(stage):
                 assert provenance.digest(stage, item.id) == provenance_digest(provenance.record(stage, item.id))
+
+
+def test_a_large_batch_keeps_at_most_max_jobs_per_stage_unless_the_run_sets_its_shard_sizes(weights, tmp_path):
+    many = [Prompt(f"p{i:05d}", f"prompt {i}") for i in range(5000)]
+    plan = Plan(snapshot(weights, prompts=many), Layout(tmp_path))
+    assert {s: len(plan.shards[s]) for s in STAGES} == {"text": 20, "uncond": 1, "lr": 157, "preview": 157,
+                                                        "hr": 157, "decode": 157}  # sizes 256, 32, 32, 32, 32
+    assert all(len(shards) <= MAX_JOBS for shards in plan.shards.values())
+    assert len(Plan(snapshot(weights, prompts=many, shard_sizes={"hr": 8}), Layout(tmp_path)).shards["hr"]) == 625

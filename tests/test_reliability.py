@@ -95,7 +95,7 @@ def test_checkpoint_problems_are_found_before_anything_runs(weights, tmp_path, d
         shard.write_bytes(shard.read_bytes()[:-100])
     elif damage == "base DiT as HR":
         save_trainer_checkpoint(randomize_(wan.load_dit(paths["ckpt_dir"]), 1), paths["hr_ckpt"])
-    else:
+    elif damage == "HR file in a 4k folder":
         moved = paths["hr_ckpt"].parent.parent / "4k" / "model.pt"
         moved.parent.mkdir()
         paths["hr_ckpt"].rename(moved)

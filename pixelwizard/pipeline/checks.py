@@ -19,7 +19,6 @@ from pixelwizard.io.video import ContactSheet
 from pixelwizard.models.attention import select_backend
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.presets import PRESETS, Preset
-from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.provenance import OutputState
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
@@ -133,11 +132,11 @@ def check_patches(snapshot: RunSnapshot) -> None:
                              f"{preset.patch_dim}), so patching does nothing; use an overlap below {most}")
 
 
-def output_files(snapshot: RunSnapshot, stage: str, item: Prompt) -> list[int]:
+def output_files(snapshot: RunSnapshot, stage: str, characters: int) -> list[int]:
     """The sizes of the files one output of `stage` leaves, from the preset's sizes, its folders as files of 0 bytes:
-    a latent as stored (float32, a chunk per latent frame), an embedding (bf16, at most two tokens a character), a
-    video (VIDEO_BITS_PER_PIXEL), the decode's contact sheet (raw RGB: PNG stores noise-like frames no smaller),
-    the JSON beside each."""
+    a latent as stored (float32, a chunk per latent frame), an embedding (bf16, at most two tokens a character of
+    its text), a video (VIDEO_BITS_PER_PIXEL), the decode's contact sheet (raw RGB: PNG stores noise-like frames no
+    smaller), the JSON beside each."""
     spec, preset, ckpt_dir = STAGES[stage], snapshot.preset, Path(snapshot.config.ckpt_dir)
     if spec.output == "zarr" and spec.seeded:  # a latent [C, T, H, W]: a chunk and two folders per latent frame
         width, height = _frame_size(preset, stage)
@@ -145,7 +144,7 @@ def output_files(snapshot: RunSnapshot, stage: str, item: Prompt) -> list[int]:
         return [STORE_META, ARRAY_META, *[4 * c * h * w + CHUNK_OVERHEAD] * t, *[0] * (4 + 2 * t)]
     if spec.output == "zarr":  # an embedding [L, dim]
         t5 = wan_files.t5_config(ckpt_dir)
-        tokens = min(t5.text_len, 2 * len(item.text) + 2)
+        tokens = min(t5.text_len, 2 * characters + 2)
         return [STORE_META, ARRAY_META, 2 * tokens * t5.dim + CHUNK_OVERHEAD, *[0] * 4]
     width, height = _frame_size(preset, stage)
     bits = VIDEO_BITS_PER_PIXEL * (PIXELS_AT_4_BPP / (width * height)) ** 0.25
@@ -173,15 +172,25 @@ def disk_needed(plan: Plan, todo: list[OutputState], block: int) -> int:
     their jobs leave beside them: a log, a marker and Snakemake's record of it per job, three events per output, the
     run's snapshot and copies of its prompts, Snakemake's logs, every folder."""
     snapshot = plan.snapshot
-    files = [size for state in todo
-             for size in output_files(snapshot, state.stage, plan.provenance.item(state.stage, state.id))]
+    needed, of_output = 0, {}  # (stage, characters of an embedding's text) -> blocks of one output
+    for state in todo:
+        spec = STAGES[state.stage]
+        embeds = spec.output == "zarr" and not spec.seeded
+        key = (state.stage, len(plan.provenance.item(state.stage, state.id).text) if embeds else 0)
+        if key not in of_output:
+            of_output[key] = _blocks(output_files(snapshot, *key), block)
+        needed += of_output[key]
     jobs = {(state.stage, plan.shard_of(state.stage, state.id)) for state in todo}
-    files += [JOB_LOG, MARKER, MARKER] * len(jobs)  # a log, the marker and Snakemake's metadata of it
+    files = [JOB_LOG, MARKER, MARKER] * len(jobs)  # a log, the marker and Snakemake's metadata of it
     files += [0] * FOLDERS_PER_STAGE * len({stage for stage, _ in jobs})
     snakemake_log = SNAKEMAKE_LOG_PER_JOB * len(jobs) + RUN_FILES  # in OUT/logs/snakemake/ and .snakemake/log/
     prompts = sum(len(p.to_json()) + 1 for p in snapshot.prompts)  # the snapshot and OUT/prompts.jsonl hold them
     files += [EVENT * 3 * len(todo), prompts + RUN_FILES, prompts, snakemake_log, snakemake_log, *[0] * RUN_FOLDERS]
-    return sum(max(1, math.ceil(size / block)) * block for size in files)
+    return needed + _blocks(files, block)
+
+
+def _blocks(sizes: list[int], block: int) -> int:
+    return sum(max(1, math.ceil(size / block)) * block for size in sizes)
 
 
 def check_disk(plan: Plan, out: Path, todo: list[OutputState]) -> None:

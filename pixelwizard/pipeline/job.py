@@ -42,7 +42,7 @@ from pixelwizard.io.files import remove_stale_temps, write_atomic
 from pixelwizard.io.latent_store import read_store, write_store
 from pixelwizard.io.sidecar import write_sidecar
 from pixelwizard.pipeline import steps
-from pixelwizard.pipeline.events import append_event, read_events, write_progress
+from pixelwizard.pipeline.events import append_event, failure_events, write_progress
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.prompts import Prompt
@@ -131,7 +131,7 @@ class Job:
         self.stage, self.snapshot, self.shard, self.layout, self.device = stage, snapshot, shard, layout, device
         self.config, self.preset = snapshot.config, snapshot.preset
         self.events = layout.events
-        self.provenance = Provenance(snapshot, layout, read_events(layout.events)[0] if distributed.rank() == 0 else [])
+        self.provenance = Provenance(snapshot, layout, failure_events(layout.events) if distributed.rank() == 0 else [])
         self.plan = Plan(snapshot, layout, self.provenance)
         self.items = self.plan.shards[stage][shard]
         self.index = ShardIndex(layout, stage, self.provenance.tag(stage), shard)  # saved with the marker

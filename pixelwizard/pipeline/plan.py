@@ -21,11 +21,9 @@ from pixelwizard.checkpoints.identity import DigestCache
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.prompts import Prompt, shard
 from pixelwizard.pipeline.provenance import Provenance
-from pixelwizard.pipeline.run_config import STOP_AFTER, RunConfig
+from pixelwizard.pipeline.run_config import MAX_JOBS, STOP_AFTER, RunConfig
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES, Stage, enabled_stages, lineage
-
-MAX_JOBS = 512  # per stage, unless the run gives its shard sizes
 
 
 class Plan:

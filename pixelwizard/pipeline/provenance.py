@@ -68,7 +68,9 @@ class Provenance:
         self.layout = layout
         self.base = base
         self._shared: dict[str, bool] = {}
-        self.failures = last_failures(list(events))
+        self._failed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (stage, id) -> digest -> last failure
+        for (stage, item_id, digest), event in last_failures(list(events)).items():
+            self._failed.setdefault((stage, item_id), {})[digest] = event
         self._items = {s: {i.id: i for i in snapshot.items(s)} for s in STAGES}
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
         self._digests: dict[tuple[str, str], str] = {}
@@ -130,13 +132,13 @@ class Provenance:
         if digest is None and self._from_base(stage):
             digest = self._digests[key] = self.base.digest(stage, item_id)
         elif digest is None:
-            head, tail = self._canonical.get(stage) or self._canonical_parts(stage)
+            head, tail = self._canonical_parts(stage)
             item, spec = self.item(stage, item_id), STAGES[stage]
             inputs = ",".join(f'"{up}":"{self.digest(up, self._input_id(spec, up, item))}"'
                               for up in sorted(spec.reads))
             seed = f',"seed":{stage_seed(item, self.snapshot.preset, stage)}' if spec.seeded else ""
             hashed = self._text_hashes.get(item.text) or self._text_hashes.setdefault(item.text, text_hash(item.text))
-            canonical = f'{head}{json.dumps(item_id, ensure_ascii=False)},"inputs":{{{inputs}}}{seed}{tail}"{hashed}"}}'
+            canonical = f'{head}"{item_id}","inputs":{{{inputs}}}{seed}{tail}"{hashed}"}}'  # ids need no escapes
             digest = self._digests[key] = hashlib.sha256(canonical.encode()).hexdigest()
         return digest
 
@@ -144,14 +146,15 @@ class Provenance:
         """Whether the outputs of `stage` are the base run's: the same items, records and inputs."""
         if stage not in self._shared:
             self._shared[stage] = self.base is not None and all(self._from_base(up) for up in STAGES[stage].reads) \
-                and (self._canonical.get(stage) or self._canonical_parts(stage)) == \
-                (self.base._canonical.get(stage) or self.base._canonical_parts(stage)) \
+                and self._canonical_parts(stage) == self.base._canonical_parts(stage) \
                 and self.snapshot.items(stage) == self.base.snapshot.items(stage)
         return self._shared[stage]
 
     def _canonical_parts(self, stage: str) -> tuple[str, str]:
         """The canonical JSON of a stage's records around the parts that differ per output (keys sorted:
         checkpoints, id, inputs, seed, settings, stage, text)."""
+        if stage in self._canonical:
+            return self._canonical[stage]
         spec, preset = STAGES[stage], self.snapshot.preset
         dumps = {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False, "allow_nan": False}
         checkpoints = json.dumps({role: self.snapshot.identities[role] for role in spec.checkpoints}, **dumps)
@@ -176,8 +179,9 @@ class Provenance:
             except (FileNotFoundError, NotADirectoryError):
                 self._listings[key] = set()
         zarr = STAGES[stage].output == "zarr"
-        if item_id + (SUFFIXES["zarr"] if zarr else ".json") not in self._listings[key]:
-            raise FileNotFoundError(f"{self.output(stage, item_id)}: missing")
+        name = item_id + (SUFFIXES["zarr"] if zarr else ".json")
+        if name not in self._listings[key]:
+            raise FileNotFoundError(name)
         if not full:
             if key not in self._indexes:
                 self._indexes[key] = StampIndex(self.layout, stage, tag)
@@ -196,7 +200,7 @@ class Provenance:
         attrs = self._recorded.get((stage, item_id))
         if attrs is not None and "entry" in attrs:
             index = self._indexes[(stage, self.tag(stage))]
-            attrs = {**index.extras(item_id, attrs["entry"]), **attrs}
+            attrs = self._recorded[(stage, item_id)] = {**index.extras(item_id, attrs.pop("entry")), **attrs}
         return attrs
 
     def state(self, stage: str, item_id: str) -> OutputState:
@@ -208,9 +212,9 @@ class Provenance:
         return self._states[key]
 
     def _state(self, stage: str, item_id: str) -> OutputState:
-        expected = self.digest(stage, item_id)
         try:
             attrs = self.read_attrs(stage, item_id)
+            expected = self.digest(stage, item_id)
             if attrs.get("digest") != expected and "provenance" not in attrs:  # the index has no record: read it
                 attrs = self.read_attrs(stage, item_id, full=True)
         except FileNotFoundError:
@@ -225,7 +229,8 @@ class Provenance:
 
     def _not_done(self, stage: str, item_id: str, state: OutputState) -> OutputState:
         """A failure recorded for exactly this output, or an input that is not there yet, says more."""
-        failure = self.failures.get((stage, item_id, self.digest(stage, item_id)))
+        failures = self._failed.get((stage, item_id))  # most outputs never failed: no digest to compute for them
+        failure = failures.get(self.digest(stage, item_id)) if failures else None
         if failure is not None:
             return OutputState(stage, item_id, FAILED, (failure.get("error", "failed"),))
         if state.state == MISSING:

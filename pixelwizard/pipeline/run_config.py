@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("bfloat16", "float32")
 ATTENTION = ("auto", "sdpa", "flash2", "flash3", "sage")
 STOP_AFTER = {"lr": ("lr", "preview"), "hr": ("hr",)}  # `until`: the last stages of a shortened run
+MAX_JOBS = 256  # per stage: without shard_sizes, the stage table's sizes double until a stage has no more jobs
 
 
 class RunConfigError(ValueError):
@@ -47,7 +48,8 @@ class RunConfig:
     only: str | None = option(None, "File of prompt ids (one a line): HR and decode run for these only")
     until: str | None = option(None, "Stop after a stage: lr (text, LR anchors, previews) or hr; what follows is "
                                      "held")
-    shard_sizes: dict[str, int] = option({}, "Prompts per job of a stage, e.g. {hr: 2} (default: the stage table's)")
+    shard_sizes: dict[str, int] = option({}, "Prompts per job of a stage, e.g. {hr: 2} (default: the stage table's, "
+                                             f"doubled until a stage has at most {MAX_JOBS} jobs)")
     previews: bool = option(True, "Write a small MP4 preview of each LR anchor")
     device: str = option("auto", "auto, cuda or cpu")
     dtype: str = option("bfloat16", "DiT weights on a GPU: bfloat16 or float32 (the CPU runs float32)")

@@ -107,7 +107,7 @@ class RunSnapshot:
 
     def to_json(self) -> str:
         return json.dumps({
-            "config": self.config.to_mapping(), "prompts": [json.loads(p.to_json()) for p in self.prompts],
+            "config": self.config.to_mapping(), "prompts": [p.fields() for p in self.prompts],
             "only": list(self.only) if self.only is not None else None, "identities": self.identities,
         }, ensure_ascii=False, sort_keys=True)
 

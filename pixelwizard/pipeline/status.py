@@ -29,6 +29,7 @@ from pixelwizard.pipeline.stages import STAGES, decode_tag, enabled_stages
 STATES = ("done", "stale", "held", "missing", "blocked", "failed", "corrupt")
 EXAMPLES = 3  # ids shown per reason (all of them with --verbose)
 MAX_LINES = 12  # reason lines shown (all of them with --verbose): a 10,000-prompt run's status fits a screen
+_WORDS = re.compile(r"([^A-Za-z0-9._-]+)")  # what separates the words an id can be (prompts.check_id)
 
 
 @dataclass
@@ -178,5 +179,8 @@ def print_problems(console: Console, rows: list[StageStatus], out: Path, verbose
 
 
 def _general(reason: str, item_id: str) -> str:
-    """A reason as it reads for every output it concerns: the output's own id as <id>."""
-    return re.sub(rf"(?<![\w-]){re.escape(item_id)}(?![\w-])", "<id>", reason)
+    """A reason as it reads for every output it concerns: the output's own id (and its files) as <id>."""
+    if item_id not in reason:
+        return reason
+    words = _WORDS.split(reason)
+    return "".join("<id>" + w[len(item_id):] if w == item_id or w.startswith(f"{item_id}.") else w for w in words)
