@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import google_crc32c
-import numpy as np
 
-if TYPE_CHECKING:  # imported where used: `status` checks stores without either (seconds of imports)
+if TYPE_CHECKING:  # imported where used: `status` checks stores without them (seconds of imports)
     import torch
     import zarr
 
@@ -154,6 +153,7 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
 
 def _check_chunks(path: Path) -> None:
     """Every chunk of every array present and matching its crc32c; raises CorruptStoreError."""
+    import numpy as np
     import zarr
 
     group = zarr.open_group(path, mode="r", zarr_format=3)
@@ -195,6 +195,7 @@ def read_store(path: Path, names: Sequence[str] | None = None) -> tuple[dict[str
 
     The attributes include the internal `complete`, `format_version` and `files` keys.
     """
+    import numpy as np
     import torch
     import zarr
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +80,7 @@ class Provenance:
         self._uncond_ids: dict[str, str] = {}
         self._states: dict[tuple[str, str], OutputState] = {}
         self._recorded: dict[tuple[str, str], dict[str, Any]] = {}
-        self._listings: dict[tuple[str, str | None], set[str]] = {}
-        self._indexes: dict[tuple[str, str | None], StampIndex] = {}
+        self._folders: dict[tuple[str, str | None], tuple[set[str], StampIndex]] = {}
 
     def item(self, stage: str, item_id: str) -> Prompt:
         """An item of the stage, or a prompt that --only holds back from it."""
@@ -167,27 +166,35 @@ class Provenance:
         """What an output is written with: its provenance record and that record's digest."""
         return {"provenance": self.record(stage, item_id), "digest": self.digest(stage, item_id)}
 
+    def load(self, stages: Iterable[str]) -> None:
+        """Read the listings and stamp indexes of these stages' folders now (before the judging is split over
+        processes, which then share them instead of each reading them again)."""
+        for stage in stages:
+            if not self._from_base(stage):
+                self._folder(stage)
+
+    def _folder(self, stage: str) -> tuple[set[str], StampIndex]:
+        """The names in the stage's folder (one listing instead of a stat per missing output) and its stamp index."""
+        tag = self.tag(stage)
+        if (stage, tag) not in self._folders:
+            try:
+                names = set(os.listdir(self.layout.folder(stage, tag)))
+            except (FileNotFoundError, NotADirectoryError):
+                names = set()
+            self._folders[(stage, tag)] = (names, StampIndex(self.layout, stage, tag))
+        return self._folders[(stage, tag)]
+
     def read_attrs(self, stage: str, item_id: str, full: bool = False) -> dict[str, Any]:
         """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError. From
-        the stamp index while every file of the output is unchanged (its digest, files and the extras its job
-        recorded, no provenance record), else (and with `full`) read and checked."""
-        tag = self.tag(stage)
-        key = (stage, tag)
-        if key not in self._listings:  # one listing per folder instead of a stat per missing output
-            try:
-                self._listings[key] = set(os.listdir(self.layout.folder(stage, tag)))
-            except (FileNotFoundError, NotADirectoryError):
-                self._listings[key] = set()
+        the stamp index while every file of the output is unchanged (its digest, files and the index entry that
+        holds what else its job recorded; no provenance record), else (and with `full`) read and checked."""
+        names, index = self._folder(stage)
         zarr = STAGES[stage].output == "zarr"
-        name = item_id + (SUFFIXES["zarr"] if zarr else ".json")
-        if name not in self._listings[key]:
-            raise FileNotFoundError(name)
-        if not full:
-            if key not in self._indexes:
-                self._indexes[key] = StampIndex(self.layout, stage, tag)
-            indexed = self._indexes[key].lookup(item_id)
-            if indexed is not None:
-                return indexed
+        if item_id + (SUFFIXES["zarr"] if zarr else ".json") not in names:
+            raise FileNotFoundError(f"{stage} {item_id}")
+        if not full and (indexed := index.lookup(item_id)) is not None:
+            return indexed
+        tag = self.tag(stage)
         return verify_store(self.output(stage, item_id)) if zarr else verify_sidecar(self.layout.sidecar(
             stage, item_id, tag))
 
@@ -199,7 +206,7 @@ class Provenance:
         self.state(stage, item_id)
         attrs = self._recorded.get((stage, item_id))
         if attrs is not None and "entry" in attrs:
-            index = self._indexes[(stage, self.tag(stage))]
+            index = self._folder(stage)[1]
             attrs = self._recorded[(stage, item_id)] = {**index.extras(item_id, attrs.pop("entry")), **attrs}
         return attrs
 

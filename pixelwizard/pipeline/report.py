@@ -76,6 +76,8 @@ class ReportData:
         self.intervals: list[tuple[float, float]] = []  # (start, end) of the run's current outputs' computation
         # label ("lr", "decode p2w-ov1-24fps") -> output id -> what the page shows of it
         self.outputs: dict[str, dict[str, dict[str, Any]]] = {}
+        for provenance in self.variants.values():
+            provenance.load(s.name for s in enabled_stages(snapshot.config))
         for outputs, intervals in in_parts(self.gather, [p.id for p in snapshot.prompts], processes):
             for name, entries in outputs.items():
                 self.outputs.setdefault(name, {}).update(entries)

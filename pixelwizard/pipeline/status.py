@@ -113,6 +113,8 @@ def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = No
     provenances = [main := Provenance(own, layout, events), *(Provenance(r, layout, events, main) for r in others)]
     names = [s.name for s in enabled_stages(snapshot.config) if stages is None or s.name in stages]
     ids = [p.id for p in snapshot.prompts]
+    for provenance in provenances:
+        provenance.load(names)
 
     def judge(part: Sequence[str]) -> list[StageStatus]:
         chosen = set(part) if len(part) < len(ids) else None
