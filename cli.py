@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 import shutil
 import signal
 import time
@@ -21,15 +22,14 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
 from pixelwizard.checkpoints.errors import CheckpointError
-from pixelwizard.io.files import write_atomic
+from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
 from pixelwizard.models.config import ConfigError
 from pixelwizard.pipeline import inflight, runner, status
 from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.live import LiveView
-from pixelwizard.pipeline.plan import STOP_AFTER, Plan
+from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.presets import PRESETS, PresetError, parse_setting, setting_help
 from pixelwizard.pipeline.prompts import PromptFileError, read_ids, read_prompts, single_prompt
 from pixelwizard.pipeline.report import write_report
@@ -152,7 +152,7 @@ def generate(
     lr_ckpt: Optional[Path] = config_option("lr_ckpt"),
     preset: str = config_option("preset"),
     only: Optional[Path] = config_option("only"),
-    until: Optional[str] = typer.Option(None, help="Stop after a stage: lr (text, LR anchors, previews) or hr"),
+    until: Optional[str] = config_option("until"),
     shard_size: list[str] = typer.Option([], help="Prompts per job: N for every stage, or STAGE=N (repeatable)"),
     previews: bool = config_option("previews"),
     device: str = config_option("device"),
@@ -183,8 +183,6 @@ def generate(
     try:
         if (prompts is None) == (prompt is None):
             raise RunConfigError("give a prompt file or --prompt TEXT (one of them)")
-        if until is not None and until not in STOP_AFTER:
-            raise RunConfigError(f"--until {until}: choose one of {', '.join(STOP_AFTER)}")
         items = single_prompt(prompt) if prompt is not None else read_prompts(prompts)
         chosen = read_ids(only, items) if only is not None else None
         settings = {k: v for k, v in dict(
@@ -195,12 +193,13 @@ def generate(
         config = RunConfig(
             prompts=PROMPTS, only=ONLY if chosen is not None else None, ckpt_dir=str(ckpt_dir.resolve()),
             hr_ckpt=str(hr_ckpt.resolve()), lr_ckpt=str(lr_ckpt.resolve()) if lr_ckpt else None, preset=preset,
+            until=until,
             settings={**settings, **parse_sets(set_)}, shard_sizes=parse_shard_sizes(shard_size),
             previews=previews, device=device, dtype=dtype, attention=attention, offload=offload, hr_gpus=hr_gpus,
             decode_gpus=decode_gpus)
     except USER_ERRORS as err:
         fail(err, run.verbose)
-    raise typer.Exit(execute("generate", out.resolve(), config, items, chosen, run, until=until, record=True))
+    raise typer.Exit(execute("generate", out.resolve(), config, items, chosen, run, record=True))
 
 
 @app.command()
@@ -219,19 +218,20 @@ def decode(
     (OUT/decode/<tag>/), and nothing else of the run changes."""
     out = out.resolve()
     try:
-        config = RunConfig.load(Layout(out).config)
+        config = status.recorded_config(out)
         config = config.with_settings(num_patches=num_patches, patch_dim=patch_dim, overlap=overlap, fps=fps)
+        config = dataclasses.replace(config, until=None)  # the run's own stop does not hold back a re-decode
         if decode_gpus is not None:
             config = dataclasses.replace(config, decode_gpus=decode_gpus)
         items = read_prompts(out / config.prompts)
         chosen = read_ids(out / config.only, items) if config.only else None
     except USER_ERRORS as err:
         fail(err, run.verbose)
-    raise typer.Exit(execute("decode", out, config, items, chosen, run, until=None, record=False, stages=["decode"]))
+    raise typer.Exit(execute("decode", out, config, items, chosen, run, record=False, stages=["decode"]))
 
 
 def execute(command: str, out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] | None,
-            run: RunOptions, *, until: str | None, record: bool, stages: list[str] | None = None) -> int:
+            run: RunOptions, *, record: bool, stages: list[str] | None = None) -> int:
     """Check everything up front, take OUT's lock, record the run, plan it and run it; returns the exit code.
     `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode). Nothing in
     OUT changes before the lock is held, and nothing at all in a dry run or a refused one."""
@@ -251,21 +251,17 @@ def execute(command: str, out: Path, config: RunConfig, items: list, chosen: tup
         checks.check_parallelism(snapshot, gpus)
         checks.check_patches(snapshot)
         plan = Plan(snapshot, layout)
-        wanted = [s for s in (STOP_AFTER[until] if until else [s.name for s in plan.stages])
-                  if s in plan.shards and (stages is None or s in stages)]
+        wanted = [s for s in plan.final_stages() if s in plan.shards and (stages is None or s in stages)]
         shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
         rows = status.collect(snapshot, layout, shown)
         if run.dry_run:
-            return dry_run_report(plan, rows)
-        targets = plan.targets(until) if stages is None else ready_markers(plan, wanted)
-        checks.check_disk(snapshot, out, [p for row in rows for p in row.problems])
+            return dry_run_report(plan, rows, run.verbose)
+        targets = plan.targets() if stages is None else ready_markers(plan, wanted)
+        checks.check_disk(plan, out, [p for row in rows for p in row.todo])
         with inflight.run_lock(layout, f"pixelwizard {command}") as lock:
             cache.save()
             if record:
-                write_atomic(layout.prompts, "".join(p.to_json() + "\n" for p in items))
-                if chosen is not None:
-                    write_atomic(layout.only, "".join(f"{i}\n" for i in chosen))
-                config.save(layout.config)
+                snapshot.record(layout)
             snapshot_path = snapshot.save(layout).relative_to(out)
             before = prepare(plan, shown, stages)
             snakemake = runner.snakemake_command(layout, snapshot_path, targets, profile=run.profile,
@@ -308,30 +304,30 @@ def prepare(plan: Plan, shown: list[str], stages: list[str] | None) -> list[stat
     rows = status.collect(plan.snapshot, plan.layout, shown)
     for row in rows:
         if stages is None or row.stage in stages:
-            for shard in {plan.shard_of(row.stage, p.id) for p in row.problems}:
+            for shard in {plan.shard_of(row.stage, p.id) for p in row.todo}:
                 plan.marker(row.stage, shard).unlink(missing_ok=True)
     return rows
 
 
-def dry_run_report(plan: Plan, rows: list[status.StageStatus]) -> int:
+def dry_run_report(plan: Plan, rows: list[status.StageStatus], verbose: bool) -> int:
     try:
         inflight.check_free(plan.layout)
     except inflight.RunBusyError as busy:
         console.print(f"note: {busy}", highlight=False)
-    console.print(status.table(rows, f"{plan.layout.out} (dry run: nothing was changed)"))
+    status.print_table(console, rows, f"{plan.layout.out} (dry run: nothing was changed)")
     for row in rows:
-        shards = {plan.shard_of(row.stage, p.id) for p in row.problems}
+        shards = {plan.shard_of(row.stage, p.id) for p in row.todo}
         if shards:
-            console.print(f"  {row.label}: {counted(len(row.problems), 'output')} to make in "
+            console.print(f"  {row.label}: {counted(len(row.todo), 'output')} to make in "
                           f"{counted(len(shards), 'job')}", highlight=False)
-    status.print_problems(console, rows)
+    status.print_problems(console, rows, plan.layout.out, verbose)
     return 0
 
 
 def summary(snapshot: RunSnapshot, layout: Layout, shown: list[str], outcome: runner.Outcome, seconds: float) -> int:
     """The outcome in a line (or the table of what was not made, with why) and the exit code."""
     rows = status.collect(snapshot, layout, shown)
-    left = sum(row.total - row.counts["done"] for row in rows)
+    left = sum(len(row.todo) for row in rows)
     if outcome.stop_signal is not None:
         name = signal.Signals(outcome.stop_signal).name
         console.print(f"[yellow]stopped[/] by {name} after {seconds:.0f} s: nothing half-written was kept; "
@@ -341,8 +337,8 @@ def summary(snapshot: RunSnapshot, layout: Layout, shown: list[str], outcome: ru
         console.print(f"[green]done:[/] {layout.out} in {seconds:.0f} s  (pixelwizard status {layout.out})",
                       highlight=False)
         return 0
-    console.print(status.table(rows, f"{layout.out}: not everything was made"))
-    status.print_problems(console, rows)
+    status.print_table(console, rows, f"{layout.out}: not everything was made")
+    status.print_problems(console, rows, layout.out)
     for line in advice(rows, layout, outcome):
         console.print(line, highlight=False)
     return 1
@@ -374,18 +370,20 @@ def advice(rows: list[status.StageStatus], layout: Layout, outcome: runner.Outco
 
 @app.command("status")
 def show_status(out: Path = typer.Argument(..., help="Output directory of a generate run"),
-                verbose: bool = VERBOSE) -> None:
-    """Per stage: done, stale (with what changed), missing, blocked, failed (with the error) and corrupt outputs."""
+                verbose: bool = typer.Option(False, "--verbose", "-v", help="Every id of every reason, and full "
+                                             "tracebacks")) -> None:
+    """Per stage (and decode setting): done, stale (with what changed), held back by --until or --only, missing,
+    blocked, failed (with the error) and corrupt outputs; a line per reason with a few of its ids."""
     out = out.resolve()
     try:
         snapshot = status.last_snapshot(out)
-        rows = status.collect(snapshot, Layout(out))
+        rows = status.collect(snapshot, Layout(out), every_tag=True, processes=os.cpu_count())
     except USER_ERRORS as err:
         fail(err, verbose)
     title = f"{out}  ({snapshot.config.preset}, {counted(len(snapshot.prompts), 'prompt')})"
     shown = Console(soft_wrap=True)
-    shown.print(status.table(rows, title))
-    status.print_problems(shown, rows)
+    status.print_table(shown, rows, title)
+    status.print_problems(shown, rows, out, verbose)
     status.print_at_work(shown, Layout(out))
 
 
@@ -421,7 +419,7 @@ def show_report(out: Path = typer.Argument(..., help="Output directory of a gene
     counts and throughput, and the preview gate; a static page that opens from the file system."""
     out = out.resolve()
     try:
-        page, data = write_report(out)
+        page, data = write_report(out, processes=os.cpu_count())
     except USER_ERRORS as err:
         fail(err, verbose)
     except OSError as err:  # a read-only or full file system, OUT/report not a folder
@@ -455,7 +453,7 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output 
     config = RunConfig(prompts=PROMPTS, preset="tiny", shard_sizes=dict.fromkeys(STAGES, 2),
                        **{k: str(v) for k, v in paths.items()})
     run = RunOptions(cores=cores, verbose=verbose, quiet=quiet)
-    raise typer.Exit(execute("demo", out, config, items, None, run, until=None, record=True))
+    raise typer.Exit(execute("demo", out, config, items, None, run, record=True))
 
 
 def main() -> None:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from pixelwizard.checkpoints import preflight, wan
+from pixelwizard.checkpoints import wan
 from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.render import render_video
 from pixelwizard.io.video import to_uint8
-from pixelwizard.pipeline import steps
+from pixelwizard.pipeline import checks, steps
 from pixelwizard.pipeline.prompts import Prompt, single_prompt
 from pixelwizard.pipeline.provenance import stage_seed
 from pixelwizard.pipeline.run_config import RunConfig
@@ -46,8 +46,7 @@ class Pipeline:
                                 lr_ckpt=str(Path(lr_ckpt).resolve()) if lr_ckpt else None, preset=preset,
                                 settings=settings, device=device, dtype=dtype, attention=attention, offload=offload)
         self.preset = self.config.resolved_preset()
-        preflight.check_checkpoints(Path(self.config.ckpt_dir), lr_ckpt=lr_ckpt and Path(self.config.lr_ckpt),
-                                    hr_ckpt=Path(self.config.hr_ckpt), preset_name=preset)
+        checks.check_checkpoints(self.config)
         self.device = steps.pick_device(device)
         self.keep_models = keep_models
         ckpt = Path(self.config.ckpt_dir)

@@ -23,6 +23,7 @@ from pixelwizard.io.video import read_video
 from pixelwizard.pipeline.events import read_events
 from pixelwizard.pipeline.provenance import Provenance
 from pixelwizard.pipeline.stages import STAGES as STAGE_TABLE
+from pixelwizard.pipeline.stamp_index import ShardIndex, store_files
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [("fox", "A red fox trots through fresh snow at dawn."), ("waves", "Waves roll onto a black sand beach."),
@@ -139,15 +140,21 @@ def python_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def make_outputs(provenance: Provenance, stages=tuple(STAGE_TABLE)) -> None:
-    """Every output of `stages` as a finished job leaves it (zarr stores, or an MP4 stand-in with its sidecar)."""
+def make_outputs(provenance: Provenance, stages=tuple(STAGE_TABLE), index: bool = False) -> None:
+    """Every output of `stages` as a finished job leaves it (zarr stores, or an MP4 stand-in with its sidecar), and
+    with `index` the stamp index its job writes (one job per stage)."""
     for stage in stages:
+        shard = ShardIndex(provenance.layout, stage, provenance.tag(stage), "00000")
         for item in provenance.snapshot.items(stage):
-            path = provenance.output(stage, item.id)
+            path, digest = provenance.output(stage, item.id), provenance.digest(stage, item.id)
             if STAGE_TABLE[stage].output == "zarr":
                 write_store(path, {"x": torch.zeros(2)}, provenance.attrs(stage, item.id))
+                shard.add(item.id, store_files(path), digest)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(b"video")
-                write_sidecar(provenance.layout.sidecar(stage, item.id, provenance.tag(stage)),
-                              provenance.attrs(stage, item.id), [path])
+                sidecar = provenance.layout.sidecar(stage, item.id, provenance.tag(stage))
+                write_sidecar(sidecar, provenance.attrs(stage, item.id), [path])
+                shard.add(item.id, [path, sidecar], digest, seconds=1.0, time=1e9)
+        if index:
+            shard.save()

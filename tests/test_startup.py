@@ -52,7 +52,7 @@ def test_argument_and_configuration_errors_do_not_import_torch(tmp_path):
         (["generate", prompts, "--out", tmp_path / "out", "--ckpt-dir", tmp_path], ["Missing option '--hr-ckpt'"]),
         (["generate", prompts, *paths, "--preset", "8k"], ["error:", "8k"]),
         (["generate", prompts, *paths, "--set", "frames=10"], ["error:", "frames=10: must be 4n+1"]),
-        (["generate", prompts, *paths, "--until", "decode"], ["error: --until decode"]),
+        (["generate", prompts, *paths, "--until", "decode"], ["error: until='decode': choose one of lr, hr"]),
         (["generate", bad_prompts, *paths], ["error:", "bad.jsonl:1:"]),
         (["decode", tmp_path], ["error:"]),
         (["status", tmp_path / "typo"], ["error:"]),

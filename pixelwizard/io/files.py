@@ -91,9 +91,17 @@ def remove_stale_temps(parent: Path, min_age_s: float = 3600.0) -> int:
 
 
 def file_stamp(path: Path | os.DirEntry) -> list[int]:
-    """What changes when a file is rewritten, truncated or replaced by a copy: size, mtime and inode."""
+    """A file's size, mtime and inode, recorded when an output is written and compared by `unchanged`."""
     st = path.stat(follow_symlinks=False)
     return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def unchanged(recorded: object, stamp: list[int]) -> bool:
+    """Whether a file still holds what it held when `recorded` was taken: the same size and the same mtime, to the
+    nanosecond. Any write sets the mtime to the time of the write, a truncation changes the size; a copy made
+    with `cp -a` or `rsync -a`, or a move to another file system, keeps both, so a copied run is not read again
+    (only its inodes differ). A file edited and then given back its old mtime on purpose would pass."""
+    return isinstance(recorded, list) and recorded[:2] == stamp[:2]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:

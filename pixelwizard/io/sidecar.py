@@ -1,8 +1,8 @@
 """The JSON sidecar that completes media outputs (an MP4, its contact sheet): written last, beside them, it records
 the provenance and each file's sha256 and stamp (size, mtime, inode). Without it the media files do not count.
 
-    verify_sidecar()   cheap while the stamps match; otherwise each file is re-hashed once and, when intact
-                       (a copy, say), the stamps are renewed
+    verify_sidecar()   cheap while every file is unchanged (files.unchanged: a copy passes); otherwise the file is
+                       hashed again and, when intact, its stamp renewed
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.io.files import file_stamp, sha256_file, write_atomic
+from pixelwizard.io.files import file_stamp, sha256_file, unchanged, write_atomic
 
 
 class SidecarError(RuntimeError):
@@ -49,7 +49,7 @@ def verify_sidecar(path: Path) -> dict[str, Any]:
             stamp = file_stamp(file)
         except FileNotFoundError:
             raise SidecarError(f"{file}: missing") from None
-        if stamp != entry["stamp"]:
+        if not unchanged(entry["stamp"], stamp):
             if sha256_file(file) != entry["sha256"]:
                 raise SidecarError(f"{file}: content differs from when it was written")
             entry["stamp"], renewed = stamp, True

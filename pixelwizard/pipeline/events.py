@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 
 FAILED = "failed"
+_ID = re.compile(rb'"id": "((?:[^"\\]|\\.)*)"')  # an event's id, as append_event writes it
 
 
 def append_event(path: Path, **event: Any) -> None:
@@ -35,13 +38,39 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
     except FileNotFoundError:
         return [], offset
     whole = data[: data.rfind(b"\n") + 1]
+    return _parse(whole.splitlines()), offset + len(whole)
+
+
+def events_of(path: Path, action: str) -> list[dict[str, Any]]:
+    """The events of one action, parsing only their lines (a run of 100,000 prompts logs millions of events)."""
+    mark = json.dumps({"action": action})[1:-1].encode()
+    return _parse(line for line in _whole_lines(path, mark) if mark in line)
+
+
+def failure_events(path: Path) -> list[dict[str, Any]]:
+    """The events `last_failures` needs: every failure, and every event of an output that failed."""
+    lines = _whole_lines(path, json.dumps({"action": FAILED})[1:-1].encode())
+    failed = {e.get("id") for e in _parse(line for line in lines if b'"failed"' in line)}
+    return _parse(line for line in lines if (found := _ID.search(line)) and found.group(1).decode() in failed)
+
+
+def _whole_lines(path: Path, needed: bytes) -> list[bytes]:
+    """The log's whole lines (a torn last one waits for the next read); none if `needed` is nowhere in it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return data[: data.rfind(b"\n") + 1].splitlines() if needed in data else []
+
+
+def _parse(lines: Iterable[bytes]) -> list[dict[str, Any]]:
     events = []
-    for line in whole.splitlines():
+    for line in lines:
         try:
             events.append(json.loads(line))
         except ValueError:
             continue
-    return events, offset + len(whole)
+    return events
 
 
 def last_failures(events: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:

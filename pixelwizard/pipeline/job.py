@@ -44,7 +44,7 @@ from pixelwizard.io.files import remove_stale_temps, write_atomic
 from pixelwizard.io.latent_store import read_store, write_store
 from pixelwizard.io.sidecar import write_sidecar
 from pixelwizard.pipeline import inflight, steps
-from pixelwizard.pipeline.events import append_event, read_events
+from pixelwizard.pipeline.events import append_event, failure_events
 from pixelwizard.pipeline.launch import die_with_parent
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
@@ -52,6 +52,7 @@ from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.provenance import CORRUPT, DONE, FAILED, Provenance, stage_seed
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES
+from pixelwizard.pipeline.stamp_index import ShardIndex, store_files
 
 log = logging.getLogger("pixelwizard")
 T = TypeVar("T")
@@ -104,12 +105,14 @@ class Output:
     def write_store(self, arrays: dict[str, torch.Tensor], **attrs: Any) -> None:
         if self.job.is_writer:
             write_store(self.path, arrays, {**self.attrs, **attrs})
+            self.job.index.add(self.item.id, store_files(self.path), self.attrs["digest"], **attrs)
 
     def write_sidecar(self, files: list[Path], **attrs: Any) -> None:
         """Complete an MP4 output: the JSON beside it, written last."""
         if self.job.is_writer:
             sidecar = self.job.layout.sidecar(self.stage, self.item.id, self.job.provenance.tag(self.stage))
             write_sidecar(sidecar, {**self.attrs, **attrs}, files)
+            self.job.index.add(self.item.id, [*files, sidecar], self.attrs["digest"], **attrs)
 
 
 class Job:
@@ -117,9 +120,10 @@ class Job:
         self.stage, self.snapshot, self.shard, self.layout, self.device = stage, snapshot, shard, layout, device
         self.config, self.preset = snapshot.config, snapshot.preset
         self.events = layout.events
-        self.provenance = Provenance(snapshot, layout, read_events(layout.events)[0] if distributed.rank() == 0 else [])
+        self.provenance = Provenance(snapshot, layout, failure_events(layout.events) if distributed.rank() == 0 else [])
         self.plan = Plan(snapshot, layout, self.provenance)
         self.items = self.plan.shards[stage][shard]
+        self.index = ShardIndex(layout, stage, self.provenance.tag(stage), shard)  # saved with the marker
         self.is_writer = distributed.is_writer()
         self.stop_signal: int | None = None
         self.current: Output | None = None
@@ -237,6 +241,7 @@ class Job:
             if state.state == DONE:
                 self.event(item.id, "skipped")
                 self.outcomes[item.id] = "skipped"
+                self._index_done(item.id)
             elif waiting:
                 self.event(item.id, "blocked", error=f"input not ready: {', '.join(waiting)}")
                 self.outcomes[item.id] = "blocked"
@@ -245,6 +250,23 @@ class Job:
                     self.event(item.id, "corrupt", error=state.reasons[0])
                 (retry if state.state == FAILED else todo).append(item.id)
         return todo + retry
+
+    def _index_done(self, item_id: str) -> None:
+        """Keep a current output of an earlier job in this job's index (with what its entry there said)."""
+        if not self.is_writer:
+            return
+        attrs = self.provenance.recorded(self.stage, item_id) or {}
+        path = self.provenance.output(self.stage, item_id)
+        if isinstance(attrs.get("files"), list):  # from an earlier job's index: its files and extras
+            files = [self.index.folder / name for name in attrs["files"]]
+        elif STAGES[self.stage].output == "zarr":
+            files = store_files(path)
+        else:  # read from its JSON, which lists its media files
+            files = [path.parent / name for name in attrs.get("files", {})]
+            files.append(self.layout.sidecar(self.stage, item_id, self.provenance.tag(self.stage)))
+        extras = {k: v for k, v in attrs.items() if k not in ("digest", "files", "provenance", "version", "complete",
+                                                              "format_version")}
+        self.index.add(item_id, files, attrs.get("digest", ""), **extras)
 
     @contextmanager
     def record(self, item: Prompt) -> Iterator[Output]:
@@ -277,6 +299,7 @@ class Job:
             seconds = round(time.perf_counter() - start, 3)
             startup = {"startup": {k: round(v, 3) for k, v in self.startup.items()}} if not self._computed else {}
             self.event(item.id, "computed", seconds=seconds, **startup)
+            self.index.update(item.id, seconds=seconds, time=round(time.time(), 3))
             self._computed += 1
             self.outcomes[item.id] = "computed"
             log.info("%s %s computed in %.1f s", self.stage, item.id, seconds)
@@ -313,6 +336,7 @@ class Job:
             marker = self.plan.marker(self.stage, self.shard)
             for old in marker.parent.glob(f"{self.shard}-*.json"):
                 old.unlink(missing_ok=True)
+            self.index.save()
             write_atomic(marker, json.dumps({"stage": self.stage, "shard": self.shard, "outcomes": self.outcomes}))
         distributed.shutdown()
         return False

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,12 @@ class Prompt:
     def text_hash(self) -> str:
         return text_hash(self.text)
 
+    def fields(self) -> dict[str, Any]:
+        """The prompt as its JSON line holds it: the fields that are set."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, ensure_ascii=False)
+        return json.dumps(self.fields(), ensure_ascii=False)
 
 
 def text_hash(text: str) -> str:

@@ -6,6 +6,7 @@ content identity of each checkpoint role.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -15,11 +16,11 @@ from pathlib import Path
 
 from pixelwizard.checkpoints.identity import DigestCache, Progress, files_digest
 from pixelwizard.io.files import write_atomic
-from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt, read_ids, read_prompts
-from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
-from pixelwizard.pipeline.stages import CHECKPOINT_FILES, STAGES, enabled_stages
+from pixelwizard.pipeline.run_config import STOP_AFTER, RunConfig, RunConfigError
+from pixelwizard.pipeline.stages import CHECKPOINT_FILES, STAGES, enabled_stages, lineage
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,43 @@ class RunSnapshot:
             return [p for p in self.prompts if p.id in chosen]
         return list(self.prompts)
 
+    def outputs(self, stage: str) -> list[Prompt]:
+        """Every output of a stage that `status` and the report show: its items, and the prompts that --only
+        holds back from it."""
+        if STAGES[stage].items == "selected":
+            return list(self.prompts)
+        return self.items(stage)
+
+    def held(self, stage: str) -> dict[str, str]:
+        """id -> why the run does not make that output of `stage`, by choice: the stage follows the run's `until`
+        stop, or the prompt is not among the --only ids. Held outputs are no error; `status` shows them apart."""
+        until = self.config.until
+        if until is not None and stage not in {s for last in STOP_AFTER[until] for s in lineage(last)}:
+            return {item.id: f"--until {until}" for item in self.outputs(stage)}
+        if STAGES[stage].items == "selected" and self.only is not None:
+            chosen = set(self.only)
+            return {p.id: "--only: not among its ids" for p in self.prompts if p.id not in chosen}
+        return {}
+
+    def as_recorded(self) -> RunSnapshot:
+        """This run as OUT records it: its prompts (and --only ids) read from OUT's own copies."""
+        config = dataclasses.replace(self.config, prompts=PROMPTS, only=ONLY if self.only is not None else None)
+        return dataclasses.replace(self, config=config)
+
+    def record(self, layout: Layout, source: Path | None = None) -> None:
+        """Make this run OUT's: its snapshot, and what `status`, `report` and `decode` read (OUT/pixelwizard.yaml,
+        OUT's copies of the prompts and the --only ids). A prompt file `source` that is itself OUT's copy (a run
+        configuration naming prompts.jsonl) is left as the user wrote it."""
+        self.save(layout)
+        if source is None or not _same_file(source, layout.prompts):
+            write_atomic(layout.prompts, "".join(p.to_json() + "\n" for p in self.prompts))
+        if self.only is not None:
+            write_atomic(layout.only, "".join(f"{i}\n" for i in self.only))
+        self.as_recorded().config.save(layout.config)
+
     def to_json(self) -> str:
         return json.dumps({
-            "config": self.config.to_mapping(), "prompts": [json.loads(p.to_json()) for p in self.prompts],
+            "config": self.config.to_mapping(), "prompts": [p.fields() for p in self.prompts],
             "only": list(self.only) if self.only is not None else None, "identities": self.identities,
         }, ensure_ascii=False, sort_keys=True)
 
@@ -94,6 +129,13 @@ class RunSnapshot:
         return cls(RunConfig.from_mapping(values["config"], source=str(path)),
                    tuple(Prompt(**p) for p in values["prompts"]), tuple(only) if only is not None else None,
                    values["identities"])
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def uncond_item(text: str) -> Prompt:

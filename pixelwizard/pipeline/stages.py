@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.run_config import RunConfig
@@ -83,19 +84,11 @@ def lineage(name: str) -> list[str]:
     return [*seen, name]
 
 
-def _wan():
-    """The Wan2.2 layout's readers, imported on first use: they need torch, and the stage table must not (the CLI's
-    --help and the Snakefile import it)."""
-    from pixelwizard.checkpoints import wan
-
-    return wan
-
-
 # The files each checkpoint role is read from: their contents are the role's identity in every provenance record.
 CHECKPOINT_FILES: dict[str, Callable[[RunConfig], list[Path]]] = {
-    "t5": lambda c: _wan().text_encoder_files(Path(c.ckpt_dir)),
-    "lr_dit": lambda c: ([Path(c.lr_ckpt), Path(c.ckpt_dir) / _wan().DIT_CONFIG] if c.lr_ckpt
-                         else _wan().dit_files(Path(c.ckpt_dir))),
-    "hr_dit": lambda c: [Path(c.hr_ckpt), Path(c.ckpt_dir) / _wan().DIT_CONFIG],
-    "vae": lambda c: _wan().vae_files(Path(c.ckpt_dir)),
+    "t5": lambda c: wan_files.text_encoder_files(Path(c.ckpt_dir)),
+    "lr_dit": lambda c: ([Path(c.lr_ckpt), Path(c.ckpt_dir) / wan_files.DIT_CONFIG] if c.lr_ckpt
+                         else wan_files.dit_files(Path(c.ckpt_dir))),
+    "hr_dit": lambda c: [Path(c.hr_ckpt), Path(c.ckpt_dir) / wan_files.DIT_CONFIG],
+    "vae": lambda c: wan_files.vae_files(Path(c.ckpt_dir)),
 }

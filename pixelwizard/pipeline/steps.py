@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pixelwizard import distributed
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan, wan_files
 from pixelwizard.checkpoints.trainer import load_hr_model, load_lr_model
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
@@ -57,15 +57,15 @@ def load_lr_dit(config: RunConfig, device: torch.device) -> WanDiT:
     if config.lr_ckpt is None:
         model = wan.load_dit(ckpt_dir, dtype=dit_dtype(config, device), device=device)
     else:
-        model = load_lr_model(Path(config.lr_ckpt), wan.read_dit_config(ckpt_dir), dtype=dit_dtype(config, device),
-                              device=device)
+        model = load_lr_model(Path(config.lr_ckpt), wan_files.read_dit_config(ckpt_dir),
+                              dtype=dit_dtype(config, device), device=device)
     return model.use_attention(config.attention, device)
 
 
 def load_hr_dit(config: RunConfig, device: torch.device) -> HRDiT:
     """The HR shortcut model: with `offload` its blocks stream from host memory (one GPU); under torchrun FSDP2-
     sharded over the ranks and Ulysses sequence-parallel."""
-    dit_config = wan.read_dit_config(Path(config.ckpt_dir))
+    dit_config = wan_files.read_dit_config(Path(config.ckpt_dir))
     dtype = dit_dtype(config, device)
     if distributed.world_size() > 1:
         sp = distributed.SequenceParallel()
@@ -99,14 +99,14 @@ def encode(encoder: TextEncoder, text: str) -> Embedding:
 def lr_anchor(dit: WanDiT, cond: Conditioning, preset: Preset, seed: int, config: RunConfig,
               on_step: StepCallback | None = None) -> torch.Tensor:
     """The LR anchor latent [C, T, h, w] of a prompt (float32, on the CPU)."""
-    shape = wan.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.lr_height, preset.lr_width)
+    shape = wan_files.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.lr_height, preset.lr_width)
     return sample_lr(dit, cond, gaussian_noise(shape, seed), **preset.lr_sampling(), on_step=on_step).cpu()
 
 
 def hr_latent(model: HRDiT, cond: Conditioning, anchor: torch.Tensor, preset: Preset, seed: int, config: RunConfig,
               on_step: StepCallback | None = None) -> torch.Tensor:
     """The HR latent [C, T, H, W] of a prompt from its LR anchor (float32, on the CPU)."""
-    shape = wan.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.height, preset.width)
+    shape = wan_files.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.height, preset.width)
     return sample_hr(model, cond, anchor, gaussian_noise(shape, seed), **preset.hr_sampling(), on_step=on_step).cpu()
 
 
