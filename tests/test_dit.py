@@ -11,6 +11,7 @@ import torch
 from pixelwizard.models.attention import AttentionBackendError, attention, available_backends, select_backend
 from pixelwizard.models.config import DiTConfig
 from pixelwizard.models.dit import (
+    TokenRows,
     WanDiT,
     apply_rope,
     grid_positions,
@@ -47,8 +48,13 @@ def inputs(batch: int = 1, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 def e0_shapes(model: WanDiT) -> list[torch.Size]:
     """Records the e0 argument every block receives."""
     shapes = []
+
+    def record(_, args):
+        e0 = args[1]
+        shapes.append(("rows", tuple(e0.table.shape), tuple(e0.index.shape)) if isinstance(e0, TokenRows) else e0.shape)
+
     for block in model.blocks:
-        block.register_forward_pre_hook(lambda _, args: shapes.append(args[1].shape))
+        block.register_forward_pre_hook(record)
     return shapes
 
 
@@ -81,7 +87,12 @@ def test_varying_per_token_t_is_modulated_per_token():
     t = torch.full((1, TOKENS), 700.0)
     t[:, :FRAME_TOKENS] = 0.0  # clean first latent frame, as in image-to-video
     assert not torch.allclose(model(x, t, ctx), model(x, torch.tensor([700.0]), ctx))
-    assert set(shapes) == {torch.Size([1, 1, 6, CONFIG.dim]), torch.Size([1, TOKENS, 6, CONFIG.dim])}
+    # per token, e0 is one row per distinct timestep and an index, never [B, L, 6, D]
+    assert set(shapes) == {("rows", (1, 2, 6, CONFIG.dim), (1, TOKENS)), torch.Size([1, 1, 6, CONFIG.dim])}
+    _, e0 = model.condition_time(t, TOKENS)
+    assert e0.index[0, :FRAME_TOKENS].eq(0).all() and e0.index[0, FRAME_TOKENS:].eq(1).all()
+    torch.testing.assert_close(e0.table[:, 1], model.condition_time(torch.tensor([700.0]), TOKENS)[1][:, 0],
+                               atol=1e-6, rtol=1e-6)
 
 
 @torch.no_grad()

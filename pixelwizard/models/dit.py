@@ -3,8 +3,8 @@
 Data flow for a latent x [B, C, T, H, W] and timesteps t:
 
     tokens  = patchify(x)                                   [B, L, D], L = T'·H'·W' in (t, h, w) raster order
-    e       = time_embedding(sinusoid(t)) (+ e_extra)       [B, 1|L, D]     one row per sample, or per token
-    e0      = time_projection(e)                            [B, 1|L, 6, D]  (shift, scale, gate) x (attn, ffn)
+    e       = time_embedding(sinusoid(t)) (+ e_extra)       [B, 1|K, D]     one row per sample, or per distinct t
+    e0      = time_projection(e)                            [B, 1|K, 6, D]  (shift, scale, gate) x (attn, ffn)
     context = text_embedding(context zero-padded to text_len rows)
     tokens  = blocks(tokens, e0, context, 3D RoPE)          adaLN self-attn, plain cross-attn, adaLN FFN
     out     = unpatchify(head(tokens, e))                   [B, C_out, T, H, W] float32
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
@@ -187,11 +188,27 @@ def fill_rows(fn: Callable[[slice], tuple[Tensor, ...]], length: int, chunk: int
     return outs
 
 
+@dataclass(frozen=True)
+class TokenRows:
+    """A per-token tensor [B, L, ...] kept as its distinct rows: `table` [B, K, ...] and `index` [B, L] into it.
+
+    Per-token timesteps take a few values (image to video: 0 on the clean first frame, t on the rest), so e and
+    e0 are K rows instead of L: a per-token float32 e0 [1, L, 6, 3072] would be 17.1 GiB at 4K (L = 249,240)."""
+
+    table: Tensor
+    index: Tensor
+
+    def rows(self, rows: slice, *item: int) -> Tensor:
+        """[B, len(rows), ...]: entry `item` of the table (e.g. one modulation) for the token rows `rows`."""
+        table = self.table[(slice(None), slice(None), *item)]
+        return table[torch.arange(table.shape[0], device=table.device)[:, None], self.index[:, rows]]
+
+
 class Block(nn.Module):
     """x += gate·SelfAttn(adaLN(x)); x += CrossAttn(norm3(x), context); x += gate·FFN(adaLN(x)).
 
     The six adaLN vectors are `modulation + e0`; e0 is [B, 1, 6, D] (one timestep per sample) or
-    [B, L, 6, D] (per token), and each vector is formed only when used, for the rows being processed.
+    TokenRows (per token), and each vector is formed only when used, for the rows being processed.
     """
 
     def __init__(self, config: DiTConfig):
@@ -206,12 +223,12 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), Linear(config.ffn_dim, dim))
 
-    def adaln(self, e0: Tensor, index: int, rows: slice) -> Tensor:
+    def adaln(self, e0: Tensor | TokenRows, index: int, rows: slice) -> Tensor:
         """Modulation vector `index` for the token rows `rows`: [B, 1, D] or [B, len(rows), D], float32."""
-        e = e0[:, :, index] if e0.shape[1] == 1 else e0[:, rows, index]
+        e = e0.rows(rows, index) if isinstance(e0, TokenRows) else e0[:, :, index]
         return self.modulation[:, index] + e
 
-    def modulated(self, x: Tensor, e0: Tensor, first: int, rows: slice) -> Tensor:
+    def modulated(self, x: Tensor, e0: Tensor | TokenRows, first: int, rows: slice) -> Tensor:
         """adaLN input of the self-attention (first = 0) or the FFN (first = 3) for `rows`:
         norm·(1 + scale) + shift."""
         norm = self.norm1 if first == 0 else self.norm2
@@ -221,7 +238,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: Tensor,
-        e0: Tensor,
+        e0: Tensor | TokenRows,
         context: Tensor,
         rope: Tensor,
         chunk: int,
@@ -328,23 +345,28 @@ class WanDiT(nn.Module):
         """Timesteps [...] -> e = time_embedding(sinusoid(t)) [..., D], float32."""
         return cast(self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim)), torch.float32)
 
-    def condition_time(self, t: Tensor, num_tokens: int, e_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """t [B] or [B, L] -> (e [B, 1|L, D], e0 [B, 1|L, 6, D]), float32.
+    def condition_time(self, t: Tensor, num_tokens: int,
+                       e_extra: Tensor | None = None) -> tuple[Tensor | TokenRows, Tensor | TokenRows]:
+        """t [B] or [B, L] -> (e [B, 1, D], e0 [B, 1, 6, D]) float32, or per token the same as TokenRows with
+        one row per distinct timestep. e_extra [B, 1, D].
 
-        A per-token t whose rows are each constant collapses to one timestep per sample, so e0 is only
-        materialised per token when timesteps really differ within a sample (e.g. a clean first frame).
+        A per-token t whose rows are each constant collapses to one timestep per sample.
         """
+        index = None
         if t.ndim == 1:
             t = t[:, None]
         elif t.ndim != 2 or t.shape[1] != num_tokens:
             raise ValueError(f"t {tuple(t.shape)}: expected [B] or [B, {num_tokens}] (one timestep per token)")
         elif torch.equal(t, t[:, :1].expand_as(t)):
             t = t[:, :1]
+        else:
+            values, index = torch.unique(t, return_inverse=True)  # [K], [B, L]
+            t = values.expand(t.shape[0], -1)
         e = self.embed_time(t)
         if e_extra is not None:
             e = e + e_extra
         e0 = rearrange(cast(self.time_projection(e), torch.float32), "b l (k d) -> b l k d", k=NUM_MODULATIONS)
-        return e, e0
+        return (e, e0) if index is None else (TokenRows(e, index), TokenRows(e0, index))
 
     def embed_text(self, context: Tensor | Sequence[Tensor]) -> Tensor:
         """[B, Lc, text_dim] or a list of [L_i, text_dim] -> [B, text_len, D]. Rows are zero-padded to
@@ -387,7 +409,7 @@ class WanDiT(nn.Module):
         """x [B, in_dim, T, H, W], t [B] or [B, L], context [B, Lc, text_dim] or B x [L_i, text_dim]
         -> velocity [B, out_dim, T, H, W] float32.
 
-        e_extra [B, 1|L, D] is added to the time embedding e (before time_projection and the head);
+        e_extra [B, 1, D] is added to the time embedding e (before time_projection and the head);
         block_residuals[i] [B, L, D] is added to the residual stream at the input of block i; it may be a function
         of a row slice that gives those rows, computed chunk by chunk.
 
@@ -407,8 +429,9 @@ class WanDiT(nn.Module):
         sp = self.sequence_parallel
         if sp is not None:
             tokens, rope = sp.split(tokens), sp.split(rope, dim=0, pad_value=1)
-            if e.shape[1] > 1:  # per-token timesteps
-                e, e0 = sp.split(e), sp.split(e0)
+            if isinstance(e, TokenRows):  # per-token timesteps: this rank's rows of the index
+                index = sp.split(e.index)
+                e, e0 = TokenRows(e.table, index), TokenRows(e0.table, index)
             attend = partial(sp.attention, true_len=length, attend=self.attend)
         rows = row_chunks(tokens.shape[1], chunk)
         for i, block in enumerate(self.blocks):
@@ -417,8 +440,8 @@ class WanDiT(nn.Module):
                 for r in rows:
                     tokens[:, r] += residual(r) if callable(residual) else residual[:, r]
             block(tokens, e0, context, rope, chunk, attend, self.attend, whole_queries=sp is not None)
-        (out,) = fill_rows(lambda r: (self.head(tokens[:, r], e if e.shape[1] == 1 else e[:, r]),), tokens.shape[1],
-                           chunk)
+        (out,) = fill_rows(lambda r: (self.head(tokens[:, r], e.rows(r) if isinstance(e, TokenRows) else e),),
+                           tokens.shape[1], chunk)
         if sp is not None:
             out = sp.gather(out, length)
         return self.unpatchify(out, grid)

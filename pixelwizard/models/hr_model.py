@@ -98,9 +98,13 @@ class HRDiT(WanDiT):
         dt: torch.Tensor,
         context: torch.Tensor | list[torch.Tensor],
         anchor_features: torch.Tensor,
+        *,
+        token_t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [B, C, T, H, W], t and dt [B] (timestep units), anchor_features [B, L, D] from `anchor_features`.
-        Under sequence parallelism the adapter runs on this rank's rows of the feature, like the DiT's tokens."""
+        Under sequence parallelism the adapter runs on this rank's rows of the feature, like the DiT's tokens.
+        `token_t` [B, L], per-token timesteps (e.g. 0 on a clean first frame), replaces t in the DiT's modulation
+        only; the adapter's gain keeps t."""
         pt, ph, pw = self.config.patch_size
         tokens = (x.shape[2] // pt) * (x.shape[3] // ph) * (x.shape[4] // pw)
         if anchor_features.shape[1] != tokens:
@@ -114,4 +118,4 @@ class HRDiT(WanDiT):
         dt_freq = sinusoidal_embedding(dt, self.config.freq_dim)
         controls = self.spatial_adapter(anchor_features, t_freq, dt_freq)
         e_dt = self.dt_embedding(dt_freq)[:, None]  # [B, 1, D]: one dt per sample, never per token
-        return super().forward(x, t, context, e_extra=e_dt, block_residuals=controls)
+        return super().forward(x, t if token_t is None else token_t, context, e_extra=e_dt, block_residuals=controls)

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
 
 from pixelwizard import distributed
 from pixelwizard.checkpoints import wan, wan_files
 from pixelwizard.checkpoints.trainer import load_hr_model, load_lr_model
+from pixelwizard.io.image import fit_image
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.models.offload import offload_blocks
@@ -96,18 +98,28 @@ def encode(encoder: TextEncoder, text: str) -> Embedding:
     return Embedding(context, tokens, max(0, tokens - encoder.config.text_len))
 
 
+def encode_first_frame(vae: WanVAE, image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """An image's first-frame latent [C, 1, height/16, width/16] (float32, on the CPU) for `first_frame` of
+    `lr_anchor` (at the LR size) or `hr_latent` (at the HR size): fitted as Wan2.2's i2v does, encoded in the
+    VAE's dtype."""
+    return vae.encode(fit_image(image, width, height)[None])[0].float().cpu()
+
+
 def lr_anchor(dit: WanDiT, cond: Conditioning, preset: Preset, seed: int, config: RunConfig,
-              on_step: StepCallback | None = None) -> torch.Tensor:
-    """The LR anchor latent [C, T, h, w] of a prompt (float32, on the CPU)."""
+              on_step: StepCallback | None = None, *, first_frame: torch.Tensor | None = None) -> torch.Tensor:
+    """The LR anchor latent [C, T, h, w] of a prompt (float32, on the CPU); image to video with `first_frame`."""
     shape = wan_files.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.lr_height, preset.lr_width)
-    return sample_lr(dit, cond, gaussian_noise(shape, seed), **preset.lr_sampling(), on_step=on_step).cpu()
+    return sample_lr(dit, cond, gaussian_noise(shape, seed), **preset.lr_sampling(), on_step=on_step,
+                     first_frame=first_frame).cpu()
 
 
 def hr_latent(model: HRDiT, cond: Conditioning, anchor: torch.Tensor, preset: Preset, seed: int, config: RunConfig,
-              on_step: StepCallback | None = None) -> torch.Tensor:
-    """The HR latent [C, T, H, W] of a prompt from its LR anchor (float32, on the CPU)."""
+              on_step: StepCallback | None = None, *, first_frame: torch.Tensor | None = None) -> torch.Tensor:
+    """The HR latent [C, T, H, W] of a prompt from its LR anchor (float32, on the CPU); `first_frame` (the image
+    at the HR size) holds its frame 0, experimentally."""
     shape = wan_files.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.height, preset.width)
-    return sample_hr(model, cond, anchor, gaussian_noise(shape, seed), **preset.hr_sampling(), on_step=on_step).cpu()
+    return sample_hr(model, cond, anchor, gaussian_noise(shape, seed), **preset.hr_sampling(), on_step=on_step,
+                     first_frame=first_frame).cpu()
 
 
 def patches(preset: Preset) -> dict[str, object]:

@@ -4,6 +4,9 @@
     x <- solver.step(v, x)                                      (UniPC by default, DPM++ or Euler)
 
 They take plain parameters and the starting noise; the product's presets are mapped onto them by the stages.
+
+Image to video (Wan2.2-TI2V's i2v rule, both samplers): latent frame 0 is held at the image's latent, set before the
+first step and after every step, and its tokens see timestep 0 while the others see the step's t.
 """
 
 from __future__ import annotations
@@ -32,21 +35,52 @@ class Conditioning:
 
 
 def denoise(velocity: Velocity, noise: Tensor, *, steps: int, shift: float, solver: str,
-            on_step: StepCallback | None = None) -> Tensor:
+            on_step: StepCallback | None = None, first_frame: Tensor | None = None) -> Tensor:
     """Integrate from pure noise (sigma at the schedule's start) to the data end of the solver's schedule;
-    `on_step(k, steps)` is called before the first step (k = 0) and after each."""
+    `on_step(k, steps)` is called before the first step (k = 0) and after each. `first_frame` [B, C, 1, h, w]:
+    latent frame 0 is set to it before the first step and after each (the solver sees the pinned sample)."""
     kind = solver_kind(solver)
     schedule = kind.schedule(steps, shift)
     stepper = kind.make(schedule)
-    x = noise
+    x = noise if first_frame is None else pin_first_frame(noise, first_frame)
     if on_step is not None:
         on_step(0, schedule.steps)
     for i, (t, dt) in enumerate(zip(schedule.timesteps, shortcut_dt(schedule.timesteps))):
         t_, dt_ = (torch.tensor([float(v)], device=x.device) for v in (t, dt))
         x = stepper.step(velocity(x, t_, dt_), x)
+        if first_frame is not None:
+            x = pin_first_frame(x, first_frame)
         if on_step is not None:
             on_step(i + 1, schedule.steps)
     return x
+
+
+def pin_first_frame(x: Tensor, first_frame: Tensor) -> Tensor:
+    """x [B, C, T, h, w] with latent frame 0 replaced by first_frame [B, C, 1, h, w] (float32), as a new tensor."""
+    return torch.cat([first_frame.to(x.dtype), x[:, :, 1:]], dim=2)
+
+
+def first_frame_timesteps(t: Tensor, latent_shape: torch.Size, patch_size: tuple[int, int, int]) -> Tensor:
+    """Per-token timesteps [B, L] for a latent [B, C, T, h, w] whose frame 0 is clean: 0 on that frame's tokens
+    (the first h*w / (p_h*p_w) in the DiT's (t, h, w) order), t [B] on the rest."""
+    pt, ph, pw = patch_size
+    if pt != 1:
+        raise ValueError(f"first-frame conditioning needs a temporal patch of 1, the model has {pt}")
+    frames, h, w = latent_shape[2:]
+    noisy = torch.ones(frames, h // ph, w // pw, device=t.device)
+    noisy[0] = 0.0
+    return noisy.flatten()[None] * t[:, None]
+
+
+def _first_frame(first_frame: Tensor | None, noise: Tensor, device: torch.device) -> Tensor | None:
+    """The image latent [C, 1, h, w] as [1, C, 1, h, w] float32 on `device`, checked against the noise [C, T, h, w]."""
+    if first_frame is None:
+        return None
+    c, _, h, w = noise.shape
+    if tuple(first_frame.shape) != (c, 1, h, w):
+        raise ValueError(f"first_frame {tuple(first_frame.shape)} does not fit the noise {tuple(noise.shape)}: "
+                         f"expected the image's latent [{c}, 1, {h}, {w}]; encode the image at the video's size")
+    return first_frame[None].to(device=device, dtype=torch.float32)
 
 
 @torch.inference_mode()
@@ -61,22 +95,29 @@ def sample_lr(
     solver: str = "unipc",
     batch_cfg: bool = True,
     on_step: StepCallback | None = None,
+    first_frame: Tensor | None = None,
 ) -> Tensor:
     """Stage I: noise [C, T, h, w] -> the LR anchor latent [C, T, h, w] (float32).
 
     `batch_cfg` runs the two CFG branches as one forward of batch 2 (the same maths as two forwards of batch 1).
+    `first_frame` [C, 1, h, w], the VAE latent of an image, makes it image to video (see the module's docstring);
+    the result's frame 0 is that latent.
     """
     device = next(model.parameters()).device
     prompt, uncond = cond.prompt.to(device), cond.uncond.to(device)
+    first = _first_frame(first_frame, noise, device)
 
     def guided(x: Tensor, t: Tensor, _dt: Tensor) -> Tensor:
+        if first is not None:
+            t = first_frame_timesteps(t, x.shape, model.config.patch_size)
         if batch_cfg:
             v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), [prompt, uncond]).chunk(2)
         else:
             v_c, v_u = model(x, t, [prompt]), model(x, t, [uncond])
         return v_u + guidance * (v_c - v_u)
 
-    return denoise(guided, noise[None].to(device), steps=steps, shift=shift, solver=solver, on_step=on_step)[0]
+    return denoise(guided, noise[None].to(device), steps=steps, shift=shift, solver=solver, on_step=on_step,
+                   first_frame=first)[0]
 
 
 @torch.inference_mode()
@@ -92,11 +133,19 @@ def sample_hr(
     solver: str = "unipc",
     zero_uncond_anchor: bool = False,
     on_step: StepCallback | None = None,
+    first_frame: Tensor | None = None,
 ) -> Tensor:
     """Stage II: noise [C, T, H, W] -> the HR latent [C, T, H, W] (float32), the LR anchor [C, T, h, w] entering
     through the adapter. The unconditional branch sees `cond.uncond` and the same anchor, or a zero anchor with
-    `zero_uncond_anchor` (the training-time anchor dropout)."""
+    `zero_uncond_anchor` (the training-time anchor dropout).
+
+    Experimental: `first_frame` [C, 1, H, W], an image's latent at the HR size, holds frame 0 by the i2v rule (the
+    HR model was fine-tuned from the TI2V model; no original runs it so). Only the DiT's modulation sees the
+    per-token timesteps; the adapter's gain and the dt embedding keep the step's t and dt (the original adapter,
+    given per-token t, would read the first token's: 0 here).
+    """
     device = next(model.parameters()).device
+    first = _first_frame(first_frame, noise, device)
     anchor = lr_latent[None].to(device)
     hr_shape = (1, *noise.shape)
     prompt, uncond = [cond.prompt.to(device)], [cond.uncond.to(device)]
@@ -109,8 +158,10 @@ def sample_hr(
         return model.anchor_features(lr_anchor, hr_shape) if shared is None else shared
 
     def guided(x: Tensor, t: Tensor, dt: Tensor) -> Tensor:
-        v_c = model(x, t, dt, prompt, features(anchor))
-        v_u = model(x, t, dt, uncond, features(uncond_anchor))
+        token_t = None if first is None else first_frame_timesteps(t, x.shape, model.config.patch_size)
+        v_c = model(x, t, dt, prompt, features(anchor), token_t=token_t)
+        v_u = model(x, t, dt, uncond, features(uncond_anchor), token_t=token_t)
         return v_u + guidance * (v_c - v_u)
 
-    return denoise(guided, noise[None].to(device), steps=steps, shift=shift, solver=solver, on_step=on_step)[0]
+    return denoise(guided, noise[None].to(device), steps=steps, shift=shift, solver=solver, on_step=on_step,
+                   first_frame=first)[0]
