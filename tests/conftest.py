@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,10 +17,12 @@ import psutil
 import pytest
 import torch
 
-from pixelwizard.checkpoints.tiny import write_tiny_checkpoint, write_tiny_weights
+from pixelwizard.checkpoints.tiny import TINY_DIT, randomize_, write_tiny_checkpoint, write_tiny_weights
+from pixelwizard.checkpoints.trainer import save_trainer_checkpoint
 from pixelwizard.io.latent_store import write_store
 from pixelwizard.io.sidecar import write_sidecar
 from pixelwizard.io.video import read_video
+from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.pipeline.events import read_events
 from pixelwizard.pipeline.provenance import Provenance
 from pixelwizard.pipeline.stages import STAGES as STAGE_TABLE
@@ -42,6 +45,16 @@ def tiny_ckpt(tmp_path_factory):
 def weights(tmp_path_factory):
     """The tiny Wan2.2 directory and the PixelWizard lr/ and tiny/ model.pt (shared, read-only for tests)."""
     return write_tiny_weights(tmp_path_factory.mktemp("weights"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def slow_hr(tmp_path_factory) -> tuple[str, ...]:
+    """generate's options for HR steps long enough to stop a job in one: 1536x960, with a tiny HR checkpoint that
+    records that size as its own (the tiny/ one is refused there up front)."""
+    width, height = 1536, 960
+    path = tmp_path_factory.mktemp("weights-slow-hr") / "model.pt"
+    save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), 4), path, resolution=(width, height))
+    return "--hr-ckpt", str(path), "--set", f"width={width}", "--set", f"height={height}"
 
 
 def write_prompts(path: Path, prompts=PROMPTS, **extra) -> Path:
@@ -106,8 +119,8 @@ def frames_of(out: Path, prompt_id: str, tag: str = TAG) -> np.ndarray:
 
 
 def wait_for_job(process: subprocess.Popen, out: Path, stage: str, doing: str, timeout: float = 300) -> dict:
-    """Wait until a job of `stage` is `doing` something (its record in OUT: "sampling fox 1/4" for a step begun);
-    returns the record."""
+    """Wait until a job of `stage` is in a step of `doing` (its record in OUT: "sampling fox 1/4", not "sampling fox"
+    of a prompt begun, which loads the model first); returns the record."""
     deadline = time.monotonic() + timeout
     while True:
         for path in (out / ".pixelwizard" / "jobs").glob(f"{stage}-*.json"):
@@ -115,7 +128,7 @@ def wait_for_job(process: subprocess.Popen, out: Path, stage: str, doing: str, t
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if record["doing"].startswith(doing):
+            if re.fullmatch(rf"{re.escape(doing)} \S+ \d+/\d+", record["doing"]):
                 return record
         assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else "the run ended"
         assert time.monotonic() < deadline, f"no {stage} job was {doing!r} within {timeout} s"

@@ -77,11 +77,11 @@ def frames(text: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_after_ctrl_c_nothing_stale_stays_on_screen(finished_run, weights, tmp_path):
+def test_after_ctrl_c_nothing_stale_stays_on_screen(finished_run, weights, slow_hr, tmp_path):
     out = copy_run(finished_run, tmp_path / "out")
-    args = [a for a in generate_args(weights, finished_run.parent / "prompts.jsonl", out, "--hr-steps", "50",
-                                     "--set", "width=1536", "--set", "height=960", "--until", "hr", "--shard-size",
-                                     "2") if a != "--quiet"]  # steps long enough to see the stop wait for them
+    # steps long enough to see the stop wait for them
+    args = [a for a in generate_args(weights, finished_run.parent / "prompts.jsonl", out, *slow_hr, "--hr-steps", "50",
+                                     "--until", "hr", "--shard-size", "2") if a != "--quiet"]
     code, pieces = run_in_terminal(args, interrupt_on="sampling")
     text = ESCAPES.sub("", "".join(t for _, t in pieces))
     assert code == 128 + signal.SIGINT and "stopped by SIGINT" in text, text[-3000:]

@@ -21,8 +21,7 @@ from conftest import copy_run, events, generate, pixelwizard, pixelwizard_proces
 
 pytestmark = pytest.mark.slow
 
-SLOW_HR = ("--set", "width=1536", "--set", "height=960", "--hr-steps", "50", "--until", "hr", "--shard-size", "2",
-           "--shard-size", "hr=4")
+SLOW_HR = ("--hr-steps", "50", "--until", "hr", "--shard-size", "2", "--shard-size", "hr=4")
 
 
 @pytest.fixture
@@ -30,8 +29,8 @@ def run_copy(finished_run, tmp_path):
     return copy_run(finished_run, tmp_path / "out")
 
 
-def start_slow_hr(weights, finished_run, out, *extra: str) -> subprocess.Popen:
-    return popen_generate(weights, finished_run.parent / "prompts.jsonl", out, *SLOW_HR, *extra,
+def start_slow_hr(weights, slow_hr, finished_run, out, *extra: str) -> subprocess.Popen:
+    return popen_generate(weights, finished_run.parent / "prompts.jsonl", out, *slow_hr, *SLOW_HR, *extra,
                           start_new_session=True)
 
 
@@ -55,10 +54,10 @@ def last_event(out, stage: str, item: str) -> dict:
 
 @pytest.mark.parametrize("signum, hr_gpus", [(signal.SIGTERM, 2), (signal.SIGHUP, 1)],
                          ids=["sigterm-torchrun", "sighup"])
-def test_a_stop_signal_to_the_cli_alone_returns_once_the_step_in_flight_ended(weights, finished_run, run_copy,
+def test_a_stop_signal_to_the_cli_alone_returns_once_the_step_in_flight_ended(weights, slow_hr, finished_run, run_copy,
                                                                             signum, hr_gpus):
     """With --hr-gpus 2 the HR job is torchrun and two workers in a session of their own: all of them end."""
-    process = start_slow_hr(weights, finished_run, run_copy, "--hr-gpus", str(hr_gpus))
+    process = start_slow_hr(weights, slow_hr, finished_run, run_copy, "--hr-gpus", str(hr_gpus))
     record = wait_for_job(process, run_copy, "hr", "sampling")
     sent = time.time()
     process.send_signal(signum)  # the CLI alone, as a scheduler or `kill PID` does
@@ -72,9 +71,9 @@ def test_a_stop_signal_to_the_cli_alone_returns_once_the_step_in_flight_ended(we
     assert not [e for e in events(run_copy) if e["time"] > sent and e["action"] in ("started", "computed")]
 
 
-def test_pixelwizard_stop_ends_the_run_from_another_terminal_and_status_shows_it_first(weights, finished_run,
+def test_pixelwizard_stop_ends_the_run_from_another_terminal_and_status_shows_it_first(weights, slow_hr, finished_run,
                                                                                        run_copy):
-    process = start_slow_hr(weights, finished_run, run_copy)
+    process = start_slow_hr(weights, slow_hr, finished_run, run_copy)
     record = wait_for_job(process, run_copy, "hr", "sampling")
     shown = " ".join(pixelwizard("status", run_copy).stdout.split())
     assert f"a run holds this directory: pixelwizard generate (pid {process.pid}" in shown
@@ -87,8 +86,8 @@ def test_pixelwizard_stop_ends_the_run_from_another_terminal_and_status_shows_it
     assert pixelwizard("stop", run_copy).stderr.strip() == f"nothing runs in {run_copy}"
 
 
-def test_a_killed_launcher_takes_its_stage_script_with_it(weights, finished_run, run_copy):
-    process = start_slow_hr(weights, finished_run, run_copy)
+def test_a_killed_launcher_takes_its_stage_script_with_it(weights, slow_hr, finished_run, run_copy):
+    process = start_slow_hr(weights, slow_hr, finished_run, run_copy)
     record = wait_for_job(process, run_copy, "hr", "sampling")
     os.kill(record["pid"], signal.SIGKILL)  # the small wrapper Snakemake started, not the stage script
     killed = time.time()
@@ -98,8 +97,8 @@ def test_a_killed_launcher_takes_its_stage_script_with_it(weights, finished_run,
     assert stop["action"] == "interrupted" and stop["time"] > killed  # SIGTERM from the kernel: a clean stop
 
 
-def test_a_sigkilled_stage_job_is_named_and_counted_as_failed(weights, finished_run, run_copy):
-    process = start_slow_hr(weights, finished_run, run_copy)
+def test_a_sigkilled_stage_job_is_named_and_counted_as_failed(weights, slow_hr, finished_run, run_copy):
+    process = start_slow_hr(weights, slow_hr, finished_run, run_copy)
     record = wait_for_job(process, run_copy, "hr", "sampling")
     script = psutil.Process(record["script"][0])
     assert "pixelwizard.workflow.stages.hr" in " ".join(script.cmdline())
@@ -114,17 +113,17 @@ def test_a_sigkilled_stage_job_is_named_and_counted_as_failed(weights, finished_
     assert table_cell(stderr, "hr", "failed") == "1", stderr  # counted in the summary's table
     assert "A job was killed by SIGKILL" in said and "--cores" in said
     status = " ".join(pixelwizard("status", run_copy).stdout.split())
-    assert f"hr: failed {record['item']}: {killed}" in status
+    assert f"hr: 1 failed ({record['item']}): {killed}" in status  # status's line for the reason
 
 
-def test_a_job_left_by_a_killed_run_is_named_shown_and_stopped(weights, finished_run, run_copy):
-    process = start_slow_hr(weights, finished_run, run_copy)
+def test_a_job_left_by_a_killed_run_is_named_shown_and_stopped(weights, slow_hr, finished_run, run_copy):
+    process = start_slow_hr(weights, slow_hr, finished_run, run_copy)
     record = wait_for_job(process, run_copy, "hr", "sampling")
     snakemake = psutil.Process(process.pid).children()
     for victim in [psutil.Process(process.pid), *snakemake]:  # the CLI and Snakemake, not their jobs
         victim.kill()
     process.wait()
-    refused = generate(weights, finished_run.parent / "prompts.jsonl", run_copy, *SLOW_HR, check=False)
+    refused = generate(weights, finished_run.parent / "prompts.jsonl", run_copy, *slow_hr, *SLOW_HR, check=False)
     said = " ".join(refused.stderr.split())
     assert refused.returncode == 2 and "stage jobs of an earlier run are still working here" in said
     assert f"hr shard {record['shard']} (pid {record['pid']}, 4 prompts" in said and "pixelwizard stop" in said
@@ -135,8 +134,8 @@ def test_a_job_left_by_a_killed_run_is_named_shown_and_stopped(weights, finished
     assert_nothing_left(run_copy)
 
 
-def test_jobs_of_a_snakemake_killed_alone_are_stopped_before_the_cli_returns(weights, finished_run, run_copy):
-    process = start_slow_hr(weights, finished_run, run_copy)
+def test_jobs_of_a_snakemake_killed_alone_are_stopped_before_the_cli_returns(weights, slow_hr, finished_run, run_copy):
+    process = start_slow_hr(weights, slow_hr, finished_run, run_copy)
     record = wait_for_job(process, run_copy, "hr", "sampling")
     (snakemake,) = psutil.Process(process.pid).children()
     snakemake.kill()
