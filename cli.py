@@ -24,6 +24,7 @@ from rich.console import Console
 
 from pixelwizard.checkpoints.errors import CheckpointError
 from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
+from pixelwizard.io.files import remove_output
 from pixelwizard.models.config import ConfigError
 from pixelwizard.pipeline import inflight, runner, status
 from pixelwizard.pipeline.gpu_lease import visible_gpus
@@ -31,7 +32,7 @@ from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.live import LiveView
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.presets import PRESETS, PresetError, parse_setting, setting_help
-from pixelwizard.pipeline.prompts import PromptFileError, read_ids, read_prompts, single_prompt
+from pixelwizard.pipeline.prompts import read_ids, read_prompts, single_prompt
 from pixelwizard.pipeline.report import write_report
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError, defaults, option_help
 from pixelwizard.pipeline.snapshot import RunSnapshot
@@ -39,8 +40,8 @@ from pixelwizard.pipeline.stages import STAGES, lineage
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True, soft_wrap=True)  # one line stays one line in logs and pipes
-USER_ERRORS = (RunConfigError, PresetError, PromptFileError, CheckpointError, ConfigError, inflight.RunBusyError,
-               FileNotFoundError, ValueError)
+USER_ERRORS = (RunConfigError, PresetError, CheckpointError, ConfigError, inflight.RunBusyError, FileNotFoundError,
+               ValueError)  # ValueError: the prompt files' and settings' errors, OutputPathError
 
 
 def config_option(name: str, *flags: str) -> typer.models.OptionInfo:
@@ -245,14 +246,15 @@ def execute(command: str, out: Path, config: RunConfig, items: list, chosen: tup
         checks.check_out(out)
         checks.check_checkpoints(config)
         checks.check_kernels(config)
-        cache = DigestCache(layout.digests, persist=False)  # written once OUT's lock is held
+        cache = DigestCache(layout.digests, persist=False, root=out)  # written once OUT's lock is held
         gpus = len(visible_gpus())
         snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
         checks.check_parallelism(snapshot, gpus)
-        checks.check_patches(snapshot)
+        checks.check_patches(config)
         plan = Plan(snapshot, layout)
         wanted = [s for s in plan.final_stages() if s in plan.shards and (stages is None or s in stages)]
         shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
+        checks.check_paths(plan, shown, record)
         rows = status.collect(snapshot, layout, shown)
         if run.dry_run:
             return dry_run_report(plan, rows, run.verbose)
@@ -301,11 +303,11 @@ def _with_lineage(stages: list[str]) -> set[str]:
 def prepare(plan: Plan, shown: list[str], stages: list[str] | None) -> list[status.StageStatus]:
     """Every output's state as the run starts (under OUT's lock); the markers of shards holding an output that is
     not done go, so that Snakemake runs those jobs again (a failed, missing, stale or corrupt output)."""
-    rows = status.collect(plan.snapshot, plan.layout, shown)
+    rows = status.collect(plan.snapshot, plan.layout, shown, renew=True)
     for row in rows:
         if stages is None or row.stage in stages:
             for shard in {plan.shard_of(row.stage, p.id) for p in row.todo}:
-                plan.marker(row.stage, shard).unlink(missing_ok=True)
+                remove_output(plan.marker(row.stage, shard), plan.layout.out)
     return rows
 
 
@@ -435,7 +437,11 @@ def make_tiny_weights(directory: Path = typer.Argument(..., help="Where to write
     """Tiny random-weight checkpoints in the real layouts (Wan2.2 directory, PixelWizard lr/ and tiny/ model.pt)."""
     from pixelwizard.checkpoints.tiny import write_tiny_weights
 
-    for name, path in write_tiny_weights(directory, seed=seed).items():
+    try:
+        paths = write_tiny_weights(directory.resolve(), seed=seed)
+    except USER_ERRORS as err:
+        fail(err, False)
+    for name, path in paths.items():
         console.print(f"{name}: {path}", highlight=False)
 
 
@@ -445,15 +451,34 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output 
     """The whole pipeline on tiny random weights (CPU, well under a minute): videos in OUT/decode/, the weights in
     OUT/weights/ (use them with `generate --preset tiny`)."""
     from pixelwizard.checkpoints.tiny import write_tiny_weights
+    from pixelwizard.pipeline import checks
 
     out = out.resolve()
-    with console.status("writing tiny random weights"):
-        paths = write_tiny_weights(out / "weights", seed=0)
+    try:
+        checks.check_out(out)
+        with console.status("writing tiny random weights"):
+            paths = write_tiny_weights(out / "weights", seed=0, root=out)
+    except USER_ERRORS as err:
+        fail(err, verbose)
     items = read_prompts(runner.workflow_files() / "prompts" / "demo.txt")
     config = RunConfig(prompts=PROMPTS, preset="tiny", shard_sizes=dict.fromkeys(STAGES, 2),
                        **{k: str(v) for k, v in paths.items()})
     run = RunOptions(cores=cores, verbose=verbose, quiet=quiet)
     raise typer.Exit(execute("demo", out, config, items, None, run, record=True))
+
+
+@app.command()
+def doctor(out: Path = typer.Option(Path("."), "--out", "-o", help="Where outputs would go: its free disk is shown"),
+           as_json: bool = typer.Option(False, "--json", help="The report as JSON")) -> None:
+    """What to run first on a new GPU machine: GPUs, driver, torch/CUDA/cuDNN, attention backends, known GPU traps, free
+    disk, and per preset the stage that needs most GPU memory and whether it fits."""
+    import json
+
+    from pixelwizard import doctor as checkup  # torch and the models: imported only for this command
+
+    data = checkup.report(out)
+    Console().print(json.dumps(data, indent=1) if as_json else "\n".join(checkup.render(data)), highlight=False,
+                    soft_wrap=True)
 
 
 def main() -> None:

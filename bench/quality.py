@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from report import report
 
-from pixelwizard.io.quality import QualityMeter, seam_boundaries
+from pixelwizard.io.patch_geometry import seam_boundaries
+from pixelwizard.io.quality import QualityMeter
 from pixelwizard.io.video import VideoWriter, to_uint8
 
 

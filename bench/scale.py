@@ -32,6 +32,7 @@ from report import report
 from pixelwizard.checkpoints.identity import DigestCache
 from pixelwizard.checkpoints.tiny import write_tiny_weights
 from pixelwizard.io.latent_store import write_store
+from pixelwizard.io.lines import json_line
 from pixelwizard.io.sidecar import write_sidecar
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
@@ -91,9 +92,9 @@ def make_run(root: Path, count: int) -> Path:
                     index.add(item.id, files, provenance.digest(stage, item.id), seconds=seconds, time=now,
                               **({"metrics": METRICS} if STAGES[stage].output == "mp4" else {}))
                     for action in ("started", "computed"):
-                        events.append(json.dumps({"time": now, "stage": stage, "id": item.id, "shard": shard,
-                                                  "digest": provenance.digest(stage, item.id), "action": action,
-                                                  **({"seconds": seconds} if action == "computed" else {})}))
+                        events.append(json_line({"time": now, "stage": stage, "id": item.id, "shard": shard,
+                                                 "digest": provenance.digest(stage, item.id), "action": action,
+                                                 **({"seconds": seconds} if action == "computed" else {})}))
                 index.save()
                 marker = plan.marker(stage, shard)
                 marker.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,7 @@ def make_run(root: Path, count: int) -> Path:
         if overlap is None:
             run.as_recorded().record(layout)
     layout.events.parent.mkdir(parents=True, exist_ok=True)
-    layout.events.write_text("\n".join(events) + "\n")
+    layout.events.write_text("".join(events))
     return out
 
 

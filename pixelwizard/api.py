@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from pixelwizard.checkpoints import wan
+from pixelwizard.io.files import check_output
 from pixelwizard.io.patched_decode import decode_patched
 from pixelwizard.io.render import render_video
 from pixelwizard.io.video import to_uint8
 from pixelwizard.pipeline import checks, steps
-from pixelwizard.pipeline.prompts import Prompt, single_prompt
+from pixelwizard.pipeline.prompts import make_prompt
 from pixelwizard.pipeline.provenance import stage_seed
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.pipeline.stages import STAGES
@@ -47,6 +48,7 @@ class Pipeline:
                                 settings=settings, device=device, dtype=dtype, attention=attention, offload=offload)
         self.preset = self.config.resolved_preset()
         checks.check_checkpoints(self.config)
+        checks.check_patches(self.config)
         self.device = steps.pick_device(device)
         self.keep_models = keep_models
         ckpt = Path(self.config.ckpt_dir)
@@ -71,8 +73,12 @@ class Pipeline:
     def generate(self, prompt: str, *, seed: int | None = None, negative_prompt: str | None = None,
                  path: str | Path | None = None) -> Video | Path:
         """One video of `prompt` (its id, hence its seeds, as `generate --prompt` derives them): the frames, or
-        an MP4 at `path` (written whole or not at all)."""
-        item = Prompt(single_prompt(prompt)[0].id, prompt.strip(), seed, negative_prompt)
+        an MP4 at `path` (written whole or not at all, replacing a file or a link there but never a folder).
+        The prompt's settings follow the rules of a prompt file's (pipeline/prompts.py: PromptError names the one
+        to fix), checked with `path` before anything is computed."""
+        item = make_prompt(text=prompt, seed=seed, negative_prompt=negative_prompt)
+        if path is not None:
+            check_output(Path(path))
         preset = self.preset
         encoder = self._model("text")
         context = steps.encode(encoder, item.text).context

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -236,6 +237,13 @@ def load_sharded(
         set_model_state_dict(model, state or {},
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True))
     return model
+
+
+def no_autograd(model: nn.Module) -> AbstractContextManager:
+    """Where `model` runs without autograd: inference mode, or no_grad when it is FSDP2-sharded (its unshard fails
+    under inference mode on the torch that GPU images ship; pixelwizard/gpu_traps.py)."""
+    sharded = any(hasattr(p, "to_local") for p in model.parameters())  # DTensor shards
+    return torch.no_grad() if sharded else torch.inference_mode()
 
 
 def local_parameter_bytes(model: nn.Module) -> int:

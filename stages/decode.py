@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                         out.step(i + 1, latent.shape[1])
                     continue
                 sheet = out.path.with_suffix(".png")
-                metrics = render_video(vae(), latent, out.path, fps=p.fps, sheet_path=sheet, on_step=out.step,
-                                       group=group, **patches)
+                metrics = render_video(vae(), latent, out.path, fps=p.fps, sheet_path=sheet, root=out.root,
+                                       on_step=out.step, group=group, **patches)
                 out.write_sidecar([out.path, sheet], metrics=metrics)
     return job.exit_code
 

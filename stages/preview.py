@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         for prompt in job.pending():
             with job.record(prompt) as out:
                 metrics = render_video(vae(), job.read("lr", prompt, "latent"), out.path, fps=job.preset.fps,
-                                       on_step=out.step)
+                                       root=out.root, on_step=out.step)
                 out.write_sidecar([out.path], metrics=metrics)
     return job.exit_code
 

@@ -55,7 +55,7 @@ def outputs(model: HRDiT, inputs: dict[str, torch.Tensor], sharded: bool = False
     """One velocity at a fixed (t, dt), a 2-step HR latent with CFG and, unless the weights are sharded (FSDP
     gathers them only through the model's own call), the base DiT's velocity for one timestep per token."""
     preset = get_preset("tiny", **SETTINGS)
-    with torch.inference_mode():
+    with distributed.no_autograd(model):  # as the samplers run it: no_grad for a sharded model
         x = inputs["x"]
         features = model.anchor_features(inputs["lr_latent"][None], x.shape)
         result = {"velocity": model(x, torch.tensor([900.0]), torch.tensor([250.0]), [inputs["prompt"]], features)}

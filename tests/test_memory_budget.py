@@ -17,6 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import memory  # noqa: E402
 
+from pixelwizard.pipeline.gpu_memory import Models, decode_gib, stage_gib  # noqa: E402
+from pixelwizard.pipeline.presets import get_preset  # noqa: E402
+
+MODELS = Models.of()
+
 
 def test_live_bytes_counts_each_storage_once_until_freed():
     with memory.counting("cuda") as tracker:
@@ -58,6 +63,14 @@ def test_method_matches_real_cpu_allocations():
 def test_stage_fits_the_budget(stage, preset):
     row = memory.measure(stage, preset)
     assert row["peak_gib"] <= memory.BUDGETS_GIB[preset], row
+    # `pixelwizard doctor`'s formula (pipeline/gpu_memory.py) stays with the method it was fitted to
+    assert abs(stage_gib(stage, get_preset(preset), MODELS) / row["peak_gib"] - 1) < 0.03, row
+
+
+@pytest.mark.slow
+def test_the_decode_formula_holds_at_a_patch_width_it_was_not_fitted_to():
+    row = memory.measure("decode", "4k", num_patches=6)
+    assert abs(decode_gib(get_preset("4k"), MODELS, 6) / row["peak_gib"] - 1) < 0.03, row
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pixelwizard.checkpoints.tiny import TINY_VAE, randomize_
-from pixelwizard.io.patched_decode import blend_weights, decode_patched, patch_ranges
+from pixelwizard.io.patch_geometry import patch_ranges
+from pixelwizard.io.patched_decode import blend_weights, decode_patched
 from pixelwizard.models.vae import WanVAE
 
 C, T, H, W = 48, 3, 6, 24  # latent -> 9 frames of 96 x 384 px

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from pixelwizard.io.lines import LineFileError
 from pixelwizard.pipeline.prompts import Prompt, PromptFileError, read_ids, read_prompts, shard, single_prompt
 
 
@@ -77,10 +78,10 @@ def _error(tmp_path, lines, name="p.jsonl"):
     (['{"id": "a", "text": "x"}', "", '{"id": "b", "text": "y"'], 3, "invalid JSON"),
     (['{"id": "a", "text": "x"}', "not json"], 2, "invalid JSON"),
     (['{"id": "a", "text": "x"}', "[1, 2]"], 2, "not a JSON object"),
-    (['{"id": "a", "text": "x"}', '{"id": "b"}'], 2, "empty or missing prompt text"),
-    (['{"id": "a", "text": "   "}'], 1, "empty or missing prompt text"),
-    (['{"id": "a", "text": 3}'], 1, "empty or missing prompt text"),
-    (['{"id": true, "text": "x"}'], 1, "not a string or number"),
+    (['{"id": "a", "text": "x"}', '{"id": "b"}'], 2, "text: missing"),
+    (['{"id": "a", "text": "   "}'], 1, "text '   ': empty"),
+    (['{"id": "a", "text": 3}'], 1, "text 3: must be a string"),
+    (['{"id": true, "text": "x"}'], 1, "id True: must be a string"),
     (['{"id": "a", "text": "x"}', '{"id": "b", "text": "y"}', '{"prompt_id": "a", "text": "z"}'], 3,
      r"duplicate prompt id 'a' \(first on line 1\)"),
 ])
@@ -97,7 +98,7 @@ def test_duplicate_plain_lines_name_both_lines(tmp_path):
 @pytest.mark.parametrize("bad_id", ["../x", "a/b", "..", ".hidden", "a..b", "-x", "x" * 129, "a b", "a\\b", "é"])
 def test_unsafe_ids_are_rejected(tmp_path, bad_id):
     path, message = _error(tmp_path, [json.dumps({"id": "ok", "text": "x"}), json.dumps({"id": bad_id, "text": "y"})])
-    assert message.startswith(f"{path}:2: invalid prompt id") and "; ids name files" in message
+    assert message.startswith(f"{path}:2: id ") and ": not usable as a file name; ids name files" in message
     with pytest.raises(ValueError):
         Prompt(bad_id, "y")
 
@@ -120,7 +121,7 @@ def test_missing_file_and_bad_encoding(tmp_path):
         read_prompts(tmp_path / "nope.txt")
     path = tmp_path / "latin1.txt"
     path.write_bytes("a fox\nun café\n".encode("latin-1"))
-    with pytest.raises(PromptFileError, match=rf"^{re.escape(str(path))}:2: not valid UTF-8; "):
+    with pytest.raises(LineFileError, match=rf"^{re.escape(str(path))}:2: not valid UTF-8; "):
         read_prompts(path)
 
 
@@ -136,7 +137,7 @@ def test_shard():
 
 def test_an_id_ending_in_a_newline_is_not_a_file_name(tmp_path):
     path, message = _error(tmp_path, [json.dumps({"id": "fox\n", "text": "a fox"})])
-    assert message.startswith(f"{path}:1: invalid prompt id 'fox\\n'")
+    assert message.startswith(f"{path}:1: id 'fox\\n': not usable as a file name")
     with pytest.raises(ValueError):
         Prompt("fox\n", "a fox")
 
@@ -145,7 +146,7 @@ def test_per_prompt_seed_and_negative_prompt(tmp_path):
     path = _write(tmp_path, "p.jsonl", [json.dumps({"id": "a", "text": "x", "seed": 7, "negative_prompt": "blur"}),
                                         json.dumps({"id": "b", "text": "y", "category": "kept for the user"})])
     assert read_prompts(path) == [Prompt("a", "x", seed=7, negative_prompt="blur"), Prompt("b", "y")]
-    for record, problem in (({"seed": -1}, "seed -1 is not a whole number"), ({"seed": 1.5}, "seed 1.5"),
+    for record, problem in (({"seed": -1}, "seed -1: must be a whole number"), ({"seed": 1.5}, "seed 1.5"),
                             ({"seed": True}, "seed True"), ({"negative_prompt": 3}, "negative_prompt 3")):
         _, message = _error(tmp_path, [json.dumps({"id": "a", "text": "x", **record})])
         assert problem in message

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pixelwizard.checkpoints.tiny import TINY_VAE, randomize_
-from pixelwizard.io.quality import QualityMeter, seam_boundaries
+from pixelwizard.io.patch_geometry import seam_boundaries
+from pixelwizard.io.quality import QualityMeter
 from pixelwizard.io.render import render_video
 from pixelwizard.io.video import read_video
 from pixelwizard.models.vae import WanVAE

@@ -111,7 +111,7 @@ def test_checkpoint_problems_are_found_before_anything_runs(weights, tmp_path, d
 
 @pytest.mark.parametrize("extra, fragments", [
     (["--hr-gpus", "3"], ["--hr-gpus 3", "use one of 1, 2, 4"]),
-    (["--overlap", "20"], ["--overlap 20", "patching does nothing", "below"]),
+    (["--overlap", "20"], ["--overlap 20", "patching does nothing", "use an overlap of at most 7"]),
     (["--set", "hr_steps=abc"], ["--set hr_steps=abc: hr_steps must be an integer"]),
     (["--shard-size", "hr=0"], ["--shard-size hr=0"]),
 ])
@@ -274,10 +274,11 @@ def test_a_failing_prompt_does_not_hold_up_its_shard_mates(finished_run, weights
     (out / "hr" / "owl.zarr").write_text("not a store")  # the HR latent of owl cannot be written: a real error
     result = generate(weights, prompts, out, "--shard-size", "4", check=False)
     assert result.returncode == 1
-    assert "failed hr owl: NotADirectoryError" in " ".join(result.stderr.split())
-    assert "hr: 1 failed (owl): NotADirectoryError" in " ".join(result.stderr.split())  # the summary at the end
+    assert "failed hr owl: OutputPathError" in " ".join(result.stderr.split())  # the file is not ours: kept
+    assert "hr: 1 failed (owl): OutputPathError" in " ".join(result.stderr.split())  # the summary at the end
     assert sorted(p.stem for p in (out / "decode" / "p2w-ov1-24fps").glob("*.mp4")) == ["fox", "market", "waves"]
-    assert "hr: 1 failed (owl): NotADirectoryError" in " ".join(pixelwizard("status", out).stdout.split())
+    assert "hr: 1 failed (owl): OutputPathError" in " ".join(pixelwizard("status", out).stdout.split())
+    assert (out / "hr" / "owl.zarr").read_text() == "not a store"
     (out / "hr" / "owl.zarr").unlink()
     before = len(events(out))
     generate(weights, prompts, out, "--shard-size", "4")

@@ -17,6 +17,7 @@ from test_provenance import PROMPTS, in_memory, snapshot
 from pixelwizard.io.sidecar import read_sidecar, write_sidecar
 from pixelwizard.pipeline.events import append_event
 from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.prompts import prompts_jsonl
 from pixelwizard.pipeline.provenance import Provenance
 from pixelwizard.pipeline.report import DATA_GLOBAL, ReportData
 from pixelwizard.pipeline.snapshot import RunSnapshot
@@ -71,7 +72,7 @@ def make_run(weights, out) -> tuple[Provenance, Provenance]:
     record_computed(redo, ("decode",), start=5000.0)
     add_quality(run, 0)
     add_quality(redo, 10)
-    (out / "prompts.jsonl").write_text("".join(p.to_json() + "\n" for p in PROMPTS))
+    (out / "prompts.jsonl").write_text(prompts_jsonl(PROMPTS))
     (out / "pixelwizard.yaml").write_text(yaml.safe_dump({**run.snapshot.config.to_mapping(),
                                                           "prompts": "prompts.jsonl"}))
     return run, redo
@@ -188,5 +189,6 @@ def test_report_command_writes_a_page_that_needs_no_network(weights, tmp_path):
     unwritable = subprocess.run([sys.executable, "-m", "pixelwizard.workflow.cli", "report", str(out)],
                                 capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
     assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
-    assert unwritable.stderr.startswith(f"error: cannot write {out / 'report'}: File exists")
+    assert unwritable.stderr.startswith(f"error: {out / 'report'}: not a folder, but pixelwizard writes into a "
+                                        "folder there")
     assert len(unwritable.stderr.strip().splitlines()) == 1

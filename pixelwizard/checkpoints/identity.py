@@ -31,18 +31,18 @@ class DigestCache:
     """sha256 digests of files by resolved path, each valid while the file's size, mtime, ctime and inode stay
     what they were when it was hashed; kept in one JSON file at `path`, written atomically after each new digest,
     or only by an explicit `save()` when `persist` is off (a dry run writes nothing; a run writes once it holds
-    its directory's lock)."""
+    its directory's lock); inside `root` (the run's OUT; default: the cache's own folder)."""
 
-    def __init__(self, path: Path, persist: bool = True) -> None:
+    def __init__(self, path: Path, persist: bool = True, root: Path | None = None) -> None:
         self.path = Path(path)
-        self.persist = persist
+        self.persist, self.root = persist, root
         self.entries = self._read()
         self.added: dict[str, dict[str, int | str]] = {}  # what this process hashed: what `save` writes
 
     def _read(self) -> dict[str, dict[str, int | str]]:
         """The entries on disk; a missing or damaged cache file only costs a re-hash."""
         try:
-            entries = json.loads(self.path.read_text())
+            entries = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         return entries if isinstance(entries, dict) else {}
@@ -65,7 +65,7 @@ class DigestCache:
         if not self.added:
             return
         self.entries = {**self._read(), **self.added}
-        write_atomic(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
+        write_atomic(self.path, json.dumps(self.entries, indent=1, sort_keys=True), self.root)
 
 
 def file_digest(path: Path, cache: DigestCache | None = None, on_progress: Progress | None = None) -> str:

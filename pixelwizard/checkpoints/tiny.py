@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import string
+import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from pixelwizard.checkpoints import wan as weights
 from pixelwizard.checkpoints import wan_files
 from pixelwizard.checkpoints.trainer import save_trainer_checkpoint
+from pixelwizard.io.files import publish_tree
 from pixelwizard.models import text_encoder
 from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig, config_to_json
 from pixelwizard.models.dit import WanDiT
@@ -69,24 +71,32 @@ def write_tiny_checkpoint(
     return ckpt_dir
 
 
-def write_tiny_weights(directory: Path, *, seed: int = 0) -> dict[str, Path]:
+def write_tiny_weights(directory: Path, *, seed: int = 0, root: Path | None = None) -> dict[str, Path]:
     """The full set a run needs, laid out like the real downloads:
 
         DIR/Wan2.2-TI2V-5B/             the Wan2.2 checkpoint directory (tiny)
         DIR/PixelWizard/lr/model.pt     a "fine-tuned" LR DiT in the trainer layout
         DIR/PixelWizard/tiny/model.pt   the HR shortcut model (DiT + dt embedding + spatial adapter)
+
+    Written like every output (io/files.py), inside `root` (default: DIR itself): built in a temporary folder there,
+    then moved in file by file once every destination is checked.
     """
     directory = Path(directory)
+    root = directory if root is None else Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     paths = {
         "ckpt_dir": directory / "Wan2.2-TI2V-5B",
         "lr_ckpt": directory / "PixelWizard" / "lr" / "model.pt",
         "hr_ckpt": directory / "PixelWizard" / "tiny" / "model.pt",
     }
-    write_tiny_checkpoint(paths["ckpt_dir"], seed=seed)
-    save_trainer_checkpoint(randomize_(WanDiT(TINY_DIT), seed + 3), paths["lr_ckpt"])
     tiny = PRESETS["tiny"]  # the size the tiny HR model is "trained" for: `generate --preset 2k` refuses it up front
-    save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), seed + 4), paths["hr_ckpt"],
-                            resolution=(tiny.width, tiny.height))
+    with tempfile.TemporaryDirectory(prefix=".tiny-weights.tmp-", dir=root) as build:
+        staged = {name: Path(build) / path.relative_to(root) for name, path in paths.items()}
+        write_tiny_checkpoint(staged["ckpt_dir"], seed=seed)
+        save_trainer_checkpoint(randomize_(WanDiT(TINY_DIT), seed + 3), staged["lr_ckpt"])
+        save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), seed + 4), staged["hr_ckpt"],
+                                resolution=(tiny.width, tiny.height))
+        publish_tree(Path(build), root)
     return paths
 
 

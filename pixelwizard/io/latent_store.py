@@ -7,8 +7,9 @@ zarr silently reads unwritten chunks as the fill value. Every chunk ends in its 
 chunk is written (also all-zero ones), and the group attributes record each file's stamp (size, mtime, inode):
 
     verify_store()   cheap while every file is unchanged (files.unchanged: a stat per file, a copy passes);
-                     otherwise every chunk is read and its checksum checked once, and on success the stamps are
-                     renewed
+                     otherwise every chunk is read and its checksum checked, and on success the stamps are renewed
+                     when the caller writes in the run (read-only callers, `status` and dry runs, leave the store
+                     as it is)
     read_store()     zarr checks each chunk's crc32c as it decodes it
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,7 @@ if TYPE_CHECKING:  # imported where used: `status` checks stores without them (s
     import torch
     import zarr
 
-from pixelwizard.io.files import file_stamp, publish, remove_temp, temp_sibling, unchanged, write_atomic
+from pixelwizard.io.files import OutputPathError, file_stamp, staged, unchanged, write_atomic
 
 FORMAT_VERSION = 2  # 2: crc32c per chunk, every chunk written, file stamps
 RESERVED_ATTRS = ("complete", "format_version", "files")
@@ -99,34 +101,37 @@ def _stamps(path: Path) -> dict[str, list[int]]:
     return dict(sorted(stamps.items()))
 
 
-def _write_group_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
+def _write_group_attrs(path: Path, attrs: Mapping[str, Any], root: Path) -> None:
     meta = {"zarr_format": 3, "node_type": "group", "attributes": dict(attrs)}
-    write_atomic(path / METADATA, json.dumps(meta, ensure_ascii=False, indent=1))
+    write_atomic(path / METADATA, json.dumps(meta, ensure_ascii=False, indent=1), root)
 
 
-def write_store(path: Path, arrays: Mapping[str, torch.Tensor], attrs: Mapping[str, Any]) -> None:
-    """Write `arrays` and `attrs` as a complete zarr v3 group at `path`, replacing any store already there.
+def is_store(path: Path) -> bool:
+    """Whether `path` is a zarr store (a folder with its zarr.json): one of ours, which a new store may replace."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode) and stat.S_ISREG(os.lstat(path / METADATA).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def write_store(path: Path, arrays: Mapping[str, torch.Tensor], attrs: Mapping[str, Any],
+                root: Path | None = None) -> None:
+    """Write `arrays` and `attrs` as a complete zarr v3 group at `path` inside `root` (default: its own folder),
+    replacing a store already there (never anything else, see io/files.py).
 
     float32 and other numpy-representable dtypes are stored as is, bfloat16 as its uint16 bits with the array
     attribute `logical_dtype: "bfloat16"`. Attributes must be JSON (tuples come back as lists).
     """
     import zarr
 
-    path = Path(path)
     _check_attrs(attrs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
-    tmp.mkdir()
-    try:
+    with staged(Path(path), root, directory=True, ours=is_store) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         for name, tensor in arrays.items():
             _write_array(group, name, tensor)
         # Last: the stamps of the finished files (a rename keeps them) and the completion mark.
-        _write_group_attrs(tmp, {**attrs, "format_version": FORMAT_VERSION, "files": _stamps(tmp), "complete": True})
-        publish(tmp, path)
-    except BaseException:
-        remove_temp(tmp)
-        raise
+        meta = {**attrs, "format_version": FORMAT_VERSION, "files": _stamps(tmp), "complete": True}
+        _write_group_attrs(tmp, meta, tmp)
 
 
 def _group_attrs(path: Path) -> dict[str, Any]:
@@ -134,7 +139,7 @@ def _group_attrs(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such zarr store; run the stage that writes it")
     try:
-        meta = json.loads((path / METADATA).read_text())
+        meta = json.loads((path / METADATA).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise IncompleteStoreError(path) from None
     attrs = meta.get("attributes", {}) if meta.get("node_type") == "group" else {}
@@ -171,9 +176,10 @@ def _check_chunks(path: Path) -> None:
                 raise CorruptStoreError(path, f"chunk {chunk.relative_to(path)} fails its checksum")
 
 
-def verify_store(path: Path) -> dict[str, Any]:
+def verify_store(path: Path, renew_in: Path | None = None) -> dict[str, Any]:
     """The attributes of a complete, intact store; raises FileNotFoundError, IncompleteStoreError or
-    CorruptStoreError. Reads the chunks only when a file changed since the stamps were taken."""
+    CorruptStoreError. Reads the chunks only when a file changed since the stamps were taken; then, with
+    `renew_in` (the run's folder, for callers that may write in it), records the new stamps."""
     path = Path(path)
     attrs = _group_attrs(path)
     if attrs.get("format_version") != FORMAT_VERSION:
@@ -185,7 +191,11 @@ def verify_store(path: Path) -> dict[str, Any]:
         raise CorruptStoreError(path, f"{missing[0]} is missing")
     _check_chunks(path)
     attrs = {**attrs, "files": stamps}  # intact, e.g. a copy: renew the stamps so the next check is cheap
-    _write_group_attrs(path, attrs)
+    if renew_in is not None:
+        try:
+            _write_group_attrs(path, attrs, renew_in)
+        except (OutputPathError, OSError):  # reached through a link, a read-only copy: the next check reads again
+            pass
     return attrs
 
 

@@ -7,11 +7,15 @@ latent frame (1, then 4 pixel frames) at a time.
 Patches run one after another, because a stream's causal-conv caches (2 frames per temporal conv, at every
 decoder resolution) are its big state: at 4K they are ~55 GiB for the whole frame in float32, so streams of all
 patches advanced in lockstep would hold them all at once. Every patch but the last is decoded over the whole clip
-into a host canvas (float32, or float16 when the VAE runs in half precision: bf16 output is exact in float16, and
-blend-band products round at 2^-11); the last patch is streamed, and each of its chunks is blended with the
-canvas and yielded. GPU memory is one patch's caches and one chunk's activations; the host canvas is (P-1)/P of
-the video (4K, 4 patches, bf16 VAE: 4.5 GiB; 2K, 3 patches: 1.8 GiB). With one patch there is no canvas and
-nothing waits.
+into a host canvas, one buffer per patch holding its weighted pixels (float32, or float16 when the VAE runs in half
+precision: bf16 output is exact in float16, and the weighted products round at 2^-11); the last patch is streamed,
+and each of its chunks is summed with the canvas's frames on the device and yielded. GPU memory is one patch's
+caches and one chunk's activations; the host canvas is about (P-1)/P of the video (4K, 4 patches, bf16 VAE: 4.5 GiB;
+2K, 3 patches: 1.9 GiB). With one patch there is no canvas and nothing waits.
+
+Copies: the canvas buffers are page-locked (pixelwizard/host_memory.py) and laid out frame-major [F, 3, h, w], so a
+chunk's frames are one contiguous range: written from the GPU already converted to the canvas dtype, read back
+whole and converted on the GPU, both non-blocking on the decode's stream (so ordered with its kernels).
 
 Blend masks follow the PixelWizard original: a patch has weight 1 except on its inner edges, where a half-cosine
 ramp of overlap * 16 px rises from 0 (leading edge) or falls to 0 (trailing edge). Neighbours share 2 * overlap
@@ -31,33 +35,14 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+from einops import rearrange
 from torch import Tensor
 
+from pixelwizard.host_memory import PinnedHost
+from pixelwizard.io.patch_geometry import patch_ranges
 from pixelwizard.models.vae import WanVAE
 
 WEIGHT_FLOOR = 1e-6  # the original's max(sum(mask), 1e-6)
-
-
-def patch_ranges(size: int, num_patches: int, overlap: int) -> list[tuple[int, int]]:
-    """Half-open latent ranges [start, end) of each patch along one axis of length `size`.
-
-    Patch i owns [base*i, base*(i+1)) with base = size // num_patches (the last patch owns the remainder) and
-    is widened by `overlap` on each inner edge, clipped to [0, size).
-    """
-    if num_patches < 1:
-        raise ValueError(f"num_patches must be >= 1, got {num_patches}")
-    if overlap < 0:
-        raise ValueError(f"overlap must be >= 0 latent units, got {overlap}")
-    if size < num_patches:
-        raise ValueError(f"cannot split {size} latent units into {num_patches} patches at least 1 unit wide")
-    base = size // num_patches
-    ranges = []
-    for i in range(num_patches):
-        first, last = i == 0, i == num_patches - 1
-        start = base * i - (0 if first else overlap)
-        end = size if last else base * (i + 1) + overlap
-        ranges.append((max(0, start), min(size, end)))
-    return ranges
 
 
 def cosine_ramp(length: int) -> Tensor:
@@ -126,22 +111,28 @@ def decode_patched(
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
     mine = [(r, weight) for i, (r, weight) in enumerate(zip(ranges, weights)) if i % world == rank]
     early, last = mine[:-1], mine[-1:]
-    canvas = _decode_to_canvas(vae, z, early, axis, scale)  # (canvas [3, F, .., ..] on the host, its offset)
-    streams = [(r, weight, vae.stream_decoder()) for r, weight in last]
-    first_frame = 0
-    for i in range(t):
-        frames = 1 if i == 0 else vae.time_factor
-        chunk = torch.zeros(3, frames, h * scale, w * scale, device=device)
-        if canvas is not None:
-            pixels, offset = canvas
-            chunk.narrow(axis, offset, pixels.shape[axis]).copy_(pixels[:, first_frame:first_frame + frames])
-        for (start, end), weight, stream in streams:
-            decoded = stream.push(z[None, :, i:i + 1].narrow(axis, start, end - start))[0]
-            chunk.narrow(axis, start * scale, decoded.shape[axis]).add_(_weighted(decoded, weight, chunk))
-        if world > 1:
-            dist.reduce(chunk, dst=dist.get_global_rank(group, 0), group=group)
-        first_frame += frames
-        yield chunk
+    host = PinnedHost(vae.conv2.weight.device)
+    try:
+        canvas = [(start * scale, _decode_to_host(vae, z, (start, end), weight, axis, host))
+                  for (start, end), weight in early]
+        streams = [(r, weight, vae.stream_decoder()) for r, weight in last]
+        first_frame = 0
+        for i in range(t):
+            frames = 1 if i == 0 else vae.time_factor
+            chunk = torch.zeros(3, frames, h * scale, w * scale, device=device)
+            for offset, pixels in canvas:  # [F, 3, h, w] host -> [3, f, h, w] float32 on the device
+                part = pixels[first_frame:first_frame + frames].to(device, non_blocking=True)
+                chunk.narrow(axis, offset, part.shape[axis]).add_(rearrange(part, "f c h w -> c f h w"))
+            for (start, end), weight, stream in streams:
+                decoded = stream.push(z[None, :, i:i + 1].narrow(axis, start, end - start))[0]
+                weighted = _weighted(decoded, weight, chunk.dtype).to(chunk.device)
+                chunk.narrow(axis, start * scale, decoded.shape[axis]).add_(weighted)
+            if world > 1:
+                dist.reduce(chunk, dst=dist.get_global_rank(group, 0), group=group)
+            first_frame += frames
+            yield chunk
+    finally:
+        host.release()
 
 
 def canvas_dtype(vae_dtype: torch.dtype) -> torch.dtype:
@@ -149,30 +140,27 @@ def canvas_dtype(vae_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if vae_dtype == torch.float32 else torch.float16
 
 
-def _weighted(pixels: Tensor, weight: Tensor, target: Tensor) -> Tensor:
-    """pixels [3, f, ph, pw] · weight (float32, on the pixels' device), in `target`'s dtype and device."""
-    return (pixels.float() * weight.to(pixels.device)).to(target.device, target.dtype)
+def _weighted(pixels: Tensor, weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """pixels [3, f, ph, pw] · weight, computed in float32 on the pixels' device, in `dtype`."""
+    return (pixels.float() * weight.to(pixels.device)).to(dtype)
 
 
-def _decode_to_canvas(
-    vae: WanVAE, z: Tensor, patches: list[tuple[tuple[int, int], Tensor]], axis: int, scale: int
-) -> tuple[Tensor, int] | None:
-    """Decode `patches` ((start, end) latent range, blend weight) one after another over the whole clip into a
-    host canvas spanning them along `axis`: (canvas [3, F, H | span, span | W], pixel offset of the span)."""
-    if not patches:
-        return None
+def _decode_to_host(vae: WanVAE, z: Tensor, patch: tuple[int, int], weight: Tensor, axis: int,
+                    host: PinnedHost) -> Tensor:
+    """Decode latent range `patch` of `z` [C, T, h, w] over the whole clip into a host buffer [F, 3, H | span,
+    span | W] of its weighted pixels (`host` page-locks it on CUDA)."""
+    start, end = patch
     _, t, h, w = z.shape
-    lo, hi = min(start for (start, _), _ in patches), max(end for (_, end), _ in patches)
-    shape = [3, 1 + vae.time_factor * (t - 1), h * scale, w * scale]
-    shape[axis] = (hi - lo) * scale
-    canvas = torch.zeros(shape, dtype=canvas_dtype(vae.conv2.weight.dtype))
-    for (start, end), weight in patches:
-        stream = vae.stream_decoder()
-        target = canvas.narrow(axis, (start - lo) * scale, (end - start) * scale)
-        first_frame = 0
-        for i in range(t):
-            decoded = stream.push(z[None, :, i:i + 1].narrow(axis, start, end - start))[0]
-            frames = target[:, first_frame:first_frame + decoded.shape[1]]
-            frames.add_(_weighted(decoded, weight, frames))
-            first_frame += decoded.shape[1]
-    return canvas, lo * scale
+    scale = vae.space_factor
+    size = [h * scale, w * scale]
+    size[axis] = (end - start) * scale
+    pixels = host.empty(1 + vae.time_factor * (t - 1), 3, *size, dtype=canvas_dtype(vae.conv2.weight.dtype))
+    stream = vae.stream_decoder()
+    first_frame = 0
+    for i in range(t):
+        decoded = stream.push(z[None, :, i:i + 1].narrow(axis, start, end - start))[0]
+        frames = decoded.shape[1]
+        weighted = rearrange(_weighted(decoded, weight, pixels.dtype), "c f h w -> f c h w").contiguous()
+        pixels[first_frame:first_frame + frames].copy_(weighted, non_blocking=True)  # converted on the device
+        first_frame += frames
+    return pixels

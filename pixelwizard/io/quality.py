@@ -24,19 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pixelwizard.io.patched_decode import patch_ranges
+from pixelwizard.io.patch_geometry import seam_references
 
 MHD_LEVELS = (3, 4, 5)
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # BT.601, the matrix the H.264 encoder converts RGB with
-SEAM_REFERENCE_CELLS = 4
-
-
-def seam_boundaries(size: int, num_patches: int, overlap: int, scale: int) -> list[int]:
-    """Pixel positions b of the seams of a decode split into `num_patches` along an axis of `size` latent units:
-    the middle of the band two neighbours share (`patch_ranges`), where their blend weights cross 0.5; without
-    overlap, the cut itself. The seam lies between pixel lines b - 1 and b."""
-    ranges = patch_ranges(size, num_patches, overlap)
-    return [scale * ((start + end) // 2) for (_, end), (start, _) in zip(ranges, ranges[1:])]
 
 
 def energy_ratio(a: float, b: float) -> float | None:
@@ -61,11 +52,7 @@ class QualityMeter:
         size = width if axis == "w" else height
         if any(not 1 <= b < size for b in self.boundaries):
             raise ValueError(f"seam boundaries {self.boundaries} must lie in 1..{size - 1} (the {axis} axis)")
-        self.references = [
-            [r for j in range(1, SEAM_REFERENCE_CELLS + 1) for r in (b - j * cell, b + j * cell)
-             if 1 <= r < size and r not in self.boundaries]
-            for b in self.boundaries
-        ]
+        self.references = seam_references(self.boundaries, size, cell)
         if not all(self.references):
             raise ValueError(f"no seam reference lines: {size} px along {axis} is too small for cell {cell} px")
         self.lines = torch.tensor(self.boundaries + sum(self.references, []), dtype=torch.long)

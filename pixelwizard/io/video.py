@@ -25,7 +25,7 @@ from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
-from pixelwizard.io.files import publish, temp_sibling
+from pixelwizard.io.files import check_output, make_folders, publish, temp_sibling
 
 
 def check_frame_size(width: int, height: int) -> None:
@@ -96,7 +96,8 @@ class VideoWriter:
     thread also feeds the encoder's packets to an H.264 decoder as they come out and calls `readback(frames)` with
     the frames [f, H, W, 3] uint8 exactly as the MP4 holds them, in order (a QualityMeter measures those).
 
-    Frames go to a temporary file beside `path`, renamed into place only when the `with` block exits cleanly. An
+    Frames go to a temporary file beside `path`, inside `root` (default: its own folder; io/files.py says what may be
+    replaced), renamed into place only when the `with` block exits cleanly. An
     error in the thread is raised in the caller (at the next `write()` or at exit); any exception, KeyboardInterrupt
     included, stops the thread and removes the temporary file, so `path` never holds a partial video. With
     `total_frames`, `sheet_frames` evenly spaced frames are kept for `contact_sheet()`.
@@ -105,9 +106,10 @@ class VideoWriter:
     def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: int = 24, crf: int = 18,
                  preset: str = "medium", codec: str = "libx264", total_frames: int | None = None,
                  sheet_frames: int = 8, readback: Callable[[np.ndarray], None] | None = None,
-                 queued_chunks: int = 2) -> None:
+                 queued_chunks: int = 2, root: str | os.PathLike[str] | None = None) -> None:
         check_frame_size(width, height)
         self.path = Path(path)
+        self.root = None if root is None else Path(root)
         self.width, self.height = width, height
         self.fps, self.crf, self.preset, self.codec = fps, crf, preset, codec
         self.sheet = ContactSheet(total_frames, sheet_frames) if total_frames is not None else None
@@ -123,6 +125,8 @@ class VideoWriter:
         self._decoder: av.CodecContext | None = None
 
     def __enter__(self) -> VideoWriter:
+        make_folders(self.path, self.root)
+        check_output(self.path, self.root)  # before the work, not only at its end
         # Created by the muxer itself so that the final file gets the usual umask permissions.
         self._tmp = temp_sibling(self.path)
         try:
@@ -169,10 +173,10 @@ class VideoWriter:
             self._thread.join()
             self._raise_thread_error()
             self._container.close()
+            publish(self._tmp, self.path, self.root)
         except BaseException:
             self._abort()
             raise
-        publish(self._tmp, self.path)
         self._container = self._stream = self._tmp = self._thread = None
 
     def _encode_queued(self) -> None:

@@ -1,9 +1,13 @@
 """Block-wise weight streaming for GPUs smaller than the DiT (opt-in, `--offload`).
 
-The transformer blocks (95% of the weights) live on the host in pinned memory; everything else (embeddings,
-time path, head, the HR adapter) moves to the GPU. When block i starts, block i + 1 is copied to the GPU on a
-side stream, so each copy overlaps a block's compute; after the last block, block 0 is fetched for the next
-forward. At most two blocks are on the GPU at once: at full size 2 x 0.30 GiB instead of 9.14 GiB.
+The transformer blocks (95% of the weights) live on the host; everything else (embeddings, time path, head, the HR
+adapter) moves to the GPU. Each block's parameters are packed into one host buffer, page-locked at its exact size
+(pixelwizard/host_memory.py: 30 requests of 312 MiB, not 30 power-of-two blocks of 512 MiB), and the GPU holds two
+slots of one block's size. When block i starts, block i + 1 is copied into the other slot on a side stream, as one
+copy, so it overlaps block i's compute; after the last block, block 0 is fetched for the next forward. The copy
+waits for the compute queued before it (the slot's previous block), the compute waits for the copy: two events per
+block, no allocation and no `record_stream`, so nothing is left reserved behind. At full size 2 x 0.30 GiB on the GPU
+instead of 9.14 GiB.
 
 Cost: the whole block stack crosses PCIe once per forward (9.14 GiB in bf16: ~0.4 s at 25 GB/s, PCIe 4 x16
 pinned). A 2K/4K HR block computes for far longer than its copy takes, so there only the first block's copy shows;
@@ -14,27 +18,55 @@ Single process only (not with FSDP or sequence parallelism); results are bit-ide
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
+from pixelwizard.host_memory import PinnedHost
+
+ALIGN = 256  # bytes: every parameter of a packed block starts on a boundary the GPU kernels like
+
+
+def _packing(block: nn.Module) -> tuple[list[tuple[int, torch.dtype, torch.Size]], int]:
+    """Byte offset, dtype and shape of each parameter of `block` in its packed buffer, and the buffer's size."""
+    layout, size = [], 0
+    for p in block.parameters():
+        layout.append((size, p.dtype, p.shape))
+        size += -(-p.numel() * p.element_size() // ALIGN) * ALIGN
+    return layout, size
+
+
+def _views(buffer: Tensor, layout: list[tuple[int, torch.dtype, torch.Size]]) -> list[Tensor]:
+    """The parameters' tensors inside a packed uint8 `buffer`."""
+    return [buffer[offset:offset + shape.numel() * dtype.itemsize].view(dtype).view(shape)
+            for offset, dtype, shape in layout]
+
 
 class BlockStreamer:
-    """Streams `blocks` between host and `device` around their forwards; see the module note."""
+    """Streams `blocks` (all of one layout) between host and `device` around their forwards; see the module note."""
 
     def __init__(self, blocks: nn.ModuleList, device: torch.device) -> None:
         self.blocks, self.device = blocks, device
-        cuda = device.type == "cuda" and torch.cuda.is_available()  # not on fake CUDA tensors (bench/memory.py)
-        self.copy_stream = torch.cuda.Stream(device) if cuda else None
-        # Host copies; the parameters point at them whenever a block is not resident.
-        self.host: list[list[Tensor]] = []
+        self.pinned = PinnedHost(device)  # not on fake CUDA tensors (bench/memory.py)
+        self.copy_stream = torch.cuda.Stream(device) if self.pinned.enabled else None
+        self.layout, size = _packing(blocks[0])
+        # One packed host buffer per block; the parameters point at it whenever the block is not resident.
+        self.host: list[Tensor] = []
+        self.host_views: list[list[Tensor]] = []
         for block in blocks:
-            tensors = []
-            for p in block.parameters():
-                host = p.data.to("cpu")
-                p.data = host.pin_memory() if cuda else host
-                tensors.append(p.data)
-            self.host.append(tensors)
-        self.loaded: dict[int, tuple[list[Tensor], torch.cuda.Event | None]] = {}
+            buffer = torch.empty(size, dtype=torch.uint8)
+            views = _views(buffer, self.layout)
+            for p, view in zip(block.parameters(), views, strict=True):
+                view.copy_(p.data)
+                p.data = view
+            self.pinned.lock(buffer)
+            self.host.append(buffer)
+            self.host_views.append(views)
+        self.slots = [torch.empty(size, dtype=torch.uint8, device=device) for _ in range(2)]
+        self.slot_views = [_views(slot, self.layout) for slot in self.slots]
+        self.loaded: dict[int, tuple[int, torch.cuda.Event | None]] = {}  # block -> (slot, copy done)
+        weakref.finalize(self, self.pinned.release)  # unlocked with the streamer, before the buffers can go
         for i, block in enumerate(blocks):
             block.register_forward_pre_hook(lambda _m, _a, i=i: self._enter(i))
             block.register_forward_hook(lambda _m, _a, _o, i=i: self._leave(i))
@@ -44,35 +76,38 @@ class BlockStreamer:
         return sorted(self.loaded)
 
     def _fetch(self, i: int) -> None:
-        """Start copying block i to the device (on the side stream when there is one)."""
+        """Start copying block i into the free slot (on the side stream when there is one)."""
         if i in self.loaded:
             return
+        slot = ({0, 1} - {s for s, _ in self.loaded.values()}).pop()
         if self.copy_stream is None:
-            self.loaded[i] = ([t.to(self.device, copy=True) for t in self.host[i]], None)
+            self.slots[slot].copy_(self.host[i])
+            self.loaded[i] = (slot, None)
             return
-        self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+        self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))  # the slot's last user is done
         with torch.cuda.stream(self.copy_stream):
-            tensors = [t.to(self.device, non_blocking=True) for t in self.host[i]]
+            self.slots[slot].copy_(self.host[i], non_blocking=True)
             done = torch.cuda.Event()
             done.record(self.copy_stream)
-        self.loaded[i] = (tensors, done)
+        self.loaded[i] = (slot, done)
 
     def _enter(self, i: int) -> None:
+        following = (i + 1) % len(self.blocks)
+        for stale in [j for j in self.loaded if j not in (i, following)]:  # a forward that stopped early
+            del self.loaded[stale]
         self._fetch(i)
-        tensors, done = self.loaded[i]
+        slot, done = self.loaded[i]
         if done is not None:
-            compute = torch.cuda.current_stream(self.device)
-            compute.wait_event(done)
-            for t in tensors:  # freed after this block: the allocator must wait for its kernels, not the copies
-                t.record_stream(compute)
-        for p, t in zip(self.blocks[i].parameters(), tensors):
+            torch.cuda.current_stream(self.device).wait_event(done)
+        for p, t in zip(self.blocks[i].parameters(), self.slot_views[slot]):
             p.data = t
-        self._fetch((i + 1) % len(self.blocks))
+        self._fetch(following)
 
     def _leave(self, i: int) -> None:
-        for p, host in zip(self.blocks[i].parameters(), self.host[i]):
+        for p, host in zip(self.blocks[i].parameters(), self.host_views[i]):
             p.data = host
         del self.loaded[i]
+
 
 
 def offload_blocks(model: nn.Module, device: torch.device | str) -> BlockStreamer:

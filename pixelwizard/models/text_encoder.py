@@ -11,7 +11,6 @@ import html
 import re
 from pathlib import Path
 
-import ftfy
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 
@@ -108,7 +107,10 @@ def save_wan_t5(model: UMT5EncoderModel, path: Path) -> None:
 
 
 def clean_prompt(text: str) -> str:
-    """Wan's 'whitespace' cleaning: repair mojibake, unescape HTML twice, collapse whitespace runs."""
+    """Wan's 'whitespace' cleaning: repair mojibake, unescape HTML twice, collapse whitespace runs. ftfy is imported
+    here, not with the module: building and timing the encoder needs no prompt text (bench/gpu.py on a bare image)."""
+    import ftfy
+
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip()
 

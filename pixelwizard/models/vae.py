@@ -5,7 +5,10 @@ temporal convolution keeps the last frames of its input in a `FeatureCache`, whi
 the module: several streams (e.g. spatial patches of one video) can be advanced through one `WanVAE` in lockstep.
 Chunked processing is exactly a causal pass over the whole clip, so activations scale with one chunk.
 
-Everything runs in the parameters' dtype (float32 for the released weights) with autocast disabled.
+Everything runs in the parameters' dtype (float32 for the released weights) with autocast disabled, and in the
+memory format chosen by `WanVAE.use_memory_format`: NCDHW by default, channels-last-3d (NDHWC) on CUDA, where cuDNN's
+convolutions are channels-last natively and half-precision NCDHW Conv3d is refused cuDNN on some versions
+(pixelwizard/gpu_traps.py; a stream checks that before it starts).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from pixelwizard.gpu_traps import check_conv3d
 from pixelwizard.models.config import PIXEL_PATCH, VAEConfig
 
 # Per-channel statistics of the z_dim-48 posterior mean; other widths (tiny test models) use mean 0, std 1.
@@ -54,6 +58,8 @@ class CausalConv3d(nn.Conv3d):
     input frames in place of the zero frames (zeros on the first chunk) and receives this chunk's.
     """
 
+    memory_format = torch.contiguous_format  # of the padded input buffer; set by WanVAE.use_memory_format
+
     def __init__(self, in_dim: int, out_dim: int, kernel: int | tuple[int, int, int],
                  padding: int | tuple[int, int, int] = 0) -> None:
         super().__init__(in_dim, out_dim, kernel)
@@ -72,7 +78,8 @@ class CausalConv3d(nn.Conv3d):
         # One zero buffer [b, c, history + t, h + 2 p_h, w + 2 p_w] holding (cached frames, x): no cat + pad copies.
         b, c, t, h, w = x.shape
         ph, pw, n = self.pad_h, self.pad_w, self.history
-        padded = x.new_zeros(b, c, n + t, h + 2 * ph, w + 2 * pw)
+        padded = torch.empty(b, c, n + t, h + 2 * ph, w + 2 * pw, dtype=x.dtype, device=x.device,
+                             memory_format=self.memory_format).zero_()
         inner = padded[:, :, :, ph:ph + h, pw:pw + w]
         if prologue is None:
             inner[:, :, n:] = x
@@ -305,6 +312,7 @@ class WanVAE(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
+        self.memory_format = torch.contiguous_format
         self.time_factor, self.space_factor = config.time_factor, config.space_factor
         self.encoder = Encoder(config)
         self.conv1 = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)  # -> (mu, log_var); log_var unused
@@ -314,6 +322,38 @@ class WanVAE(nn.Module):
     @property
     def z_dim(self) -> int:
         return self.config.z_dim
+
+    @property
+    def channels_last(self) -> bool:
+        return self.memory_format == torch.channels_last_3d
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> WanVAE:
+        """Run in torch.channels_last_3d (NDHWC) or torch.contiguous_format (NCDHW): the conv weights are converted
+        here (2-D convs to the matching 2-D format), the activations follow the inputs and the padded buffers."""
+        if memory_format not in (torch.channels_last_3d, torch.contiguous_format):
+            raise ValueError(f"memory_format must be torch.channels_last_3d or torch.contiguous_format, got "
+                             f"{memory_format}")
+        flat = torch.channels_last if memory_format == torch.channels_last_3d else torch.contiguous_format
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d | nn.Conv2d):
+                layout = memory_format if module.weight.dim() == 5 else flat
+                module.weight.data = module.weight.data.contiguous(memory_format=layout)
+            if isinstance(module, CausalConv3d):
+                module.memory_format = memory_format
+        self.memory_format = memory_format
+        return self
+
+    def check_conv3d(self) -> None:
+        """Stop before a stream starts if this VAE's half-precision Conv3d would fall back off cuDNN
+        (pixelwizard/gpu_traps.py)."""
+        w = self.conv2.weight
+        if w.device.type == "cuda":
+            check_conv3d(torch.backends.cudnn.version(), w.dtype, self.channels_last)
+
+    def _layout(self, x: Tensor) -> Tensor:
+        """An input chunk on the VAE's device, in its dtype and memory format."""
+        w = self.conv2.weight
+        return x.to(device=w.device, dtype=w.dtype).contiguous(memory_format=self.memory_format)
 
     def _latent_stats(self) -> tuple[Tensor, Tensor]:
         """(mean, 1/std) as [1, z, 1, 1, 1]; the reciprocal is taken in float32 as the original does."""
@@ -349,11 +389,13 @@ class WanVAE(nn.Module):
         out = w.new_empty(b, self.z_dim, t, h // self.space_factor, width // self.space_factor)
         mean, inv_std = self._latent_stats()
         cache = FeatureCache()
+        self.check_conv3d()
         with _inference(w.device):
             for i in range(t):
                 start = 0 if i == 0 else 1 + (i - 1) * self.time_factor
-                chunk = video[:, :, start:1 + i * self.time_factor].to(device=w.device, dtype=w.dtype)
-                chunk = rearrange(chunk, "b c f (h q) (w r) -> b (c r q) f h w", q=PIXEL_PATCH, r=PIXEL_PATCH)
+                chunk = rearrange(video[:, :, start:1 + i * self.time_factor], "b c f (h q) (w r) -> b (c r q) f h w",
+                                  q=PIXEL_PATCH, r=PIXEL_PATCH)
+                chunk = self._layout(chunk)
                 mu = self.conv1(self.encoder(chunk, cache)).chunk(2, dim=1)[0]
                 out[:, :, i:i + 1] = (mu - mean) * inv_std
                 cache.first_chunk = False
@@ -385,7 +427,7 @@ class WanVAE(nn.Module):
         w = self.conv2.weight
         mean, inv_std = self._latent_stats()
         with _inference(w.device):
-            x = self.conv2(z.to(device=w.device, dtype=w.dtype) / inv_std + mean)
+            x = self.conv2(self._layout(z) / inv_std + mean)
             x = self.decoder(x, cache)
             cache.first_chunk = False
             x = rearrange(x, "b (c r q) f h w -> b c f (h q) (w r)", q=PIXEL_PATCH, r=PIXEL_PATCH)
@@ -399,6 +441,7 @@ class StreamDecoder:
     """
 
     def __init__(self, vae: WanVAE) -> None:
+        vae.check_conv3d()
         self.vae = vae
         self.cache = FeatureCache()
 

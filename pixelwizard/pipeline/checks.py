@@ -1,6 +1,6 @@
 """Everything that can be known before a run starts, checked in seconds before any job is submitted: the output
-directory, the checkpoints (headers, not tensor data), GPU counts, patch settings and free disk. Each problem is one
-line naming the file or setting and the fix.
+directory and the paths the run writes, the checkpoints (headers, not tensor data), GPU counts, patch settings and
+free disk. Each problem is one line naming the file or setting and the fix.
 """
 
 from __future__ import annotations
@@ -14,15 +14,20 @@ import torch
 from pixelwizard.checkpoints import preflight, wan_files
 from pixelwizard.checkpoints.errors import CheckpointError
 from pixelwizard.checkpoints.strict import read_torch_file
-from pixelwizard.io.patched_decode import patch_ranges
+from pixelwizard.io.files import check_folder, check_outputs
+from pixelwizard.io.patch_geometry import DecodeSettingsError, check_decode_settings
 from pixelwizard.io.video import ContactSheet
 from pixelwizard.models.attention import select_backend
+from pixelwizard.pipeline import inflight
+from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.presets import PRESETS, Preset
+from pixelwizard.pipeline.prompts import prompts_jsonl
 from pixelwizard.pipeline.provenance import OutputState
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES
+from pixelwizard.pipeline.stamp_index import ShardIndex
 
 DISK_MARGIN = 1.1
 # The disk estimate. H.264 at crf 18 spends fewer bits per pixel as frames grow: 4 at 256x160 covers the tiny
@@ -47,6 +52,26 @@ def check_out(out: Path) -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise RunConfigError(f"--out {out}: {existing} is not writable (read-only file system or permissions); "
                              "choose a directory you can write")
+
+
+def check_paths(plan: Plan, stages: list[str], record: bool) -> None:
+    """Nothing the run writes (its record when `record`, the CLI's and Snakemake's files, the folders, markers, logs,
+    job records and stamp indexes of `stages`) would land outside OUT through a link or replace what pixelwizard did
+    not make (io/files.py). A prompt's own outputs are checked as they are written: one in the way fails that prompt
+    alone."""
+    layout: Layout = plan.layout
+    files = [layout.snapshot(plan.snapshot.digest), layout.digests, layout.run_lock, layout.jobs_lock, layout.events,
+             *([layout.prompts, layout.only, layout.config] if record else [])]
+    folders = [layout.snakemake_logs, layout.out / ".snakemake"]
+    for stage in stages:
+        tag = plan.provenance.tag(stage)
+        for shard in plan.shards[stage]:
+            files += [plan.marker(stage, shard), plan.log(stage, shard), inflight.record_path(layout, stage, shard),
+                      *ShardIndex(layout, stage, tag, shard).paths]
+        folders.append(layout.folder(stage, tag))
+    check_outputs(files, layout.out)
+    for folder in folders:
+        check_folder(folder, layout.out)
 
 
 def check_checkpoints(config: RunConfig) -> None:
@@ -115,21 +140,17 @@ def check_kernels(config: RunConfig) -> None:
         select_backend(config.attention, "cuda")
 
 
-def check_patches(snapshot: RunSnapshot) -> None:
-    """Every decode patch must be narrower than the latent, or patching does nothing but cost."""
-    preset = snapshot.preset
-    _, _, height, width = wan_files.vae_config(Path(snapshot.config.ckpt_dir)).latent_shape(
-        preset.frames, preset.height, preset.width)
-    size = width if preset.patch_dim == "w" else height
+def check_patches(config: RunConfig) -> None:
+    """The decode patch settings decode this latent and have their seams measured: the geometry's own check
+    (io/patch_geometry.py), the one the decode stage runs before it decodes."""
+    preset = config.resolved_preset()
+    vae = wan_files.vae_config(Path(config.ckpt_dir))
+    _, _, height, width = vae.latent_shape(preset.frames, preset.height, preset.width)
     try:
-        ranges = patch_ranges(size, preset.num_patches, preset.overlap)
-    except ValueError as err:
-        raise RunConfigError(f"--num-patches {preset.num_patches}: {err}") from None
-    widest = max(end - start for start, end in ranges)
-    if preset.num_patches > 1 and widest >= size:
-        most = (size - size // preset.num_patches) // 2
-        raise RunConfigError(f"--overlap {preset.overlap}: a patch then spans the whole latent ({size} units along "
-                             f"{preset.patch_dim}), so patching does nothing; use an overlap below {most}")
+        check_decode_settings(width if preset.patch_dim == "w" else height, preset.num_patches, preset.overlap,
+                              vae.space_factor, preset.patch_dim)
+    except DecodeSettingsError as err:
+        raise RunConfigError(str(err)) from None
 
 
 def output_files(snapshot: RunSnapshot, stage: str, characters: int) -> list[int]:
@@ -184,7 +205,7 @@ def disk_needed(plan: Plan, todo: list[OutputState], block: int) -> int:
     files = [JOB_LOG, MARKER, MARKER] * len(jobs)  # a log, the marker and Snakemake's metadata of it
     files += [0] * FOLDERS_PER_STAGE * len({stage for stage, _ in jobs})
     snakemake_log = SNAKEMAKE_LOG_PER_JOB * len(jobs) + RUN_FILES  # in OUT/logs/snakemake/ and .snakemake/log/
-    prompts = sum(len(p.to_json()) + 1 for p in snapshot.prompts)  # the snapshot and OUT/prompts.jsonl hold them
+    prompts = len(prompts_jsonl(snapshot.prompts).encode())  # the snapshot and OUT/prompts.jsonl hold them
     files += [EVENT * 3 * len(todo), prompts + RUN_FILES, prompts, snakemake_log, snakemake_log, *[0] * RUN_FOLDERS]
     return needed + _blocks(files, block)
 

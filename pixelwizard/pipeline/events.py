@@ -14,17 +14,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pixelwizard.io.files import open_output
+from pixelwizard.io.lines import json_line, parse_json
 
 FAILED = "failed"
 _ID = re.compile(rb'"id": "((?:[^"\\]|\\.)*)"')  # an event's id, as append_event writes it
 
 
-def append_event(path: Path, **event: Any) -> None:
-    """One JSON line; lines this short are written whole by O_APPEND, so concurrent jobs never interleave."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"time": round(time.time(), 3), "host": socket.gethostname(), "pid": os.getpid(), **event},
-                      ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
+def append_event(path: Path, *, root: Path | None = None, **event: Any) -> None:
+    """One JSON line, appended inside `root` (OUT; default: the log's own folder); lines this short are written
+    whole by O_APPEND, so concurrent jobs never interleave."""
+    line = json_line({"time": round(time.time(), 3), "host": socket.gethostname(), "pid": os.getpid(), **event})
+    with open_output(path, root, append=True) as f:
         f.write(line)
 
 
@@ -38,7 +39,7 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
     except FileNotFoundError:
         return [], offset
     whole = data[: data.rfind(b"\n") + 1]
-    return _parse(whole.splitlines()), offset + len(whole)
+    return _parse(_lines(whole)), offset + len(whole)
 
 
 def events_of(path: Path, action: str) -> list[dict[str, Any]]:
@@ -60,15 +61,20 @@ def _whole_lines(path: Path, needed: bytes) -> list[bytes]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    return data[: data.rfind(b"\n") + 1].splitlines() if needed in data else []
+    return _lines(data[: data.rfind(b"\n") + 1]) if needed in data else []
+
+
+def _lines(whole: bytes) -> list[bytes]:
+    """Whole lines, split at "\\n" only, as io/lines.py reads every line file."""
+    return whole.split(b"\n")[:-1]
 
 
 def _parse(lines: Iterable[bytes]) -> list[dict[str, Any]]:
     events = []
     for line in lines:
         try:
-            events.append(json.loads(line))
-        except ValueError:
+            events.append(parse_json(line.decode("utf-8")))
+        except ValueError:  # UnicodeDecodeError too
             continue
     return events
 

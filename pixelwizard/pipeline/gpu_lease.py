@@ -4,9 +4,7 @@ CUDA_VISIBLE_DEVICES naming them. Locks vanish with their holder, so a killed jo
 Snakemake's `gpu` resource bounds how many GPUs the running jobs hold together; the lease decides which. The locks
 of a SLURM allocation are its own (the allocation's GPUs are numbered from 0 in every allocation): jobs that share
 one allocation (`salloc` + the local profile) share its GPUs without overlap, and a job that is an allocation of its
-own (the slurm profile) finds every lock free.
-
-    python -m pixelwizard.pipeline.gpu_lease N -- COMMAND...     # what every stage job of the Snakefile runs
+own (the slurm profile) finds every lock free. Every stage job's launcher takes its lease (pipeline/launch.py).
 """
 
 from __future__ import annotations
@@ -20,6 +18,8 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from pixelwizard.io.files import open_output
 
 LOCK_DIR = Path(tempfile.gettempdir()) / "pixelwizard-gpu-locks"
 POLL_S = 0.5
@@ -68,7 +68,7 @@ def gpu_lease(count: int, timeout_s: float = 24 * 3600) -> Iterator[dict[str, st
 
 
 def _try_lock(held: ExitStack, path: Path) -> bool:
-    handle = open(path, "w")
+    handle = open_output(path, path.parent, append=True)  # a shared /tmp: never truncate or follow a planted link
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -12,7 +12,8 @@ still working names them.
 
 The kernel drops the locks with their holders (SIGKILL included), so the locks say whether anyone is at work; the
 records say who. A record names the launcher's process (pid, process group, host, start time): a record whose
-process is gone (a killed launcher) reads as gone.
+process is gone (a killed launcher) reads as gone, and the next run removes it. Every file here is written inside
+OUT (io/files.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import IO, Any
 
 import psutil
 
-from pixelwizard.io.files import write_atomic
+from pixelwizard.io.files import open_output, remove_output, write_atomic
 from pixelwizard.pipeline.layout import Layout
 
 STOP_GRACE_S = 60.0  # after a stop signal: time for jobs to finish their step before they are killed
@@ -125,42 +126,39 @@ def record_path(layout: Layout, stage: str, shard: str) -> Path:
 
 
 def write_job(layout: Layout, record: JobRecord) -> None:
-    write_atomic(record_path(layout, record.stage, record.shard), json.dumps(asdict(record)))
+    write_atomic(record_path(layout, record.stage, record.shard), json.dumps(asdict(record)), layout.out)
 
 
 def read_job(path: Path) -> JobRecord | None:
     try:
-        return JobRecord(**json.loads(path.read_text()))
+        return JobRecord(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):  # gone, or replaced while read
         return None
 
 
 def live_jobs(layout: Layout) -> list[JobRecord]:
-    """The records of the stage jobs alive in OUT; a record left by a process that is gone is removed."""
+    """The records of the stage jobs alive in OUT (a record left by a process that is gone is passed over, and
+    removed by the next run: `run_lock`)."""
+    return [record for record, _ in _records(layout) if record is not None and record.alive]
+
+
+def _records(layout: Layout) -> list[tuple[JobRecord | None, Path]]:
     folder = layout.state / "jobs"
-    found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-        record = read_job(path)
-        if record is not None and record.alive:
-            found.append(record)
-        elif record is not None:
-            path.unlink(missing_ok=True)
-    return found
+    return [(read_job(path), path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 @contextmanager
 def jobs_lock(layout: Layout) -> Iterator[IO[str]]:
     """OUT's jobs lock, shared, for a stage job's lifetime (its launcher holds it and hands it to the script)."""
-    layout.jobs_lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(layout.jobs_lock, "a") as handle:
+    with open_output(layout.jobs_lock, layout.out, append=True) as handle:
         fcntl.flock(handle, fcntl.LOCK_SH)
         yield handle
 
 
 # ---- the run -------------------------------------------------------------------------------------------------------
 
-def _try_lock(path: Path, mode: int) -> IO | None:
-    handle = open(path, "a+")  # read and written: the run lock holds the run's record
+def _try_lock(layout: Layout, path: Path, mode: int) -> IO | None:
+    handle = open_output(path, layout.out, append=True, read=True)  # the run lock holds the run's record
     try:
         fcntl.flock(handle, mode | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -188,7 +186,7 @@ def check_free(layout: Layout) -> None:
     """Raise RunBusyError if a run or its jobs are at work in OUT; creates nothing."""
     for path in (layout.run_lock, layout.jobs_lock):
         if path.exists():
-            handle = _try_lock(path, fcntl.LOCK_SH if path == layout.run_lock else fcntl.LOCK_EX)
+            handle = _try_lock(layout, path, fcntl.LOCK_SH if path == layout.run_lock else fcntl.LOCK_EX)
             if handle is None:
                 raise _busy(layout) if path == layout.run_lock else _outliving(layout)
             handle.close()
@@ -198,14 +196,17 @@ def check_free(layout: Layout) -> None:
 def run_lock(layout: Layout, command: str) -> Iterator[IO]:
     """Hold OUT's run lock for a run (taken before anything in OUT changes), with the run's record in it; yields the
     lock's file, whose descriptor Snakemake inherits so that the lock lives as long as the run does."""
-    layout.state.mkdir(parents=True, exist_ok=True)
-    handle = _try_lock(layout.run_lock, fcntl.LOCK_EX)
+    layout.out.mkdir(parents=True, exist_ok=True)
+    handle = _try_lock(layout, layout.run_lock, fcntl.LOCK_EX)
     if handle is None:
         raise _busy(layout)
     with handle:
-        jobs = _try_lock(layout.jobs_lock, fcntl.LOCK_EX)
+        jobs = _try_lock(layout, layout.jobs_lock, fcntl.LOCK_EX)
         if jobs is None:
             raise _outliving(layout)
+        for record, path in _records(layout):  # left by killed launchers
+            if record is None or not record.alive:
+                remove_output(path, layout.out)
         jobs.close()
         note_run(handle, command=command, pid=os.getpid(), host=socket.gethostname(), started=time.time(),
                  snakemake=None, stopping=False)
@@ -228,12 +229,12 @@ def run_holder(layout: Layout) -> dict[str, Any] | None:
     """The record of the run holding OUT, or None when no run holds it."""
     if not layout.run_lock.exists():
         return None
-    handle = _try_lock(layout.run_lock, fcntl.LOCK_SH)
+    handle = _try_lock(layout, layout.run_lock, fcntl.LOCK_SH)
     if handle is not None:
         handle.close()
         return None
     try:
-        return json.loads(layout.run_lock.read_text()) or {}
+        return json.loads(layout.run_lock.read_text(encoding="utf-8")) or {}
     except (OSError, ValueError):
         return {}
 

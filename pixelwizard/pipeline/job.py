@@ -40,7 +40,8 @@ from typing import Any, TypeVar
 import torch
 
 from pixelwizard import __version__, distributed
-from pixelwizard.io.files import remove_stale_temps, write_atomic
+from pixelwizard.gpu_traps import use_expandable_segments
+from pixelwizard.io.files import remove_output, remove_stale_temps, write_atomic
 from pixelwizard.io.latent_store import read_store, write_store
 from pixelwizard.io.sidecar import write_sidecar
 from pixelwizard.pipeline import inflight, steps
@@ -102,16 +103,21 @@ class Output:
     def seed(self) -> int:
         return stage_seed(self.item, self.job.preset, self.stage)
 
+    @property
+    def root(self) -> Path:
+        """The run's folder, OUT: every output is written inside it (io/files.py)."""
+        return self.job.layout.out
+
     def write_store(self, arrays: dict[str, torch.Tensor], **attrs: Any) -> None:
         if self.job.is_writer:
-            write_store(self.path, arrays, {**self.attrs, **attrs})
+            write_store(self.path, arrays, {**self.attrs, **attrs}, self.root)
             self.job.index.add(self.item.id, store_files(self.path), self.attrs["digest"], **attrs)
 
     def write_sidecar(self, files: list[Path], **attrs: Any) -> None:
         """Complete an MP4 output: the JSON beside it, written last."""
         if self.job.is_writer:
             sidecar = self.job.layout.sidecar(self.stage, self.item.id, self.job.provenance.tag(self.stage))
-            write_sidecar(sidecar, {**self.attrs, **attrs}, files)
+            write_sidecar(sidecar, {**self.attrs, **attrs}, files, self.root)
             self.job.index.add(self.item.id, [*files, sidecar], self.attrs["digest"], **attrs)
 
 
@@ -120,7 +126,8 @@ class Job:
         self.stage, self.snapshot, self.shard, self.layout, self.device = stage, snapshot, shard, layout, device
         self.config, self.preset = snapshot.config, snapshot.preset
         self.events = layout.events
-        self.provenance = Provenance(snapshot, layout, failure_events(layout.events) if distributed.rank() == 0 else [])
+        self.provenance = Provenance(snapshot, layout, failure_events(layout.events) if distributed.rank() == 0 else [],
+                                     renew=True)
         self.plan = Plan(snapshot, layout, self.provenance)
         self.items = self.plan.shards[stage][shard]
         self.index = ShardIndex(layout, stage, self.provenance.tag(stage), shard)  # saved with the marker
@@ -148,6 +155,8 @@ class Job:
         args = parser.parse_args(argv)
         imported = time.time()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if STAGES[stage].expandable_segments:
+            log.info("CUDA caching allocator: %s", use_expandable_segments())
         if "LOCAL_RANK" in os.environ:
             die_with_parent()
         snapshot = RunSnapshot.load(args.snapshot)
@@ -159,7 +168,7 @@ class Job:
             signal.signal(signum, job._on_signal)
         job.note(prompts=[item.id for item in job.items], doing="reading its inputs", startup=job.startup)
         if job.is_writer and STAGES[stage].output == "zarr":
-            removed = remove_stale_temps(job.provenance.output(stage, job.items[0].id).parent)
+            removed = remove_stale_temps(job.provenance.output(stage, job.items[0].id).parent, layout.out)
             if removed:
                 log.info("removed %d temporary store(s) left by killed writers", removed)
         job.startup["ready"] = time.time()
@@ -208,7 +217,7 @@ class Job:
 
     def event(self, item_id: str, action: str, **fields: Any) -> None:
         if self.is_writer:
-            append_event(self.events, stage=self.stage, id=item_id, shard=self.shard,
+            append_event(self.events, root=self.layout.out, stage=self.stage, id=item_id, shard=self.shard,
                          digest=self.provenance.digest(self.stage, item_id), action=action, **fields)
 
     def note(self, **fields: Any) -> None:
@@ -288,7 +297,7 @@ class Job:
         except Exception as err:
             log.error("%s %s failed:\n%s", self.stage, item.id, traceback.format_exc())
             message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-            append_event(self.events, stage=self.stage, id=item.id, shard=self.shard,
+            append_event(self.events, root=self.layout.out, stage=self.stage, id=item.id, shard=self.shard,
                          digest=self.provenance.digest(self.stage, item.id), action="failed", error=message)
             self.outcomes[item.id] = "failed"
             self.note(item=None, digest=None)  # recorded: the launcher must not record it again
@@ -335,8 +344,9 @@ class Job:
         if exc is None and self.is_writer:
             marker = self.plan.marker(self.stage, self.shard)
             for old in marker.parent.glob(f"{self.shard}-*.json"):
-                old.unlink(missing_ok=True)
+                remove_output(old, self.layout.out)
             self.index.save()
-            write_atomic(marker, json.dumps({"stage": self.stage, "shard": self.shard, "outcomes": self.outcomes}))
+            write_atomic(marker, json.dumps({"stage": self.stage, "shard": self.shard, "outcomes": self.outcomes}),
+                         self.layout.out)
         distributed.shutdown()
         return False

@@ -1,6 +1,6 @@
 """The process every stage job of the Snakefile runs, in OUT: it leases the job's GPUs, records the job
-(pipeline/inflight.py), runs the stage script with its output in the job's log, passes stop signals on, and says how
-the job ended when the script cannot:
+(pipeline/inflight.py), runs the stage script with its output in the job's log (LOG, a file inside OUT: io/files.py),
+passes stop signals on, and says how the job ended when the script cannot:
 
     python -m pixelwizard.pipeline.launch STAGE SHARD GPUS LOG -- COMMAND...
 
@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pixelwizard.io.files import open_output, remove_output
 from pixelwizard.pipeline import inflight
 from pixelwizard.pipeline.events import append_event
 from pixelwizard.pipeline.gpu_lease import gpu_lease
@@ -49,8 +50,8 @@ def record_end(layout: Layout, record: inflight.JobRecord | None, code: int, sto
     ended = f"its job (shard {record.shard}: {', '.join(record.prompts)}) was {inflight.how_it_ended(code)}"
     if -code == signal.SIGKILL and not stopping:
         ended += f": {OOM_HINT}"
-    append_event(layout.events, stage=record.stage, id=record.item, shard=record.shard, digest=record.digest,
-                 action="interrupted" if stopping else "failed", error=ended)
+    append_event(layout.events, root=layout.out, stage=record.stage, id=record.item, shard=record.shard,
+                 digest=record.digest, action="interrupted" if stopping else "failed", error=ended)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inflight.write_job(layout, record)
         with inflight.jobs_lock(layout) as lock, gpu_lease(gpus) as env:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as sink:
+            with open_output(log, layout.out, append=False) as sink:
                 me = os.getpid()
                 child = subprocess.Popen(command, env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT,
                                          pass_fds=(lock.fileno(),), preexec_fn=lambda: die_with_parent(
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             code = child.wait()
     finally:
         record_end(layout, inflight.read_job(path), code, bool(stopping))
-        path.unlink(missing_ok=True)
+        remove_output(path, layout.out)
     return code if code >= 0 else 128 - code
 
 

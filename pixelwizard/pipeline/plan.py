@@ -102,8 +102,8 @@ class Plan:
         return any(stage in s.reads for s in self.stages)
 
     def command(self, stage: str, shard_name: str, snapshot_path: Path) -> str:
-        """The shell command of a stage job: the launcher (GPU lease, the job's record, its log; pipeline/launch.py),
-        then the stage script, through torchrun when the job spans several GPUs."""
+        """The shell command of a stage job: the launcher (GPU lease, the job's record, its log, opened inside OUT;
+        pipeline/launch.py), then the stage script, through torchrun when the job spans several GPUs."""
         gpus = self.gpus(stage)
         python = shlex.quote(sys.executable)
         script = f"-m pixelwizard.workflow.stages.{stage} {shlex.quote(str(snapshot_path))} {shard_name}"
@@ -122,7 +122,7 @@ def snakemake_plan(config: dict) -> tuple[Plan, Path, Callable[[], None]]:
     if set(config) == {"snapshot"}:
         path = Path(config["snapshot"])
         return Plan(RunSnapshot.load(path), layout), path, lambda: None
-    cache = DigestCache(layout.digests, persist=False)
+    cache = DigestCache(layout.digests, persist=False, root=layout.out)
     run_config = RunConfig.from_mapping(dict(config))
     snapshot = RunSnapshot.from_files(run_config, Path("."), cache).as_recorded()
 

@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from pixelwizard.pipeline.prompts import check_seed, check_text, shown
+
 # The Wan2.x default negative prompt (wan/configs/shared_config.py), used verbatim.
 WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
@@ -68,6 +70,11 @@ class Preset:
     overlap: int = setting(3, "Decode patch overlap in latent units (16 px)")
 
     def __post_init__(self) -> None:
+        for name, rule in (("seed", check_seed), ("negative_prompt", check_text)):  # a prompt's own follow them too
+            try:
+                rule(getattr(self, name))
+            except ValueError as err:
+                raise PresetError(f"{name}={shown(getattr(self, name))}: {err}") from None
         for name, kind in _field_types().items():
             value = getattr(self, name)
             if not _is(value, kind):

@@ -61,12 +61,15 @@ class Provenance:
     """The expected provenance of a run's outputs and their states on disk (each computed once per instance)."""
 
     def __init__(self, snapshot: RunSnapshot, layout: Layout, events: list[dict[str, Any]] = (),
-                 base: Provenance | None = None):
+                 base: Provenance | None = None, *, renew: bool = False):
         """`events`: the run's event log (its failures); `base`: the same run with other decode settings, whose
-        outputs upstream of the decode (the same records, the same inputs) are judged there once."""
+        outputs upstream of the decode (the same records, the same inputs) are judged there once; `renew`: the
+        caller runs stages in OUT (holding its lock), so an intact copy's stamps are renewed as they are checked;
+        otherwise (status, report, dry runs) nothing in OUT is written."""
         self.snapshot = snapshot
         self.layout = layout
         self.base = base
+        self.renew_in = layout.out if renew else None
         self._shared: dict[str, bool] = {}
         self._failed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (stage, id) -> digest -> last failure
         for (stage, item_id, digest), event in last_failures(list(events)).items():
@@ -195,8 +198,9 @@ class Provenance:
         if not full and (indexed := index.lookup(item_id)) is not None:
             return indexed
         tag = self.tag(stage)
-        return verify_store(self.output(stage, item_id)) if zarr else verify_sidecar(self.layout.sidecar(
-            stage, item_id, tag))
+        if zarr:
+            return verify_store(self.output(stage, item_id), self.renew_in)
+        return verify_sidecar(self.layout.sidecar(stage, item_id, tag), self.renew_in)
 
     def recorded(self, stage: str, item_id: str) -> dict[str, Any] | None:
         """The attributes of the output on disk that its state was judged by, with what its job's index entry adds

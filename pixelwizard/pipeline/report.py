@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelwizard import __version__
-from pixelwizard.io.files import write_atomic
+from pixelwizard.io.files import check_outputs, write_atomic
 from pixelwizard.pipeline.events import events_of, failure_events
 from pixelwizard.pipeline.layout import SHEET, SUFFIXES, Layout
 from pixelwizard.pipeline.parallel import in_parts
@@ -204,14 +204,16 @@ class ReportData:
 
 
 def write_report(out: Path, processes: int = 1) -> tuple[Path, dict[str, Any]]:
-    """Write OUT/report/ (index.html, its script and style, data.js) for the run last configured in OUT; returns
-    the page and its data."""
+    """Write OUT/report/ (index.html, its script and style, data.js) for the run last configured in OUT, and nothing
+    else there; returns the page and its data. Refused (OutputPathError) before anything is written when a file
+    would land outside OUT (OUT/report a link) or replace what pixelwizard did not make (a folder at index.html)."""
     layout = Layout(out)
-    data = ReportData(last_snapshot(out), layout, processes).to_dict()
     folder = layout.out / "report"
+    check_outputs([folder / name for name in (DATA_FILE, *PAGE_FILES)], layout.out)
+    data = ReportData(last_snapshot(out), layout, processes).to_dict()
     script = f"window.{DATA_GLOBAL} = {json.dumps(data, allow_nan=False, separators=(',', ':'))};\n"
-    write_atomic(folder / DATA_FILE, script)
+    write_atomic(folder / DATA_FILE, script, layout.out)
     page = files("pixelwizard.pipeline") / "report_page"
     for name in PAGE_FILES:  # index.html last
-        write_atomic(folder / name, (page / name).read_bytes())
+        write_atomic(folder / name, (page / name).read_bytes(), layout.out)
     return folder / "index.html", data

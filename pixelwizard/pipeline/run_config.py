@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
+from pixelwizard.io.lines import BOM
 from pixelwizard.pipeline.presets import Preset, PresetError, get_preset
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("bfloat16", "float32")
-ATTENTION = ("auto", "sdpa", "flash2", "flash3", "sage")
+ATTENTION = ("auto", "sdpa", "sdpa-cudnn", "flash2", "flash3", "sage")  # models/attention.py BACKENDS
 STOP_AFTER = {"lr": ("lr", "preview"), "hr": ("hr",)}  # `until`: the last stages of a shortened run
 MAX_JOBS = 256  # per stage: without shard_sizes, the stage table's sizes double until a stage has no more jobs
 
@@ -53,7 +54,7 @@ class RunConfig:
     previews: bool = option(True, "Write a small MP4 preview of each LR anchor")
     device: str = option("auto", "auto, cuda or cpu")
     dtype: str = option("bfloat16", "DiT weights on a GPU: bfloat16 or float32 (the CPU runs float32)")
-    attention: str = option("auto", "Attention kernel: auto, sdpa, flash2, flash3 or sage")
+    attention: str = option("auto", "Attention kernel: auto, sdpa, sdpa-cudnn, flash2, flash3 or sage")
     offload: bool = option(False, "Stream the DiT's blocks from host memory, one ahead of use (small GPUs)")
     hr_gpus: int = option(1, "GPUs (torchrun processes) per HR job: FSDP + Ulysses when > 1")
     decode_gpus: int = option(1, "GPUs (torchrun processes) per decode job: the patches spread over them")
@@ -105,15 +106,16 @@ class RunConfig:
     def to_mapping(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, root: Path) -> None:
+        """Write the configuration as YAML at `path` inside `root` (OUT)."""
         from pixelwizard.io.files import write_atomic
 
-        write_atomic(Path(path), yaml.safe_dump(self.to_mapping(), sort_keys=False, allow_unicode=True))
+        write_atomic(Path(path), yaml.safe_dump(self.to_mapping(), sort_keys=False, allow_unicode=True), root)
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8").removeprefix(BOM)) or {}
         except FileNotFoundError:
             raise RunConfigError(f"{path}: no run configuration here; run `pixelwizard generate` first") from None
         except yaml.YAMLError as err:

@@ -15,6 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import IO
 
+from pixelwizard.io.files import open_output
 from pixelwizard.pipeline import inflight
 from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import Layout
@@ -73,10 +74,9 @@ def run_snakemake(layout: Layout, command: list[str], lock: IO, *, verbose: bool
     if any((layout.out / ".snakemake" / "locks").glob("*")):
         # A SIGKILLed Snakemake leaves its lock behind; holding OUT's run lock proves nobody else uses it.
         subprocess.run([*command, "--unlock"], capture_output=True, check=False)
-    layout.snakemake_logs.mkdir(parents=True, exist_ok=True)
     log_path = layout.snakemake_logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     stopped: list[tuple[int, float]] = []  # (signal, when)
-    with open(log_path, "w") as log:
+    with open_output(log_path, layout.out, append=False) as log:
         output = None if verbose else log
         # Ctrl-C reaches the whole foreground process group: Snakemake must ignore it (a child keeps an ignored
         # disposition) and leave the stop to this process; the launchers pass it on to the stage scripts.

@@ -18,7 +18,7 @@ from pixelwizard.checkpoints.identity import DigestCache, Progress, files_digest
 from pixelwizard.io.files import write_atomic
 from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.presets import Preset
-from pixelwizard.pipeline.prompts import Prompt, read_ids, read_prompts
+from pixelwizard.pipeline.prompts import Prompt, ids_file, prompts_jsonl, read_ids, read_prompts
 from pixelwizard.pipeline.run_config import STOP_AFTER, RunConfig, RunConfigError
 from pixelwizard.pipeline.stages import CHECKPOINT_FILES, STAGES, enabled_stages, lineage
 
@@ -100,14 +100,14 @@ class RunSnapshot:
         configuration naming prompts.jsonl) is left as the user wrote it."""
         self.save(layout)
         if source is None or not _same_file(source, layout.prompts):
-            write_atomic(layout.prompts, "".join(p.to_json() + "\n" for p in self.prompts))
+            write_atomic(layout.prompts, prompts_jsonl(self.prompts), layout.out)
         if self.only is not None:
-            write_atomic(layout.only, "".join(f"{i}\n" for i in self.only))
-        self.as_recorded().config.save(layout.config)
+            write_atomic(layout.only, ids_file(self.only), layout.out)
+        self.as_recorded().config.save(layout.config, layout.out)
 
     def to_json(self) -> str:
         return json.dumps({
-            "config": self.config.to_mapping(), "prompts": [p.fields() for p in self.prompts],
+            "config": self.config.to_mapping(), "prompts": [p.to_record() for p in self.prompts],
             "only": list(self.only) if self.only is not None else None, "identities": self.identities,
         }, ensure_ascii=False, sort_keys=True)
 
@@ -119,12 +119,12 @@ class RunSnapshot:
         """Write the snapshot under its digest (nothing to do when it is already there); returns its path."""
         path = layout.snapshot(self.digest)
         if not path.exists():
-            write_atomic(path, self.to_json())
+            write_atomic(path, self.to_json(), layout.out)
         return path
 
     @classmethod
     def load(cls, path: Path) -> RunSnapshot:
-        values = json.loads(Path(path).read_text())
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
         only = values["only"]
         return cls(RunConfig.from_mapping(values["config"], source=str(path)),
                    tuple(Prompt(**p) for p in values["prompts"]), tuple(only) if only is not None else None,

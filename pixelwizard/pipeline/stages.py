@@ -39,6 +39,9 @@ class Stage:
     uncond_text: Callable[[Prompt, Preset], str] | None = None  # the unconditional text a prompt's job reads
     tag: Callable[[Preset], str] | None = None  # outputs of other settings go to OUT/<name>/<tag>/, beside
     verb: str = "computing"  # what its job does to a prompt, for people: "sampling fox 3/4"
+    # Its GPU memory is large activations of changing sizes: CUDA's caching allocator runs with expandable segments
+    # (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True unless the user set one), so freed blocks do not fragment.
+    expandable_segments: bool = False
 
 
 def negative_text(prompt: Prompt, preset: Preset) -> str:
@@ -66,9 +69,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                     "uncond_anchor"),
           checkpoints=("hr_dit",), output="zarr", items="selected", shard_size=8, gpus="hr_gpus", seeded=True,
           uncond_text=lambda p, preset: negative_text(p, preset) if preset.uncond_prompt == "negative" else "",
-          verb="sampling"),
+          verb="sampling", expandable_segments=True),
     Stage("decode", reads=("hr",), settings=("num_patches", "patch_dim", "overlap", "fps"), checkpoints=("vae",),
-          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag, verb="decoding"),
+          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag, verb="decoding",
+          expandable_segments=True),
 )}
 
 

@@ -48,7 +48,7 @@ class ShardIndex:
     """The entries one job writes: an output's files as they are now, its digest and what the report shows."""
 
     def __init__(self, layout: Layout, stage: str, tag: str | None, shard: str):
-        self.folder = layout.folder(stage, tag)
+        self.folder, self.root = layout.folder(stage, tag), layout.out
         self.paths = [index_folder(layout, stage, tag) / f"{shard}{suffix}" for suffix in (STAMPS, EXTRAS)]
         self.shapes: list[list[str]] = []
         self.outputs: dict[str, list[Any]] = {}
@@ -73,8 +73,8 @@ class ShardIndex:
     def save(self) -> None:
         compact = {"separators": (",", ":"), "ensure_ascii": False}
         stamps, extras = self.paths
-        write_atomic(extras, json.dumps(self.extras, **compact))
-        write_atomic(stamps, json.dumps({"files": self.shapes, "outputs": self.outputs}, **compact))
+        write_atomic(extras, json.dumps(self.extras, **compact), self.root)
+        write_atomic(stamps, json.dumps({"files": self.shapes, "outputs": self.outputs}, **compact), self.root)
 
 
 class StampIndex:
@@ -88,7 +88,7 @@ class StampIndex:
         self._extras: dict[Path, dict[str, Any]] = {}
         for path in sorted(self.index.glob(f"*{STAMPS}")) if self.index.is_dir() else ():
             try:
-                shard = json.loads(path.read_text())
+                shard = json.loads(path.read_text(encoding="utf-8"))
                 shapes = [tuple(p.removeprefix(ID) for p in shape) for shape in shard["files"]]  # the id's suffixes
                 for item_id, (digest, shape, sig) in shard["outputs"].items():
                     self.entries.setdefault(item_id, []).append((digest, shapes[shape], sig, path))
@@ -113,7 +113,7 @@ class StampIndex:
         if entry not in self._extras:
             try:
                 self._extras[entry] = json.loads(entry.with_name(entry.name.removesuffix(STAMPS) + EXTRAS)
-                                                 .read_text())
+                                                 .read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 self._extras[entry] = {}
         found = self._extras[entry].get(item_id)

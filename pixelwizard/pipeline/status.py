@@ -106,13 +106,14 @@ def output_states(provenance: Provenance, stage: str, prompts: Collection[str] |
 
 
 def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = None, *, every_tag: bool = False,
-            processes: int = 1) -> list[StageStatus]:
+            processes: int = 1, renew: bool = False) -> list[StageStatus]:
     """A row per stage (of `stages`), and per decode setting found in OUT with `every_tag`; with `processes`, the
-    prompts are judged in parts on as many cores."""
+    prompts are judged in parts on as many cores; `renew`: see Provenance (only a run holding OUT's lock may)."""
     events = failure_events(layout.events)
     runs = decode_variants(snapshot, layout) if every_tag else {decode_tag(snapshot.preset): snapshot}
     own, *others = runs.values()
-    provenances = [main := Provenance(own, layout, events), *(Provenance(r, layout, events, main) for r in others)]
+    provenances = [main := Provenance(own, layout, events, renew=renew),
+                   *(Provenance(r, layout, events, main, renew=renew) for r in others)]
     names = [s.name for s in enabled_stages(snapshot.config) if stages is None or s.name in stages]
     ids = [p.id for p in snapshot.prompts]
     for provenance in provenances:

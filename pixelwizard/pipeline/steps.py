@@ -49,8 +49,16 @@ def vae_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.bfloat16
 
 
+def vae_memory_format(device: torch.device) -> torch.memory_format:
+    """channels-last-3d on a GPU: cuDNN's convolutions are channels-last natively (NCDHW costs layout conversions
+    around every conv) and it passes PyTorch's Conv3d gate on cuDNN 9.8-9.14 (pixelwizard/gpu_traps.py); bench/gpu.py
+    times it against NCDHW. NCDHW on the CPU."""
+    return torch.contiguous_format if device.type == "cpu" else torch.channels_last_3d
+
+
 def load_vae(config: RunConfig, device: torch.device) -> WanVAE:
-    return wan.load_vae(Path(config.ckpt_dir), device=device, dtype=vae_dtype(device))
+    vae = wan.load_vae(Path(config.ckpt_dir), device=device, dtype=vae_dtype(device))
+    return vae.use_memory_format(vae_memory_format(device))
 
 
 def load_lr_dit(config: RunConfig, device: torch.device) -> WanDiT:

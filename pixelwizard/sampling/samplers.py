@@ -11,12 +11,14 @@ first step and after every step, and its tokens see timestep 0 while the others 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from pixelwizard.distributed import no_autograd
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.sampling.schedules import shortcut_dt
@@ -55,6 +57,17 @@ def denoise(velocity: Velocity, noise: Tensor, *, steps: int, shift: float, solv
     return x
 
 
+def _without_autograd(sampler: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run `sampler(model, ...)` under `no_autograd(model)`: inference mode, no_grad for an FSDP2-sharded model."""
+
+    @functools.wraps(sampler)
+    def run(model: WanDiT, *args, **kwargs) -> Tensor:
+        with no_autograd(model):
+            return sampler(model, *args, **kwargs)
+
+    return run
+
+
 def pin_first_frame(x: Tensor, first_frame: Tensor) -> Tensor:
     """x [B, C, T, h, w] with latent frame 0 replaced by first_frame [B, C, 1, h, w] (float32), as a new tensor."""
     return torch.cat([first_frame.to(x.dtype), x[:, :, 1:]], dim=2)
@@ -83,7 +96,7 @@ def _first_frame(first_frame: Tensor | None, noise: Tensor, device: torch.device
     return first_frame[None].to(device=device, dtype=torch.float32)
 
 
-@torch.inference_mode()
+@_without_autograd
 def sample_lr(
     model: WanDiT,
     cond: Conditioning,
@@ -120,7 +133,7 @@ def sample_lr(
                    first_frame=first)[0]
 
 
-@torch.inference_mode()
+@_without_autograd
 def sample_hr(
     model: HRDiT,
     cond: Conditioning,
