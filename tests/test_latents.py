@@ -264,6 +264,12 @@ def test_a_copied_store_is_not_read_again_but_a_changed_copy_is(latent_store, tm
     assert (copy / "zarr.json").read_bytes() == meta  # nothing to renew
     assert torch.equal(read_store(copy)[0]["latent"], read_store(latent_store)[0]["latent"])
     chunk = _chunk(copy)
+    os.utime(chunk, ns=(chunk.stat().st_atime_ns, chunk.stat().st_mtime_ns + 10**9))  # touched, the same content
+    assert verify_store(copy)["digest"] == "d"  # read and checked in full; a read-only check changes nothing
+    assert (copy / "zarr.json").read_bytes() == meta
+    assert verify_store(copy, renew_in=tmp_path)["digest"] == "d"  # a run's check re-stamps it
+    assert json.loads((copy / "zarr.json").read_text())["attributes"]["files"] == verify_store(copy)["files"] != \
+        json.loads(meta)["attributes"]["files"]
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size; the write moves the mtime
     chunk.write_bytes(bytes(data))

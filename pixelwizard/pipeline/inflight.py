@@ -12,8 +12,8 @@ still working names them.
 
 The kernel drops the locks with their holders (SIGKILL included), so the locks say whether anyone is at work; the
 records say who. A record names the launcher's process (pid, process group, host, start time): a record whose
-process is gone (a killed launcher) reads as gone, and the next run removes it. Every file here is written inside
-OUT (io/files.py).
+process is gone (a killed launcher) reads as gone, and the run holding OUT (or `stop`) removes it. Every file here
+is written inside OUT (io/files.py).
 """
 
 from __future__ import annotations
@@ -136,15 +136,17 @@ def read_job(path: Path) -> JobRecord | None:
         return None
 
 
-def live_jobs(layout: Layout) -> list[JobRecord]:
-    """The records of the stage jobs alive in OUT (a record left by a process that is gone is passed over, and
-    removed by the next run: `run_lock`)."""
-    return [record for record, _ in _records(layout) if record is not None and record.alive]
-
-
-def _records(layout: Layout) -> list[tuple[JobRecord | None, Path]]:
-    folder = layout.state / "jobs"
-    return [(read_job(path), path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+def live_jobs(layout: Layout, *, prune: bool = False) -> list[JobRecord]:
+    """The records of the stage jobs alive in OUT. A record left by a process that is gone (a killed launcher) is
+    passed over, and with `prune` removed: a run holding OUT and `stop` prune, `status` writes nothing."""
+    folder, alive = layout.state / "jobs", []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        record = read_job(path)
+        if record is not None and record.alive:
+            alive.append(record)
+        elif record is not None and prune:
+            remove_output(path, layout.out)
+    return alive
 
 
 @contextmanager
@@ -157,14 +159,27 @@ def jobs_lock(layout: Layout) -> Iterator[IO[str]]:
 
 # ---- the run -------------------------------------------------------------------------------------------------------
 
-def _try_lock(layout: Layout, path: Path, mode: int) -> IO | None:
-    handle = open_output(path, layout.out, append=True, read=True)  # the run lock holds the run's record
+def _try_lock(handle: IO) -> IO | None:
+    """`handle`, locked exclusively, or None (closed) when someone holds its lock."""
     try:
-        fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         return None
     return handle
+
+
+def _held(path: Path, mode: int) -> bool:
+    """Whether someone holds the lock on the file `path` that `mode` (shared or exclusive) conflicts with; opens
+    the file only to read (a read-only OUT, say) and creates nothing."""
+    try:
+        with open(path, "rb") as handle:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
 
 
 def _busy(layout: Layout) -> RunBusyError:
@@ -184,12 +199,10 @@ def _outliving(layout: Layout) -> RunBusyError:
 
 def check_free(layout: Layout) -> None:
     """Raise RunBusyError if a run or its jobs are at work in OUT; creates nothing."""
-    for path in (layout.run_lock, layout.jobs_lock):
-        if path.exists():
-            handle = _try_lock(layout, path, fcntl.LOCK_SH if path == layout.run_lock else fcntl.LOCK_EX)
-            if handle is None:
-                raise _busy(layout) if path == layout.run_lock else _outliving(layout)
-            handle.close()
+    if _held(layout.run_lock, fcntl.LOCK_SH):
+        raise _busy(layout)
+    if _held(layout.jobs_lock, fcntl.LOCK_EX):
+        raise _outliving(layout)
 
 
 @contextmanager
@@ -197,16 +210,15 @@ def run_lock(layout: Layout, command: str) -> Iterator[IO]:
     """Hold OUT's run lock for a run (taken before anything in OUT changes), with the run's record in it; yields the
     lock's file, whose descriptor Snakemake inherits so that the lock lives as long as the run does."""
     layout.out.mkdir(parents=True, exist_ok=True)
-    handle = _try_lock(layout, layout.run_lock, fcntl.LOCK_EX)
+    # the run lock holds the run's record: read and written
+    handle = _try_lock(open_output(layout.run_lock, layout.out, append=True, read=True))
     if handle is None:
         raise _busy(layout)
     with handle:
-        jobs = _try_lock(layout, layout.jobs_lock, fcntl.LOCK_EX)
+        jobs = _try_lock(open_output(layout.jobs_lock, layout.out, append=True))
         if jobs is None:
             raise _outliving(layout)
-        for record, path in _records(layout):  # left by killed launchers
-            if record is None or not record.alive:
-                remove_output(path, layout.out)
+        live_jobs(layout, prune=True)  # records left by killed launchers
         jobs.close()
         note_run(handle, command=command, pid=os.getpid(), host=socket.gethostname(), started=time.time(),
                  snakemake=None, stopping=False)
@@ -227,11 +239,7 @@ def note_run(handle: IO, **fields: Any) -> None:
 
 def run_holder(layout: Layout) -> dict[str, Any] | None:
     """The record of the run holding OUT, or None when no run holds it."""
-    if not layout.run_lock.exists():
-        return None
-    handle = _try_lock(layout, layout.run_lock, fcntl.LOCK_SH)
-    if handle is not None:
-        handle.close()
+    if not _held(layout.run_lock, fcntl.LOCK_SH):
         return None
     try:
         return json.loads(layout.run_lock.read_text(encoding="utf-8")) or {}
@@ -292,7 +300,7 @@ def stop(layout: Layout, grace_s: float = STOP_GRACE_S) -> Stopped:
     and publish nothing half-written; what still runs after `grace_s` is killed. Returns once all of it has ended
     (or 10 s after the kill)."""
     start = time.monotonic()
-    run, jobs = run_holder(layout), live_jobs(layout)
+    run, jobs = run_holder(layout), live_jobs(layout, prune=True)
     here = socket.gethostname()
     drivers = [run.get("pid"), run.get("snakemake")] if run and run.get("host") == here else []
     if not run:  # Snakemake run directly: its jobs' launchers are its children
@@ -304,7 +312,7 @@ def stop(layout: Layout, grace_s: float = STOP_GRACE_S) -> Stopped:
     signalled: dict[int, JobRecord] = {}
     killed: list[JobRecord] = []
     while True:
-        left = live_jobs(layout)
+        left = live_jobs(layout, prune=True)
         for job in left:
             if job.pid not in signalled:  # those running now and any started before the stop reached Snakemake
                 signalled[job.pid] = job

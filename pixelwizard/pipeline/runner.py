@@ -112,7 +112,7 @@ def _follow(layout: Layout, snakemake: subprocess.Popen, stopped: list[tuple[int
     while True:
         on_tick(bool(stopped) or alone_since is not None)
         running = snakemake.poll() is None
-        jobs = inflight.live_jobs(layout)
+        jobs = inflight.live_jobs(layout, prune=True)  # this run holds OUT
         if not running and not jobs:
             return orphaned
         if not running and alone_since is None and not stopped:
