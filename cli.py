@@ -245,9 +245,9 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
         shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
         checks.check_paths(plan, shown, record)
         rows = status.collect(snapshot, layout, shown)
+        targets = plan.targets(until) if stages is None else ready_markers(plan, wanted)  # a dry run refuses alike
         if run.dry_run:
             return dry_run_report(plan, rows)
-        targets = plan.targets(until) if stages is None else ready_markers(plan, wanted)
         checks.check_disk(snapshot, out, [p for row in rows for p in row.problems])
         with runner.run_lock(layout) as lock:
             cache.save()
