@@ -256,9 +256,9 @@ def execute(command: str, out: Path, config: RunConfig, items: list, chosen: tup
         shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
         checks.check_paths(plan, shown, record)
         rows = status.collect(snapshot, layout, shown)
+        targets = plan.targets() if stages is None else ready_markers(plan, wanted)  # a dry run refuses alike
         if run.dry_run:
             return dry_run_report(plan, rows, run.verbose)
-        targets = plan.targets() if stages is None else ready_markers(plan, wanted)
         checks.check_disk(plan, out, [p for row in rows for p in row.todo])
         with inflight.run_lock(layout, f"pixelwizard {command}") as lock:
             cache.save()

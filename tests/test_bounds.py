@@ -266,8 +266,9 @@ def test_outputs_in_the_way_of_a_run_fail_their_prompt_alone_and_nothing_of_the_
     result = generate(weights, prompts, out, "--shard-size", "4", check=False)
     assert result.returncode == 1, result.stderr[-3000:]
     shown = " ".join(result.stderr.split())
-    assert f"failed decode fox: OutputPathError: {fox_video}: a directory that pixelwizard did not make" in shown
-    assert f"failed preview waves: OutputPathError: {waves_json}: a directory" in shown
+    assert f"failed decode {TAG} fox: OutputPathError: decode/{TAG}/fox.mp4: a directory that pixelwizard did not " \
+        "make" in shown
+    assert "failed preview waves: OutputPathError: preview/waves.json: a directory" in shown
     assert untouched(fox_video) and untouched(waves_json) and (elsewhere / "sheet.png").read_text() == "the user's " \
         "picture" and sorted(p.name for p in elsewhere.iterdir()) == ["notes.txt", "sheet.png"]
     assert not (out / "hr" / "market.zarr").is_symlink() and "latent" in read_store(out / "hr" / "market.zarr")[0]
