@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/dit_forward.py
-	$(BIN)/python bench/dry_run_10k.py
+	$(BIN)/python bench/scale.py --prompts 10000
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-out

@@ -7,15 +7,22 @@ stage scripts write every per-prompt output atomically with its provenance and s
 
     pixelwizard generate ...                           # the usual entry point: checks, locks, plans, runs this
     snakemake --cores 2 --directory OUT --configfile my-run.yaml [-n -p]   # a run configuration, as config.yaml
+
+A run configuration given here is recorded in OUT when the run starts (not by a dry run), as `generate` records its
+own, so `pixelwizard status`, `report` and `decode` work on the run.
 """
 
 from pixelwizard.pipeline.plan import snakemake_plan
 
 
-PLAN, SNAPSHOT = snakemake_plan(config)  # config: {snapshot: PATH} from the CLI, or a run configuration
+PLAN, SNAPSHOT, START = snakemake_plan(config)  # config: {snapshot: PATH} from the CLI, or a run configuration
 wildcard_constraints:
     shard=r"\d{5}",
     digest=r"[0-9a-f]{16}",
+
+
+onstart:
+    START()
 
 
 rule all:

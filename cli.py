@@ -1,10 +1,17 @@
-"""`pixelwizard`: generate 2K/4K videos from prompts, re-decode saved latents, see a batch's state and report."""
+"""`pixelwizard`: generate 2K/4K videos from prompts, re-decode saved latents, see a batch's state and report.
+
+Every module imported here is free of torch, so `--help` and every argument or configuration error answer at once
+(tests/test_startup.py checks it in a fresh process); what needs torch (the up-front checks, the tiny weights) is
+imported inside the command that uses it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
+import os
+import shutil
 import signal
 import time
 import typing
@@ -15,25 +22,18 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from pixelwizard.checkpoints.errors import CheckpointError
 from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
-from pixelwizard.checkpoints.strict import CheckpointError
-from pixelwizard.io.files import remove_output, write_atomic
+from pixelwizard.io.files import remove_output
 from pixelwizard.io.input_file import LATENT_SUFFIXES
 from pixelwizard.models.config import ConfigError
-from pixelwizard.pipeline import checks, runner, sources, status
+from pixelwizard.pipeline import inflight, runner, status
 from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.live import LiveView
-from pixelwizard.pipeline.plan import STOP_AFTER, Plan
+from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.presets import PRESETS, PresetError, parse_setting, setting_help, setting_type
-from pixelwizard.pipeline.prompts import (
-    ids_file,
-    prompts_jsonl,
-    read_ids,
-    read_prompts,
-    single_prompt,
-    source_prompts,
-)
+from pixelwizard.pipeline.prompts import read_ids, read_prompts, single_prompt, source_prompts
 from pixelwizard.pipeline.report import write_report
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError, defaults, option_help
 from pixelwizard.pipeline.snapshot import RunSnapshot
@@ -41,7 +41,7 @@ from pixelwizard.pipeline.stages import STAGES, lineage
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True, soft_wrap=True)  # one line stays one line in logs and pipes
-USER_ERRORS = (RunConfigError, PresetError, CheckpointError, ConfigError, runner.RunBusyError, FileNotFoundError,
+USER_ERRORS = (RunConfigError, PresetError, CheckpointError, ConfigError, inflight.RunBusyError, FileNotFoundError,
                ValueError)  # ValueError: the prompt files' and settings' errors, OutputPathError
 
 
@@ -194,8 +194,7 @@ def generate(
     out: Path = OUT,
     lr_ckpt: Optional[Path] = config_option("lr_ckpt"),
     only: Optional[Path] = config_option("only"),
-    until: Optional[str] = typer.Option(None, help="Stop after a stage: lr (text, input clips, LR anchors, "
-                                        "previews) or hr"),
+    until: Optional[str] = config_option("until"),
     lr_steps: Optional[int] = setting_option("lr_steps"),
     lr_shift: Optional[float] = setting_option("lr_shift"),
     lr_guidance: Optional[float] = setting_option("lr_guidance"),
@@ -212,18 +211,16 @@ def generate(
                                  "in its \"image\" fields)")
         if (prompts is None) == (prompt is None):
             raise RunConfigError("give a prompt file or --prompt TEXT (one of them)")
-        if until is not None and until not in STOP_AFTER:
-            raise RunConfigError(f"--until {until}: choose one of {', '.join(STOP_AFTER)}")
         items = single_prompt(prompt, image) if prompt is not None else read_prompts(prompts)
         chosen = read_ids(only, items) if only is not None else None
         overrides = {k: v for k, v in dict(lr_steps=lr_steps, lr_shift=lr_shift, lr_guidance=lr_guidance,
                                            fps=fps).items() if v is not None}
         config = RunConfig(prompts=PROMPTS, only=ONLY if chosen is not None else None,
-                           lr_ckpt=str(lr_ckpt.resolve()) if lr_ckpt else None,
+                           lr_ckpt=str(lr_ckpt.resolve()) if lr_ckpt else None, until=until,
                            settings={**overrides, **settings}, **setup)
     except USER_ERRORS as err:
         fail(err, run.verbose)
-    raise typer.Exit(execute(out.resolve(), config, items, chosen, run, until=until, record=True))
+    raise typer.Exit(execute("generate", out.resolve(), config, items, chosen, run, record=True))
 
 
 @app.command()
@@ -252,7 +249,7 @@ def upscale(
         config = RunConfig(prompts=PROMPTS, settings=settings, **setup)
     except USER_ERRORS as err:
         fail(err, run.verbose)
-    raise typer.Exit(execute(out.resolve(), config, items, None, run, until=None, record=True))
+    raise typer.Exit(execute("upscale", out.resolve(), config, items, None, run, record=True))
 
 
 @app.command()
@@ -271,23 +268,29 @@ def decode(
     (OUT/decode/<tag>/), and nothing else of the run changes."""
     out = out.resolve()
     try:
-        config = RunConfig.load(Layout(out).config)
+        config = status.recorded_config(out)
         config = config.with_settings(num_patches=num_patches, patch_dim=patch_dim, overlap=overlap, fps=fps)
+        config = dataclasses.replace(config, until=None)  # the run's own stop does not hold back a re-decode
         if decode_gpus is not None:
             config = dataclasses.replace(config, decode_gpus=decode_gpus)
         items = read_prompts(out / config.prompts)
         chosen = read_ids(out / config.only, items) if config.only else None
     except USER_ERRORS as err:
         fail(err, run.verbose)
-    raise typer.Exit(execute(out, config, items, chosen, run, until=None, record=False, stages=["decode"]))
+    raise typer.Exit(execute("decode", out, config, items, chosen, run, record=False, stages=["decode"]))
 
 
-def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] | None, run: RunOptions, *,
-            until: str | None, record: bool, stages: list[str] | None = None) -> int:
+def execute(command: str, out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] | None,
+            run: RunOptions, *, record: bool, stages: list[str] | None = None) -> int:
     """Check everything up front, take OUT's lock, record the run, plan it and run it; returns the exit code.
     `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode). Nothing in
     OUT changes before the lock is held, and nothing at all in a dry run or a refused one."""
+    from pixelwizard.pipeline import checks, sources  # read checkpoint headers and videos with torch, PyAV
+
     layout = Layout(out)
+    waiting = console.status("checking the checkpoints and settings, planning the run")  # on a terminal: not frozen
+    if console.is_terminal and not run.quiet:
+        waiting.start()
     try:
         checks.check_out(out)
         checks.check_checkpoints(config)
@@ -300,32 +303,31 @@ def execute(out: Path, config: RunConfig, items: list, chosen: tuple[str, ...] |
         checks.check_parallelism(snapshot, gpus)
         checks.check_patches(config)
         plan = Plan(snapshot, layout)
-        wanted = [s for s in (STOP_AFTER[until] if until else [s.name for s in plan.stages])
-                  if s in plan.shards and (stages is None or s in stages)]
+        wanted = [s for s in plan.final_stages() if s in plan.shards and (stages is None or s in stages)]
         shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
         checks.check_paths(plan, shown, record)
         rows = status.collect(snapshot, layout, shown)
+        targets = plan.targets() if stages is None else ready_markers(plan, wanted)  # a dry run refuses alike
         if run.dry_run:
-            return dry_run_report(plan, rows)
-        targets = plan.targets(until) if stages is None else ready_markers(plan, wanted)
-        checks.check_disk(snapshot, out, [p for row in rows for p in row.problems])
-        with runner.run_lock(layout) as lock:
+            return dry_run_report(plan, rows, run.verbose)
+        checks.check_disk(plan, out, [p for row in rows for p in row.todo])
+        with inflight.run_lock(layout, f"pixelwizard {command}") as lock:
             cache.save()
             if record:
-                write_atomic(layout.prompts, prompts_jsonl(items), out)
-                if chosen is not None:
-                    write_atomic(layout.only, ids_file(chosen), out)
-                config.save(layout.config, out)
+                snapshot.record(layout)
             snapshot_path = snapshot.save(layout).relative_to(out)
             before = prepare(plan, shown, stages)
-            command = runner.snakemake_command(layout, snapshot_path, targets, profile=run.profile,
-                                               cores=run.cores or max(1, gpus), jobs=run.jobs,
-                                               allowed_rules=stages or ())
+            snakemake = runner.snakemake_command(layout, snapshot_path, targets, profile=run.profile,
+                                                 cores=run.cores or max(1, gpus), jobs=run.jobs,
+                                                 allowed_rules=stages or ())
             start = time.monotonic()
-            with LiveView(layout, before, console, quiet=run.quiet) as view:
-                outcome = runner.run_snakemake(layout, command, lock, verbose=run.verbose, on_tick=view.tick)
+            waiting.stop()
+            with LiveView(layout, before, console, title=f"pixelwizard {command} {out}", quiet=run.quiet) as view:
+                outcome = runner.run_snakemake(layout, snakemake, lock, verbose=run.verbose, on_tick=view.tick)
     except USER_ERRORS as err:
         fail(err, run.verbose)
+    finally:
+        waiting.stop()
     return summary(snapshot, layout, shown, outcome, time.monotonic() - start)
 
 
@@ -355,30 +357,30 @@ def prepare(plan: Plan, shown: list[str], stages: list[str] | None) -> list[stat
     rows = status.collect(plan.snapshot, plan.layout, shown, renew=True)
     for row in rows:
         if stages is None or row.stage in stages:
-            for shard in {plan.shard_of(row.stage, p.id) for p in row.problems}:
+            for shard in {plan.shard_of(row.stage, p.id) for p in row.todo}:
                 remove_output(plan.marker(row.stage, shard), plan.layout.out)
     return rows
 
 
-def dry_run_report(plan: Plan, rows: list[status.StageStatus]) -> int:
+def dry_run_report(plan: Plan, rows: list[status.StageStatus], verbose: bool) -> int:
     try:
-        runner.check_free(plan.layout)
-    except runner.RunBusyError as busy:
+        inflight.check_free(plan.layout)
+    except inflight.RunBusyError as busy:
         console.print(f"note: {busy}", highlight=False)
-    console.print(status.table(rows, f"{plan.layout.out} (dry run: nothing was changed)"))
+    status.print_table(console, rows, f"{plan.layout.out} (dry run: nothing was changed)")
     for row in rows:
-        shards = {plan.shard_of(row.stage, p.id) for p in row.problems}
+        shards = {plan.shard_of(row.stage, p.id) for p in row.todo}
         if shards:
-            console.print(f"  {row.label}: {counted(len(row.problems), 'output')} to make in "
+            console.print(f"  {row.label}: {counted(len(row.todo), 'output')} to make in "
                           f"{counted(len(shards), 'job')}", highlight=False)
-    status.print_problems(console, rows)
+    status.print_problems(console, rows, plan.layout.out, verbose)
     return 0
 
 
 def summary(snapshot: RunSnapshot, layout: Layout, shown: list[str], outcome: runner.Outcome, seconds: float) -> int:
     """The outcome in a line (or the table of what was not made, with why) and the exit code."""
     rows = status.collect(snapshot, layout, shown)
-    left = sum(row.total - row.counts["done"] for row in rows)
+    left = sum(len(row.todo) for row in rows)
     if outcome.stop_signal is not None:
         name = signal.Signals(outcome.stop_signal).name
         console.print(f"[yellow]stopped[/] by {name} after {seconds:.0f} s: nothing half-written was kept; "
@@ -388,28 +390,79 @@ def summary(snapshot: RunSnapshot, layout: Layout, shown: list[str], outcome: ru
         console.print(f"[green]done:[/] {layout.out} in {seconds:.0f} s  (pixelwizard status {layout.out})",
                       highlight=False)
         return 0
-    console.print(status.table(rows, f"{layout.out}: not everything was made"))
-    status.print_problems(console, rows)
-    if outcome.code != 0:
-        console.print(f"Snakemake stopped with code {outcome.code}; its log: {outcome.log}", highlight=False)
-    console.print("Run the same command again to retry what failed.", highlight=False)
+    status.print_table(console, rows, f"{layout.out}: not everything was made")
+    status.print_problems(console, rows, layout.out)
+    for line in advice(rows, layout, outcome):
+        console.print(line, highlight=False)
     return 1
+
+
+def advice(rows: list[status.StageStatus], layout: Layout, outcome: runner.Outcome) -> list[str]:
+    """What happened to the run as a whole, and what to do first: free space before a retry when the disk filled up,
+    memory when a job was killed, otherwise just the retry."""
+    lines = []
+    if outcome.orphaned:
+        names = ", ".join(job.name for job in outcome.orphaned)
+        lines.append(f"Snakemake ended ({inflight.how_it_ended(outcome.code)}) while jobs still ran ({names}); they "
+                     f"were stopped. Its log: {outcome.log}")
+    elif outcome.code != 0:
+        lines.append(f"Snakemake stopped with {inflight.how_it_ended(outcome.code)}; its log: {outcome.log}")
+    errors = [p.reasons[0] for row in rows for p in row.problems if p.state == "failed" and p.reasons]
+    if any("No space left on device" in e for e in errors):
+        free = shutil.disk_usage(layout.out).free
+        lines.append(f"The disk holding {layout.out} is full ({free / 1e6:,.1f} MB free now): free space there first, "
+                     "then run the same command again.")
+    elif any("killed by signal 9" in e for e in errors):
+        lines.append("A job was killed by SIGKILL (the kernel's OOM killer, or kill -9): if memory ran out, run fewer "
+                     "jobs at once (--cores) or give each more room (--offload, --hr-gpus), then run the same command "
+                     "again to retry what failed.")
+    else:
+        lines.append("Run the same command again to retry what failed.")
+    return lines
 
 
 @app.command("status")
 def show_status(out: Path = typer.Argument(..., help="Output directory of a generate run"),
-                verbose: bool = VERBOSE) -> None:
-    """Per stage: done, stale (with what changed), missing, blocked, failed (with the error) and corrupt outputs."""
+                verbose: bool = typer.Option(False, "--verbose", "-v", help="Every id of every reason, and full "
+                                             "tracebacks")) -> None:
+    """Per stage (and decode setting): done, stale (with what changed), held back by --until or --only, missing,
+    blocked, failed (with the error) and corrupt outputs; a line per reason with a few of its ids."""
     out = out.resolve()
     try:
         snapshot = status.last_snapshot(out)
-        rows = status.collect(snapshot, Layout(out))
+        rows = status.collect(snapshot, Layout(out), every_tag=True, processes=os.cpu_count())
     except USER_ERRORS as err:
         fail(err, verbose)
     title = f"{out}  ({snapshot.config.preset}, {counted(len(snapshot.prompts), 'prompt')})"
     shown = Console(soft_wrap=True)
-    shown.print(status.table(rows, title))
-    status.print_problems(shown, rows)
+    status.print_table(shown, rows, title)
+    status.print_problems(shown, rows, out, verbose)
+    status.print_at_work(shown, Layout(out))
+
+
+@app.command()
+def stop(out: Path = typer.Argument(..., help="Output directory of a run"), verbose: bool = VERBOSE) -> None:
+    """Stop the run working in OUT, from another terminal, as Ctrl-C would: every job finishes its current step
+    (nothing half-written is kept; a job still running a minute later is killed). Also ends stage jobs that an
+    earlier run left working there."""
+    out = out.resolve()
+    layout = Layout(out)
+    if not out.is_dir():
+        fail(RunConfigError(f"{out}: no such directory"), verbose)
+    if inflight.run_holder(layout) is None and not inflight.live_jobs(layout):
+        console.print(f"nothing runs in {out}", highlight=False)
+        return
+    status.print_at_work(console, layout)
+    result = inflight.stop(layout)
+    ended = [job.name for job in result.jobs if job.pid not in {j.pid for j in result.left}]
+    console.print(f"[yellow]stopped[/] in {result.seconds:.0f} s: "
+                  + ", ".join(filter(None, [result.run and result.run.get("command"), *ended])), highlight=False)
+    if result.killed:
+        console.print(f"killed after {inflight.STOP_GRACE_S:.0f} s: {', '.join(j.name for j in result.killed)}",
+                      highlight=False)
+    if result.left:
+        fail(RuntimeError(f"still running: {'; '.join(j.describe() for j in result.left)}; end them where they run"),
+             verbose)
 
 
 @app.command("report")
@@ -419,7 +472,7 @@ def show_report(out: Path = typer.Argument(..., help="Output directory of a gene
     counts and throughput, and the preview gate; a static page that opens from the file system."""
     out = out.resolve()
     try:
-        page, data = write_report(out)
+        page, data = write_report(out, processes=os.cpu_count())
     except USER_ERRORS as err:
         fail(err, verbose)
     except OSError as err:  # a read-only or full file system, OUT/report not a folder
@@ -449,18 +502,20 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output 
     """The whole pipeline on tiny random weights (CPU, well under a minute): videos in OUT/decode/, the weights in
     OUT/weights/ (use them with `generate --preset tiny`)."""
     from pixelwizard.checkpoints.tiny import write_tiny_weights
+    from pixelwizard.pipeline import checks
 
     out = out.resolve()
     try:
         checks.check_out(out)
-        paths = write_tiny_weights(out / "weights", seed=0, root=out)
+        with console.status("writing tiny random weights"):
+            paths = write_tiny_weights(out / "weights", seed=0, root=out)
     except USER_ERRORS as err:
         fail(err, verbose)
     items = read_prompts(runner.workflow_files() / "prompts" / "demo.txt")
     config = RunConfig(prompts=PROMPTS, preset="tiny", shard_sizes=dict.fromkeys(STAGES, 2),
                        **{k: str(v) for k, v in paths.items()})
     run = RunOptions(cores=cores, verbose=verbose, quiet=quiet)
-    raise typer.Exit(execute(out, config, items, None, run, until=None, record=True))
+    raise typer.Exit(execute("demo", out, config, items, None, run, record=True))
 
 
 @app.command()

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from report import report
 
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.checkpoints.tiny import write_hollow_dit, write_tiny_tokenizer
 from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig
 from pixelwizard.models.dit import WanDiT
@@ -37,7 +37,9 @@ from pixelwizard.models.vae import WanVAE
 CHECK = """
 import json, resource, sys, time
 start = time.perf_counter()
-from pixelwizard.checkpoints.preflight import check_checkpoints, CheckpointProblems
+from pixelwizard.checkpoints.preflight import CheckpointProblems
+from pixelwizard.pipeline.checks import check_checkpoints
+from pixelwizard.pipeline.run_config import RunConfig
 import pixelwizard.models.text_encoder  # transformers: imported by the check itself, counted apart
 imported = time.perf_counter()
 def rchar():
@@ -46,7 +48,8 @@ def rchar():
 before = rchar()
 args = json.loads(sys.argv[1])
 try:
-    check_checkpoints(args["ckpt_dir"], lr_ckpt=args["lr_ckpt"], hr_ckpt=args["hr_ckpt"], resolution=args["preset"])
+    check_checkpoints(RunConfig(ckpt_dir=args["ckpt_dir"], lr_ckpt=args["lr_ckpt"], hr_ckpt=args["hr_ckpt"],
+                                preset=args["preset"]))
     problems = []
 except CheckpointProblems as err:
     problems = err.problems
@@ -72,9 +75,9 @@ def write_hollow_layout(root: Path) -> dict[str, Path]:
         t5 = {k: v.shape for k, v in wan_state_dict(UMT5EncoderModel(umt5_config(T5Config()))).items()}
         lr = {k: v.shape for k, v in WanDiT(DiTConfig()).state_dict().items()}
         hr = {k: v.shape for k, v in HRDiT(DiTConfig()).state_dict().items()}
-    torch.save(hollow(vae), ckpt / wan.VAE_FILE)
-    torch.save(hollow(t5), ckpt / wan.T5_FILE)
-    write_tiny_tokenizer(ckpt / wan.TOKENIZER_DIR, T5Config().vocab_size)
+    torch.save(hollow(vae), ckpt / wan_files.VAE_FILE)
+    torch.save(hollow(t5), ckpt / wan_files.T5_FILE)
+    write_tiny_tokenizer(ckpt / wan_files.TOKENIZER_DIR, T5Config().vocab_size)
     paths = {"ckpt_dir": ckpt, "lr_ckpt": root / "PixelWizard/lr/model.pt", "hr_ckpt": root / "PixelWizard/2k/model.pt"}
     for name, shapes in (("lr_ckpt", lr), ("hr_ckpt", hr)):
         paths[name].parent.mkdir(parents=True)

@@ -214,20 +214,19 @@ class Clock:
         self.begin: torch.cuda.Event | float = 0.0
         self.end: torch.cuda.Event | float = 0.0
 
+    def _mark(self) -> torch.cuda.Event | float:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
     def start(self) -> Clock:
-        if self.cuda:
-            self.begin = torch.cuda.Event(enable_timing=True)
-            self.begin.record()
-        else:
-            self.begin = time.perf_counter()
+        self.begin = self._mark()
         return self
 
     def stop(self) -> Clock:
-        if self.cuda:
-            self.end = torch.cuda.Event(enable_timing=True)
-            self.end.record()
-        else:
-            self.end = time.perf_counter()
+        self.end = self._mark()
         return self
 
     @property

@@ -21,56 +21,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-import yaml  # noqa: E402
-from conftest import make_outputs  # noqa: E402
 from report import report  # noqa: E402
+from scale import make_run  # noqa: E402
 
-from pixelwizard.checkpoints.identity import DigestCache  # noqa: E402
-from pixelwizard.checkpoints.tiny import write_tiny_weights  # noqa: E402
-from pixelwizard.io.sidecar import read_sidecar, write_sidecar  # noqa: E402
-from pixelwizard.pipeline.layout import Layout  # noqa: E402
-from pixelwizard.pipeline.prompts import Prompt, prompts_jsonl  # noqa: E402
-from pixelwizard.pipeline.provenance import Provenance  # noqa: E402
 from pixelwizard.pipeline.report import write_report  # noqa: E402
-from pixelwizard.pipeline.run_config import RunConfig  # noqa: E402
-from pixelwizard.pipeline.snapshot import RunSnapshot  # noqa: E402
-from pixelwizard.pipeline.stages import STAGES  # noqa: E402
-
-
-def make_run(root: Path, count: int) -> Path:
-    out = root / "out"
-    weights = write_tiny_weights(root / "weights", seed=0)
-    prompts = [Prompt(f"p{i:05d}", f"synthetic prompt number {i}: a red fox trots through fresh snow")
-               for i in range(count)]
-    config = RunConfig(prompts="prompts.jsonl", preset="tiny", **{k: str(v) for k, v in weights.items()})
-    layout = Layout(out)
-    events = []
-    for settings in ({}, {"overlap": 0}):  # the run, and a re-decode without overlap beside it
-        run = RunSnapshot.build(config.with_settings(**settings), prompts, None, DigestCache(layout.digests))
-        provenance = Provenance(run, layout)
-        stages = tuple(STAGES) if not settings else ("decode",)
-        make_outputs(provenance, stages)
-        for stage in stages:
-            for n, item in enumerate(run.items(stage)):
-                events.append({"time": 1e9 + n, "stage": stage, "id": item.id, "action": "computed",
-                               "seconds": 0.5 + n % 7, "digest": provenance.digest(stage, item.id)})
-        for stage, n, item in [(s, n, item) for s in ("preview", "decode") if s in stages
-                               for n, item in enumerate(run.items(s))]:
-            sidecar = layout.sidecar(stage, item.id, provenance.tag(stage))
-            attrs = {k: v for k, v in read_sidecar(sidecar).items() if k != "files"}
-            seam = {"overall": 1.0 + n % 3 / 10, "per_boundary": [1.1], "boundaries": [128], "axis": "w"}
-            metrics = {"frames": 9, "mhd_mse": 0.01 + n % 13 / 1000, "sharpness": 40.0 + n % 11,
-                       "flicker": {"mean": 0.5, "worst": 2.0 + n % 5, "worst_pair": [3, 4]},
-                       "seam": seam if stage == "decode" else None}
-            write_sidecar(sidecar, {**attrs, "metrics": metrics}, [provenance.output(stage, item.id)])
-    layout.events.parent.mkdir(parents=True, exist_ok=True)
-    layout.events.write_text("".join(json.dumps(e) + "\n" for e in events))
-    layout.prompts.write_text(prompts_jsonl(prompts))
-    layout.config.write_text(yaml.safe_dump(config.to_mapping()))
-    return out
 
 
 def browser_load(page: Path, metric: str) -> dict[str, float]:
@@ -103,16 +59,13 @@ def browser_load(page: Path, metric: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=10_000)
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "pixelwizard-report-bench")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/pixelwizard-scale"))
     parser.add_argument("--browser", action="store_true", help="also load the page in headless chromium")
     parser.add_argument("--out", help="append the result lines to this json-lines file")
     args = parser.parse_args()
-    root = args.dir / str(args.prompts)
-    out = root / "out"
-    if not (out / "pixelwizard.yaml").exists():
-        start = time.perf_counter()
-        make_run(root, args.prompts)
-        print(f"synthetic run of {args.prompts} prompts written in {time.perf_counter() - start:.0f} s", flush=True)
+    start = time.perf_counter()
+    out = make_run(args.dir, args.prompts)
+    print(f"synthetic run of {args.prompts} prompts ready in {time.perf_counter() - start:.0f} s", flush=True)
     for attempt in ("first", "again"):
         start = time.perf_counter()
         page, data = write_report(out)

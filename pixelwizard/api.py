@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelwizard.checkpoints import preflight, wan
+from pixelwizard.checkpoints import wan
 from pixelwizard.io.files import check_output
 from pixelwizard.io.image import load_image
 from pixelwizard.io.patched_decode import decode_patched
@@ -31,6 +31,7 @@ from pixelwizard.io.video_input import probe_clip
 from pixelwizard.pipeline import checks, steps
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt, make_prompt
+from pixelwizard.pipeline.provenance import stage_seed
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.pipeline.stages import STAGES
 from pixelwizard.sampling.samplers import Conditioning
@@ -53,8 +54,7 @@ class Pipeline:
                                 lr_ckpt=str(Path(lr_ckpt).resolve()) if lr_ckpt else None, preset=preset,
                                 settings=settings, device=device, dtype=dtype, attention=attention, offload=offload)
         self.preset = self.config.resolved_preset()
-        preflight.check_checkpoints(Path(self.config.ckpt_dir), lr_ckpt=lr_ckpt and Path(self.config.lr_ckpt),
-                                    hr_ckpt=Path(self.config.hr_ckpt), resolution=self.preset.hr_checkpoint)
+        checks.check_checkpoints(self.config)
         checks.check_patches(self.config)
         self.device = steps.pick_device(device)
         self.keep_models = keep_models
@@ -95,7 +95,7 @@ class Pipeline:
             first = steps.encode_first_frame(self._model("decode"), picture, preset.lr_width, preset.lr_height)
         context, uncond = self._encode(item, ("lr", "hr"))
         anchor = steps.lr_anchor(self._model("lr"), Conditioning(context, uncond["lr"]), preset,
-                                 steps.stage_seed(item, preset, "lr"), self.config, first_frame=first)
+                                 stage_seed(item, preset, "lr"), self.config, first_frame=first)
         self._done_with("lr")
         first = (steps.encode_first_frame(self._model("decode"), picture, preset.width, preset.height)
                  if picture is not None and preset.hr_first_frame else None)  # experimental: frame 0 at the HR size
@@ -131,7 +131,7 @@ class Pipeline:
                  fps: int | Fraction, path: str | Path | None, first_frame: torch.Tensor | None = None) -> Video | Path:
         """The HR shortcut on `anchor` (an image's first frame pinned with `first_frame`), then the patched decode:
         the frames, or an MP4 at `path`."""
-        latent = steps.hr_latent(self._model("hr"), cond, anchor, preset, steps.stage_seed(item, preset, "hr"),
+        latent = steps.hr_latent(self._model("hr"), cond, anchor, preset, stage_seed(item, preset, "hr"),
                                  self.config, first_frame=first_frame)
         self._done_with("hr")
         vae = self._model("decode")

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
-from pixelwizard.checkpoints.tiny import write_tiny_checkpoint, write_tiny_weights
+from pixelwizard.checkpoints.tiny import TINY_DIT, randomize_, write_tiny_checkpoint, write_tiny_weights
+from pixelwizard.checkpoints.trainer import save_trainer_checkpoint
 from pixelwizard.io.latent_store import write_store
 from pixelwizard.io.sidecar import write_sidecar
 from pixelwizard.io.video import read_video
+from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.pipeline.events import read_events
 from pixelwizard.pipeline.provenance import Provenance
 from pixelwizard.pipeline.stages import STAGES as STAGE_TABLE
+from pixelwizard.pipeline.stamp_index import ShardIndex, store_files
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [("fox", "A red fox trots through fresh snow at dawn."), ("waves", "Waves roll onto a black sand beach."),
@@ -39,6 +45,16 @@ def tiny_ckpt(tmp_path_factory):
 def weights(tmp_path_factory):
     """The tiny Wan2.2 directory and the PixelWizard lr/ and tiny/ model.pt (shared, read-only for tests)."""
     return write_tiny_weights(tmp_path_factory.mktemp("weights"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def slow_hr(tmp_path_factory) -> tuple[str, ...]:
+    """generate's options for HR steps long enough to stop a job in one: 1536x960, with a tiny HR checkpoint that
+    records that size as its own (the tiny/ one is refused there up front)."""
+    width, height = 1536, 960
+    path = tmp_path_factory.mktemp("weights-slow-hr") / "model.pt"
+    save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), 4), path, resolution=(width, height))
+    return "--hr-ckpt", str(path), "--set", f"width={width}", "--set", f"height={height}"
 
 
 def write_prompts(path: Path, prompts=PROMPTS, **extra) -> Path:
@@ -140,19 +156,56 @@ def frames_of(out: Path, prompt_id: str, tag: str = TAG) -> np.ndarray:
     return frames
 
 
+def wait_for_job(process: subprocess.Popen, out: Path, stage: str, doing: str, timeout: float = 300) -> dict:
+    """Wait until a job of `stage` is in a step of `doing` (its record in OUT: "sampling fox 1/4", not "sampling fox"
+    of a prompt begun, which loads the model first); returns the record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for path in (out / ".pixelwizard" / "jobs").glob(f"{stage}-*.json"):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if re.fullmatch(rf"{re.escape(doing)} \S+ \d+/\d+", record["doing"]):
+                return record
+        assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else "the run ended"
+        assert time.monotonic() < deadline, f"no {stage} job was {doing!r} within {timeout} s"
+        time.sleep(0.1)
+
+
+def pixelwizard_processes(out: Path) -> list[psutil.Process]:
+    """Every process working for the run in OUT: its command line names OUT, or it runs in OUT."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd", "status"]):
+        try:
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if str(out) in " ".join(process.info["cmdline"] or []) or process.info["cwd"] == str(out):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 def python_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def make_outputs(provenance: Provenance, stages=tuple(STAGE_TABLE)) -> None:
-    """Every output of `stages` as a finished job leaves it (zarr stores, or an MP4 stand-in with its sidecar)."""
+def make_outputs(provenance: Provenance, stages=tuple(STAGE_TABLE), index: bool = False) -> None:
+    """Every output of `stages` as a finished job leaves it (zarr stores, or an MP4 stand-in with its sidecar), and
+    with `index` the stamp index its job writes (one job per stage)."""
     for stage in stages:
+        shard = ShardIndex(provenance.layout, stage, provenance.tag(stage), "00000")
         for item in provenance.snapshot.items(stage):
-            path = provenance.output(stage, item.id)
+            path, digest = provenance.output(stage, item.id), provenance.digest(stage, item.id)
             if STAGE_TABLE[stage].output == "zarr":
                 write_store(path, {"x": torch.zeros(2)}, provenance.attrs(stage, item.id))
+                shard.add(item.id, store_files(path), digest)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(b"video")
-                write_sidecar(provenance.layout.sidecar(stage, item.id, provenance.tag(stage)),
-                              provenance.attrs(stage, item.id), [path])
+                sidecar = provenance.layout.sidecar(stage, item.id, provenance.tag(stage))
+                write_sidecar(sidecar, provenance.attrs(stage, item.id), [path])
+                shard.add(item.id, [path, sidecar], digest, seconds=1.0, time=1e9)
+        if index:
+            shard.save()

@@ -159,11 +159,12 @@ def plan_of(weights, out: Path, prompts: Path) -> Plan:
 
 
 RUN_FOLDERS = ["logs", "logs/text", "logs/decode", f"logs/decode/{TAG}", "logs/snakemake", ".pixelwizard",
-               ".pixelwizard/runs", ".pixelwizard/progress", ".done", ".done/hr", f".done/decode/{TAG}", ".snakemake",
+               ".pixelwizard/runs", ".pixelwizard/jobs", ".pixelwizard/index", ".pixelwizard/index/hr",
+               f".pixelwizard/index/decode/{TAG}", ".done", ".done/hr", f".done/decode/{TAG}", ".snakemake",
                "text", "uncond", "lr", "preview", "hr", "decode", f"decode/{TAG}"]
 RUN_FILES = ["pixelwizard.yaml", "prompts.jsonl", "only.txt", "logs/events.jsonl", ".pixelwizard/file-digests.json",
-             ".pixelwizard/run.lock", ".pixelwizard/jobs.lock", "logs/hr/00000.log",
-             ".pixelwizard/progress/lr-00000.json"]
+             ".pixelwizard/run.lock", ".pixelwizard/jobs.lock", "logs/hr/00000.log", ".pixelwizard/jobs/lr-00000.json",
+             ".pixelwizard/index/lr/00000.stamps.json", f".pixelwizard/index/decode/{TAG}/00000.extras.json"]
 
 
 @pytest.mark.parametrize("plant", ["link", "folder"])
@@ -265,8 +266,9 @@ def test_outputs_in_the_way_of_a_run_fail_their_prompt_alone_and_nothing_of_the_
     result = generate(weights, prompts, out, "--shard-size", "4", check=False)
     assert result.returncode == 1, result.stderr[-3000:]
     shown = " ".join(result.stderr.split())
-    assert f"failed decode fox: OutputPathError: {fox_video}: a directory that pixelwizard did not make" in shown
-    assert f"failed preview waves: OutputPathError: {waves_json}: a directory" in shown
+    assert f"failed decode {TAG} fox: OutputPathError: decode/{TAG}/fox.mp4: a directory that pixelwizard did not " \
+        "make" in shown
+    assert "failed preview waves: OutputPathError: preview/waves.json: a directory" in shown
     assert untouched(fox_video) and untouched(waves_json) and (elsewhere / "sheet.png").read_text() == "the user's " \
         "picture" and sorted(p.name for p in elsewhere.iterdir()) == ["notes.txt", "sheet.png"]
     assert not (out / "hr" / "market.zarr").is_symlink() and "latent" in read_store(out / "hr" / "market.zarr")[0]

@@ -66,6 +66,11 @@ def test_jobs_in_one_slurm_allocation_share_its_gpus_without_overlap(four_gpus, 
 def test_the_launcher_runs_the_job_on_its_lease_and_passes_its_exit_code(four_gpus, tmp_path):
     script = "import os, sys; print(os.environ['CUDA_VISIBLE_DEVICES']); sys.exit(3)"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "pixelwizard.pipeline.gpu_lease", "2", "--", sys.executable, "-c",
-                             script], capture_output=True, text=True, env=env)
-    assert result.returncode == 3 and result.stdout.strip() == "0,1"
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run([sys.executable, "-m", "pixelwizard.pipeline.launch", "text", "00000", "2",
+                             "logs/text/00000.log", "--", sys.executable, "-c", script], capture_output=True,
+                            text=True, env=env, cwd=out)
+    assert result.returncode == 3, result.stderr
+    assert (out / "logs" / "text" / "00000.log").read_text().strip() == "0,1"
+    assert not list((out / ".pixelwizard" / "jobs").iterdir())  # its record went with it

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
 
 import pytest
 import torch
@@ -9,7 +8,6 @@ import torch
 from pixelwizard.checkpoints.strict import CheckpointError
 from pixelwizard.checkpoints.tiny import TINY_DIT, randomize_
 from pixelwizard.checkpoints.trainer import (
-    check_resolution_folder,
     generator_state_dict,
     load_hr_model,
     load_lr_model,
@@ -151,12 +149,3 @@ def test_checkpoint_without_generator(tmp_path):
     torch.save({"optimizer": {"step": torch.tensor(3)}, "step": 3}, path)
     with pytest.raises(CheckpointError, match="no 'generator' entry"):
         generator_state_dict(path)
-
-
-def test_resolution_folder_check(hr_model_pt):
-    _, path = hr_model_pt
-    with pytest.raises(CheckpointError, match="'2k' folder but the preset takes the 4k model; use a preset of the 2k"):
-        check_resolution_folder(path, "4k")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_resolution_folder(path, "2k")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache, file_digest, files_digest
 from pixelwizard.checkpoints.strict import CheckpointError
 from pixelwizard.pipeline.run_config import RunConfig
@@ -169,14 +169,14 @@ def test_each_role_digest_covers_its_files_and_only_them(weights, tmp_path):
     before = role_digests(paths, cache)
     assert len(set(before.values())) == 5
     ckpt = paths["ckpt_dir"]
-    edits = {"dit": ckpt / wan.DIT_INDEX, "t5": ckpt / wan.TOKENIZER_DIR / "tokenizer_config.json",
-             "vae": ckpt / wan.VAE_CONFIG}
+    edits = {"dit": ckpt / wan_files.DIT_INDEX, "t5": ckpt / wan_files.TOKENIZER_DIR / "tokenizer_config.json",
+             "vae": ckpt / wan_files.VAE_CONFIG}
     for role, path in edits.items():
         path.write_text(path.read_text() + " ")
         after = role_digests(paths, cache)
         assert {r for r in after if after[r] != before[r]} == {role}
         before = after
-    config = ckpt / wan.DIT_CONFIG  # the DiT's architecture is part of every DiT role
+    config = ckpt / wan_files.DIT_CONFIG  # the DiT's architecture is part of every DiT role
     config.write_text(config.read_text() + " ")
     after = role_digests(paths, cache)
     assert {r for r in after if after[r] != before[r]} == {"dit", "lr_dit", "hr_dit"}

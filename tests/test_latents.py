@@ -252,13 +252,26 @@ def test_truncated_deleted_or_uncompleted_stores_are_not_accepted(latent_store, 
         assert store_attrs(latent_store) is None
 
 
-def test_a_copied_store_is_checked_once_then_trusted(latent_store, tmp_path):
+def test_a_copied_store_is_not_read_again_but_a_changed_copy_is(latent_store, tmp_path, monkeypatch):
+    from pixelwizard.io import latent_store as store
+
     copy = tmp_path / "copy.zarr"
-    subprocess.run(["cp", "-a", str(latent_store), str(copy)], check=True)  # same mtimes, new inodes
-    before = json.loads((copy / "zarr.json").read_text())["attributes"]["files"]
-    assert verify_store(copy)["digest"] == "d"  # read and checked in full; a read-only check changes nothing
-    assert json.loads((copy / "zarr.json").read_text())["attributes"]["files"] == before
-    assert verify_store(copy, renew_in=tmp_path)["digest"] == "d"  # a run's check re-stamps it
-    after = json.loads((copy / "zarr.json").read_text())["attributes"]["files"]
-    assert before != after and after == verify_store(copy)["files"]
+    subprocess.run(["cp", "-a", str(latent_store), str(copy)], check=True)  # same sizes and mtimes, new inodes
+    meta = (copy / "zarr.json").read_bytes()
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "_check_chunks", lambda path: pytest.fail("read the chunks of a copied store"))
+        assert verify_store(copy)["digest"] == "d"
+    assert (copy / "zarr.json").read_bytes() == meta  # nothing to renew
     assert torch.equal(read_store(copy)[0]["latent"], read_store(latent_store)[0]["latent"])
+    chunk = _chunk(copy)
+    os.utime(chunk, ns=(chunk.stat().st_atime_ns, chunk.stat().st_mtime_ns + 10**9))  # touched, the same content
+    assert verify_store(copy)["digest"] == "d"  # read and checked in full; a read-only check changes nothing
+    assert (copy / "zarr.json").read_bytes() == meta
+    assert verify_store(copy, renew_in=tmp_path)["digest"] == "d"  # a run's check re-stamps it
+    assert json.loads((copy / "zarr.json").read_text())["attributes"]["files"] == verify_store(copy)["files"] != \
+        json.loads(meta)["attributes"]["files"]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size; the write moves the mtime
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="fails its checksum"):
+        verify_store(copy)

@@ -9,13 +9,15 @@ import zipfile
 import pytest
 import torch
 
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan, wan_files
 from pixelwizard.checkpoints.preflight import CheckpointProblems, check_checkpoints
 from pixelwizard.checkpoints.strict import CheckpointError
 from pixelwizard.checkpoints.tiny import TINY_DIT, randomize_, write_hollow_dit, write_tiny_weights
 from pixelwizard.checkpoints.trainer import save_trainer_checkpoint
 from pixelwizard.models.config import DiTConfig, config_to_json
 from pixelwizard.models.hr_model import HRDiT
+from pixelwizard.pipeline import checks
+from pixelwizard.pipeline.run_config import RunConfig
 
 SHARD_1 = "diffusion_pytorch_model-00001-of-00003.safetensors"
 
@@ -33,11 +35,10 @@ def weights(pristine, tmp_path):
     return {name: tmp_path / "w" / path.relative_to(root) for name, path in pristine.items()}
 
 
-def problems(weights, resolution=None):
+def problems(weights):
     """The problem lines of the check (empty when everything passes); each must be a single line."""
     try:
-        check_checkpoints(weights["ckpt_dir"], lr_ckpt=weights["lr_ckpt"], hr_ckpt=weights["hr_ckpt"],
-                          resolution=resolution)
+        check_checkpoints(weights["ckpt_dir"], lr_ckpt=weights["lr_ckpt"], hr_ckpt=weights["hr_ckpt"])
     except CheckpointProblems as err:
         assert str(err) == "\n".join(err.problems) and all("\n" not in line for line in err.problems)
         return err.problems
@@ -92,55 +93,72 @@ def test_wrong_shapes_name_the_file_keys_and_role(weights):
 
 
 def test_dit_shapes_that_disagree_with_config_json(weights):
-    config_to_json(dataclasses.replace(TINY_DIT, ffn_dim=96), weights["ckpt_dir"] / wan.DIT_CONFIG)
+    config_to_json(dataclasses.replace(TINY_DIT, ffn_dim=96), weights["ckpt_dir"] / wan_files.DIT_CONFIG)
     lines = problems(weights)
-    assert lines[0].startswith(f"{weights['ckpt_dir'] / wan.DIT_INDEX}: does not match the WanModel DiT of "
+    assert lines[0].startswith(f"{weights['ckpt_dir'] / wan_files.DIT_INDEX}: does not match the WanModel DiT of "
                                "config.json; wrong shapes: blocks.0.ffn.0.bias (128,) (expected (96,))")
     assert all("wrong shapes" in line for line in lines)  # the trainer files were made for the other width too
 
 
 def test_unreadable_vae_file(weights):
-    vae = weights["ckpt_dir"] / wan.VAE_FILE
+    vae = weights["ckpt_dir"] / wan_files.VAE_FILE
     vae.write_bytes(b"not a checkpoint at all")
     (line,) = problems(weights)
     assert line.startswith(f"{vae}: not a complete torch zip archive")
 
 
 def test_vae_with_a_pickled_object_is_refused(weights):
-    vae = weights["ckpt_dir"] / wan.VAE_FILE
+    vae = weights["ckpt_dir"] / wan_files.VAE_FILE
     torch.save({"conv1.weight": torch.zeros(1), "hook": print}, vae)
     (line,) = problems(weights)
     assert line.startswith(f"{vae}: cannot be read as a weights-only torch checkpoint (")
 
 
 def test_missing_tokenizer(weights):
-    shutil.rmtree(weights["ckpt_dir"] / wan.TOKENIZER_DIR)
+    shutil.rmtree(weights["ckpt_dir"] / wan_files.TOKENIZER_DIR)
     (line,) = problems(weights)
-    assert line == f"{weights['ckpt_dir'] / wan.TOKENIZER_DIR}: missing; expected {wan.LAYOUT}"
+    assert line == f"{weights['ckpt_dir'] / wan_files.TOKENIZER_DIR}: missing; expected {wan_files.LAYOUT}"
 
 
-def test_hr_checkpoint_folder_against_the_preset(weights):
-    in_2k = weights["hr_ckpt"].parent.parent / "2k" / "model.pt"
-    in_2k.parent.mkdir()
-    weights["hr_ckpt"].rename(in_2k)
+def run_problems(weights, preset: str, **settings) -> list[str]:
+    """The problem lines of a run's checkpoint check, which also holds the HR file against the preset's size."""
+    config = RunConfig(ckpt_dir=str(weights["ckpt_dir"]), lr_ckpt=str(weights["lr_ckpt"]),
+                       hr_ckpt=str(weights["hr_ckpt"]), preset=preset, settings=settings)
+    try:
+        checks.check_checkpoints(config)
+    except CheckpointProblems as err:
+        return err.problems
+    return []
+
+
+def test_hr_checkpoint_size_against_the_preset(weights):
+    hr = weights["hr_ckpt"]  # the tiny HR model: in a tiny/ folder, and it records 256x160
+    assert run_problems(weights, "tiny") == [] and run_problems(weights, "tiny", width=160, height=256) == []
+    assert run_problems(weights, "2k") == [
+        f"{hr}: trained for 256x160 (recorded in the file; its 'tiny' folder) but preset '2k' takes the model "
+        "trained for 2560x1440; use --preset tiny with this checkpoint, or give --hr-ckpt that one"]
+
+    in_2k = hr.parent.parent / "2k" / "model.pt"  # as PixelWizard publishes it: no size in the file
+    save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), 4), in_2k)
     weights["hr_ckpt"] = in_2k
-    assert problems(weights, resolution="2k") == []
-    assert problems(weights, resolution="4k") == [
-        f"{in_2k}: sits in a '2k' folder but the preset takes the 4k model; use a preset of the 2k model (--preset "
-        "2k, say) with this checkpoint, or give --hr-ckpt the one trained for 4k"]
+    assert run_problems(weights, "2k") == []
+    assert run_problems(weights, "4k") == [
+        f"{in_2k}: trained for 2560x1440 (its '2k' folder) but preset '4k' takes the model trained "
+        "for 3840x2144; use --preset 2k with this checkpoint, or give --hr-ckpt that one"]
+    assert run_problems(weights, "1080p-portrait") == []  # portrait 1080p takes the 2k model
 
 
 def test_every_problem_is_reported_at_once(weights):
     ckpt = weights["ckpt_dir"]
-    config = json.loads((ckpt / wan.DIT_CONFIG).read_text())
-    (ckpt / wan.DIT_CONFIG).write_text(json.dumps({**config, "dim_head": 16}))
+    config = json.loads((ckpt / wan_files.DIT_CONFIG).read_text())
+    (ckpt / wan_files.DIT_CONFIG).write_text(json.dumps({**config, "dim_head": 16}))
     truncate(ckpt / SHARD_1, keep=0.9)
-    (ckpt / wan.T5_FILE).unlink()
+    (ckpt / wan_files.T5_FILE).unlink()
     weights["lr_ckpt"] = weights["hr_ckpt"]
     truncate(weights["hr_ckpt"])
     lines = problems(weights)
     assert [line.split(": ")[0] for line in lines] == [
-        str(ckpt / wan.DIT_CONFIG), str(ckpt / SHARD_1), str(ckpt / wan.T5_FILE), str(weights["hr_ckpt"])]
+        str(ckpt / wan_files.DIT_CONFIG), str(ckpt / SHARD_1), str(ckpt / wan_files.T5_FILE), str(weights["hr_ckpt"])]
     assert "unknown key(s) 'dim_head'" in lines[0] and "truncated" in lines[1] and "missing" in lines[2]
     assert "not a complete torch zip archive" in lines[3]  # without a config the trainer files are still read
     assert len(lines) == 4  # the file given as both LR and HR checkpoint: said once
@@ -149,7 +167,7 @@ def test_every_problem_is_reported_at_once(weights):
 def test_missing_directory_and_files(tmp_path):
     with pytest.raises(CheckpointProblems) as err:
         check_checkpoints(tmp_path / "nowhere", hr_ckpt=tmp_path / "model.pt")
-    assert err.value.problems == [f"{tmp_path / 'nowhere'}: not a directory; expected {wan.LAYOUT}",
+    assert err.value.problems == [f"{tmp_path / 'nowhere'}: not a directory; expected {wan_files.LAYOUT}",
                                   f"{tmp_path / 'model.pt'}: file not found; check the path"]
     assert isinstance(err.value, CheckpointError)
 
@@ -172,7 +190,7 @@ def scramble_tensor_bytes(path):
 
 def test_check_reads_no_tensor_data(weights):
     ckpt = weights["ckpt_dir"]
-    scrambled = [*ckpt.glob("*.safetensors"), ckpt / wan.VAE_FILE, ckpt / wan.T5_FILE, weights["lr_ckpt"],
+    scrambled = [*ckpt.glob("*.safetensors"), ckpt / wan_files.VAE_FILE, ckpt / wan_files.T5_FILE, weights["lr_ckpt"],
                  weights["hr_ckpt"]]
     for path in scrambled:
         scramble_tensor_bytes(path)

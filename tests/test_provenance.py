@@ -17,8 +17,8 @@ from pixelwizard.pipeline.events import append_event, read_events
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.prompts import Prompt
-from pixelwizard.pipeline.provenance import Provenance
-from pixelwizard.pipeline.run_config import RunConfig
+from pixelwizard.pipeline.provenance import Provenance, provenance_digest
+from pixelwizard.pipeline.run_config import MAX_JOBS, RunConfig
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES
 
@@ -127,3 +127,21 @@ def test_a_damaged_video_is_not_done(weights, tmp_path, damage):
     {"edit": lambda: video.write_bytes(b"VIDEO"), "truncate": lambda: video.write_bytes(b"vid"),
      "delete": video.unlink}[damage]()
     assert Provenance(provenance.snapshot, Layout(tmp_path)).state("decode", "fox").state == "corrupt"
+
+
+def test_the_digest_is_the_record_s_canonical_json(weights, tmp_path):
+    prompts = (*PROMPTS, Prompt("u-1.x_y", "ünïcode \u2028 \"quoted\" text", seed=2**63 - 1, negative_prompt="é"))
+    for changes in ({}, {"settings": {"hr_shift": 5, "uncond_prompt": "empty", "negative_prompt": "ñ \\ /"}}):
+        provenance = Provenance(snapshot(weights, prompts=prompts, **changes), Layout(tmp_path))
+        for stage in STAGES:
+            for item in provenance.snapshot.items(stage):
+                assert provenance.digest(stage, item.id) == provenance_digest(provenance.record(stage, item.id))
+
+
+def test_a_large_batch_keeps_at_most_max_jobs_per_stage_unless_the_run_sets_its_shard_sizes(weights, tmp_path):
+    many = [Prompt(f"p{i:05d}", f"prompt {i}") for i in range(5000)]
+    plan = Plan(snapshot(weights, prompts=many), Layout(tmp_path))
+    assert {s: len(plan.shards[s]) for s in STAGES} == {"text": 20, "uncond": 1, "lr": 157, "preview": 157,
+                                                        "hr": 157, "decode": 157}  # sizes 256, 32, 32, 32, 32
+    assert all(len(shards) <= MAX_JOBS for shards in plan.shards.values())
+    assert len(Plan(snapshot(weights, prompts=many, shard_sizes={"hr": 8}), Layout(tmp_path)).shards["hr"]) == 625

@@ -4,6 +4,7 @@ real signals (the numbers in the names are the items of the reliability issue)."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from conftest import (
@@ -26,7 +26,9 @@ from conftest import (
     generate,
     generate_args,
     pixelwizard,
+    pixelwizard_processes,
     popen_generate,
+    wait_for_job,
     write_prompts,
 )
 
@@ -35,6 +37,11 @@ from pixelwizard.checkpoints.tiny import TINY_DIT, randomize_
 from pixelwizard.checkpoints.trainer import save_trainer_checkpoint
 from pixelwizard.io.latent_store import read_store
 from pixelwizard.models.hr_model import HRDiT
+from pixelwizard.pipeline import checks
+from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.plan import Plan
+from pixelwizard.pipeline.snapshot import RunSnapshot
+from pixelwizard.pipeline.status import collect, last_snapshot
 
 IDS = [p for p, _ in PROMPTS]
 
@@ -78,7 +85,10 @@ def tmpfs(tmp_path):
 @pytest.mark.parametrize("damage, fragments", [
     ("truncated shard", ["diffusion_pytorch_model-00002-of-00003.safetensors", "truncated"]),
     ("base DiT as HR", ["a base Wan2.2 DiT, not a PixelWizard HR checkpoint"]),
-    ("HR file in a 4k folder", ["'4k' folder but the preset takes the tiny model"]),
+    ("HR file in a 4k folder", ["trained for 3840x2144 (its '4k' folder) but preset 'tiny' takes the model trained "
+                                "for 256x160"]),
+    ("tiny HR file with --preset 2k", ["trained for 256x160 (recorded in the file; its 'tiny' folder) but preset "
+                                       "'2k' takes the model trained for 2560x1440; use --preset tiny"]),
 ])
 def test_checkpoint_problems_are_found_before_anything_runs(weights, tmp_path, damage, fragments):
     paths = copy_weights(weights, tmp_path / "w")
@@ -87,14 +97,15 @@ def test_checkpoint_problems_are_found_before_anything_runs(weights, tmp_path, d
         shard.write_bytes(shard.read_bytes()[:-100])
     elif damage == "base DiT as HR":
         save_trainer_checkpoint(randomize_(wan.load_dit(paths["ckpt_dir"]), 1), paths["hr_ckpt"])
-    else:
+    elif damage == "HR file in a 4k folder":
         moved = paths["hr_ckpt"].parent.parent / "4k" / "model.pt"
         moved.parent.mkdir()
         paths["hr_ckpt"].rename(moved)
         paths["hr_ckpt"] = moved
     out = tmp_path / "out"
     start = time.monotonic()
-    result = generate(paths, write_prompts(tmp_path / "p.jsonl"), out, check=False)
+    preset = ["--preset", "2k"] if damage == "tiny HR file with --preset 2k" else []
+    result = generate(paths, write_prompts(tmp_path / "p.jsonl"), out, *preset, check=False)
     one_line_error(result, *fragments)
     assert time.monotonic() - start < 60 and not out.exists()
 
@@ -118,6 +129,9 @@ def test_an_unusable_out_is_refused(weights, tmp_path, tmpfs):
     one_line_error(generate(weights, prompts, a_file, check=False), f"--out {a_file}: is a file")
     read_only = tmpfs("ro,size=1m")
     one_line_error(generate(weights, prompts, read_only / "out", check=False), "is not writable")
+    for special, kind in (("/proc", "proc"), ("/sys/kernel", "sysfs")):  # not "0 bytes free"
+        one_line_error(generate(weights, prompts, Path(special) / "pixelwizard-out", check=False),
+                       f"{special} is on a special file system ({kind}) that stores no files")
 
 
 def test_not_enough_disk_is_refused_with_the_figures(weights, tmp_path, tmpfs):
@@ -125,6 +139,28 @@ def test_not_enough_disk_is_refused_with_the_figures(weights, tmp_path, tmpfs):
     result = generate(weights, write_prompts(tmp_path / "p.jsonl"), small / "out", "--set", "frames=41", check=False)
     one_line_error(result, "are needed for the outputs still to make (4 text, 1 uncond, 4 lr", "are free there")
     assert not (small / "out").exists()
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes of the blocks every file and folder under `folder` holds (what `du -s -B1` says)."""
+    return sum(os.lstat(path).st_blocks * 512 for path in (folder, *folder.rglob("*")))
+
+
+@pytest.mark.slow
+def test_the_disk_estimate_covers_what_a_run_writes_within_2x(finished_run, tmp_path):
+    def estimate(run: RunSnapshot, out: Path, stages: list[str] | None = None) -> int:
+        todo = [p for row in collect(run, Layout(out), stages) for p in row.todo]
+        return checks.disk_needed(Plan(run, Layout(out)), todo, os.statvfs(tmp_path).f_frsize)
+
+    run = last_snapshot(finished_run)
+    written, estimated = disk_usage(finished_run), estimate(run, tmp_path / "fresh")  # every output, every log
+    assert written <= estimated <= 2 * written, (written, estimated)
+    out = copy_run(finished_run, tmp_path / "copy")
+    redecode = dataclasses.replace(run, config=run.config.with_settings(overlap=0))
+    estimated, before = estimate(redecode, out, ["decode"]), disk_usage(out)
+    pixelwizard("decode", out, "--overlap", "0", "--quiet")
+    written = disk_usage(out) - before
+    assert written <= estimated <= 2 * written, (written, estimated)
 
 
 def test_a_dry_run_changes_nothing(weights, tmp_path):
@@ -213,11 +249,12 @@ def test_damaged_outputs_are_found_and_recomputed(finished_run, weights, tmp_pat
     lr_chunk.write_bytes(lr_chunk.read_bytes()[::-1])
 
     status = pixelwizard("status", out).stdout
-    for damaged, problem in (("hr: corrupt fox", "fails its checksum"), ("hr: corrupt waves", "fails its checksum"),
-                             ("hr: corrupt market", "incomplete"), ("lr: corrupt owl", "fails its checksum")):
+    for damaged, problem in (("hr: 1 corrupt (fox)", "fails its checksum"),
+                             ("hr: 1 corrupt (waves)", "fails its checksum"),
+                             ("hr: 1 corrupt (market)", "incomplete"), ("lr: 1 corrupt (owl)", "fails its checksum")):
         assert any(line.strip().startswith(damaged) and problem in line for line in status.splitlines()), status
     decode = pixelwizard("decode", out, "--overlap", "0", check=False)  # never a video from a damaged latent
-    assert decode.returncode == 1 and "blocked fox, waves, market: hr corrupt" in decode.stderr
+    assert decode.returncode == 1 and "3 blocked (fox, waves, market): hr corrupt" in decode.stderr
     assert [p.stem for p in (out / "decode" / "p2w-ov0-24fps").glob("*.mp4")] == ["owl"]
     before = len(events(out))
     generate(weights, write_prompts(tmp_path / "p.jsonl"), out, "--shard-size", "2")
@@ -239,9 +276,9 @@ def test_a_failing_prompt_does_not_hold_up_its_shard_mates(finished_run, weights
     result = generate(weights, prompts, out, "--shard-size", "4", check=False)
     assert result.returncode == 1
     assert "failed hr owl: OutputPathError" in " ".join(result.stderr.split())  # the file is not ours: kept
-    assert "hr: failed owl: OutputPathError" in " ".join(result.stderr.split())  # the summary at the end
+    assert "hr: 1 failed (owl): OutputPathError" in " ".join(result.stderr.split())  # the summary at the end
     assert sorted(p.stem for p in (out / "decode" / "p2w-ov1-24fps").glob("*.mp4")) == ["fox", "market", "waves"]
-    assert "hr: failed owl: OutputPathError" in " ".join(pixelwizard("status", out).stdout.split())
+    assert "hr: 1 failed (owl): OutputPathError" in " ".join(pixelwizard("status", out).stdout.split())
     assert (out / "hr" / "owl.zarr").read_text() == "not a store"
     (out / "hr" / "owl.zarr").unlink()
     before = len(events(out))
@@ -250,26 +287,6 @@ def test_a_failing_prompt_does_not_hold_up_its_shard_mates(finished_run, weights
 
 
 # ---- signals (items 6, 7, 8) ----------------------------------------------------------------------------------------
-
-def wait_for_hr_step(process: subprocess.Popen, out: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    progress = out / ".pixelwizard" / "progress"
-    while not any(p.name.startswith("hr-") for p in progress.glob("*.json")) if progress.exists() else True:
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "the HR stage never started a step"
-        time.sleep(0.1)
-
-
-def pixelwizard_processes(out: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline", "cwd"]):
-        try:
-            if str(out) in " ".join(process.info["cmdline"] or []) or process.info["cwd"] == str(out):
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, False),
@@ -280,7 +297,7 @@ def test_a_stop_signal_ends_the_run_within_seconds_and_it_resumes(weights, tmp_p
     out = tmp_path / "out"
     prompts = write_prompts(tmp_path / "p.jsonl")
     process = popen_generate(weights, prompts, out, "--hr-steps", "400", start_new_session=True)
-    wait_for_hr_step(process, out)
+    wait_for_job(process, out, "hr", "sampling")
     sent = time.time()
     os.killpg(process.pid, signum) if to_group else process.send_signal(signum)
     code = process.wait(timeout=120)
@@ -304,7 +321,7 @@ def test_sigkill_of_the_process_group_leaves_no_worker_behind(weights, tmp_path)
     out = tmp_path / "out"
     process = popen_generate(weights, write_prompts(tmp_path / "p.jsonl"), out, "--hr-steps", "400",
                              "--hr-gpus", "2", start_new_session=True)
-    wait_for_hr_step(process, out)
+    wait_for_job(process, out, "hr", "sampling")
     workers = [p for p in pixelwizard_processes(out) if "pixelwizard.workflow.stages.hr" in " ".join(p.cmdline())]
     assert len(workers) >= 2  # torchrun and its two workers
     os.killpg(process.pid, signal.SIGKILL)
@@ -337,6 +354,7 @@ def test_a_full_disk_mid_decode_on_two_ranks_is_one_line_and_nothing_waits(weigh
     message = " ".join(result.stderr.split())
     assert result.returncode == 1 and seconds < 120 and "Traceback" not in result.stderr
     assert "No space left on device" in message and "failed decode" in message
+    assert "is full" in message and "free space there first, then run the same command again" in message
     assert not [p for p in (out / "decode").rglob("*") if p.name.startswith(".")]  # no partial video
     assert pixelwizard_processes(out) == []
     assert "No space left on device" in " ".join(pixelwizard("status", out).stdout.split())

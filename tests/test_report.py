@@ -147,11 +147,17 @@ def test_report_data_says_what_is_not_done_and_why(weights, tmp_path):
     assert fox["seconds"] == 0.5 + 3.0 + 1.0  # the current outputs only
 
     only = RunSnapshot.build(run.snapshot.config, PROMPTS, ("owl",), in_memory())
+    shutil.rmtree(out / "hr" / "cat.zarr")
+    for tag in (TAG, OV0):
+        (out / "decode" / tag / "cat.json").unlink()
     data = ReportData(only, layout).to_dict()
     prompts = {p["id"]: p for p in data["prompts"]}
-    assert set(prompts["owl"]["decodes"]) == {TAG, OV0} and prompts["fox"]["decodes"] == {}
-    assert "hr" in prompts["owl"]["stages"] and "hr" not in prompts["fox"]["stages"]  # not selected for HR
-    assert {s["label"]: s["total"] for s in data["batch"]["stages"]}["hr"] == 1
+    assert prompts["owl"]["stages"]["hr"]["state"] == prompts["fox"]["stages"]["hr"]["state"] == "done"  # made before
+    held = {"state": "held", "why": "--only: not among its ids"}
+    assert {k: v for k, v in prompts["cat"]["stages"]["hr"].items() if k != "seed"} == held
+    assert prompts["cat"]["decodes"][TAG] == prompts["cat"]["decodes"][OV0] == held  # not blocked: held back
+    counts = {s["label"]: s["counts"] for s in data["batch"]["stages"]}
+    assert (counts["hr"]["done"], counts["hr"]["held"]) == (2, 1) and data["states"][2] == "held"
 
 
 def test_report_command_writes_a_page_that_needs_no_network(weights, tmp_path):
@@ -175,8 +181,8 @@ def test_report_command_writes_a_page_that_needs_no_network(weights, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "pixelwizard.workflow.cli", "report", str(tmp_path / "none")],
                              capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})  # one line
     assert missing.returncode == 2
-    assert missing.stderr.strip() == f"error: {tmp_path / 'none' / 'pixelwizard.yaml'}: no run configuration " \
-                                     "here; run `pixelwizard generate` first"
+    assert missing.stderr.strip() == f"error: {tmp_path / 'none'}: no such directory; give the output directory " \
+                                     "of a run (its --out)"
 
     shutil.rmtree(out / "report")
     (out / "report").write_text("not a folder")

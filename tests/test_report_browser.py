@@ -177,7 +177,7 @@ def test_report_in_a_browser(weights, browser, tmp_path):
         for tag in (TAG, OV0):
             figure = card.find_element(By.CSS_SELECTOR, f'figure.decode[data-tag="{tag}"]')
             if prompt_id not in CHOSEN:
-                assert "not selected for HR" in figure.text
+                assert "held --only: not among its ids" in figure.text
                 continue
             sidecar = read_sidecar(out / "decode" / tag / f"{prompt_id}.json")
             caption = figure.find_element(By.TAG_NAME, "figcaption")

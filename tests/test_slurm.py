@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slurm
 
 HR_GPUS = 2  # one torchrun job of 2 processes (gloo on the CPU) holding 2 fake GPUs
 SLOW_HR_STEPS = 60  # seconds per prompt on 2 cores: room to cancel a job between two prompts
-RUN_TIMEOUT = 240  # seconds per `pixelwizard generate`: a hung status poll must fail the test, not hang CI
+RUN_TIMEOUT = 360  # seconds per `pixelwizard generate`: a hung poll must fail the test, not hang CI
 
 
 @pytest.fixture(scope="module")

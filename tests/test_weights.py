@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pixelwizard.checkpoints import wan as weights
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.checkpoints.strict import CheckpointError
 from pixelwizard.checkpoints.tiny import TINY_DIT, TINY_VAE, write_tiny_checkpoint
 
@@ -132,6 +133,6 @@ def test_shard_with_tensors_the_index_does_not_list(ckpt_copy):
 
 
 def test_dit_files_are_config_index_and_shards(tiny_ckpt):
-    assert [p.name for p in weights.dit_files(tiny_ckpt)] == [
-        weights.DIT_CONFIG, weights.DIT_INDEX, *(f"diffusion_pytorch_model-0000{i}-of-00003.safetensors"
+    assert [p.name for p in wan_files.dit_files(tiny_ckpt)] == [
+        wan_files.DIT_CONFIG, wan_files.DIT_INDEX, *(f"diffusion_pytorch_model-0000{i}-of-00003.safetensors"
                                                  for i in (1, 2, 3))]

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
 import numpy as np
 import pytest
+import yaml
 from conftest import (
     PROMPTS,
+    REPO,
     STAGES,
     TAG,
     computed,
@@ -156,3 +160,30 @@ def test_redecode_touches_only_decode(finished_run, tmp_path):
         assert new.shape == (9, 160, 256, 3)
         assert_metrics(out / "decode" / "p3w-ov2-24fps" / f"{prompt_id}.json", boundaries=[80, 160])
         assert not np.array_equal(new, frames_of(out, prompt_id))  # other patches: another blend
+
+
+@pytest.mark.slow
+def test_a_run_made_by_snakemake_directly_works_with_status_report_and_decode(weights, tmp_path):
+    """The README's `snakemake --directory OUT --configfile my-run.yaml`: OUT records the run when it starts (its dry
+    run writes nothing), so `status`, `report` and `decode` read it as a run of `generate`."""
+    out = tmp_path / "out"
+    out.mkdir()
+    run = {"prompts": str(write_prompts(tmp_path / "my-prompts.jsonl", PROMPTS[:2])), "preset": "tiny",
+           "until": None, **{k: str(v) for k, v in weights.items()}, "shard_sizes": {"hr": 1}}
+    (tmp_path / "my-run.yaml").write_text(yaml.safe_dump(run))
+    snakemake = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(out),
+                 "--configfile", str(tmp_path / "my-run.yaml"), "--cores", "2"]
+    subprocess.run([*snakemake, "--dry-run"], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert [p.name for p in out.iterdir()] == [".snakemake"]  # Snakemake's own metadata folder, nothing of ours
+    subprocess.run(snakemake, capture_output=True, text=True, check=True, cwd=tmp_path)
+
+    shown = pixelwizard("status", out).stdout
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in shown.splitlines()
+            if line.startswith("│")}
+    assert rows["hr"] == rows[f"decode {TAG}"] == "2"
+    assert "2 prompts" in pixelwizard("report", out).stdout
+    pixelwizard("decode", out, "--overlap", "0", "--quiet")
+    assert frames_of(out, "fox", "p2w-ov0-24fps").shape == (9, 160, 256, 3)
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in pixelwizard("status", out).stdout.splitlines() if line.startswith("│")}
+    assert rows[f"decode {TAG}"] == rows["decode p2w-ov0-24fps"] == "2"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.checkpoints.strict import CheckpointError
+from pixelwizard.checkpoints.errors import CheckpointError
 from pixelwizard.io.files import write_atomic
 
 CHUNK_BYTES = 16 << 20

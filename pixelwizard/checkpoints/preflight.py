@@ -11,14 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan, wan_files
 from pixelwizard.checkpoints.strict import CheckpointError
-from pixelwizard.checkpoints.trainer import (
-    check_resolution_folder,
-    generator_state_dict,
-    load_hr_model,
-    load_lr_model,
-)
+from pixelwizard.checkpoints.trainer import generator_state_dict, load_hr_model, load_lr_model
 from pixelwizard.models.config import ConfigError
 
 T = TypeVar("T")
@@ -32,12 +27,10 @@ class CheckpointProblems(CheckpointError):
         self.problems = problems
 
 
-def check_checkpoints(
-    ckpt_dir: Path, *, lr_ckpt: Path | None = None, hr_ckpt: Path | None = None, resolution: str | None = None
-) -> None:
-    """Check the Wan2.2 directory (DiT config and shards, VAE, umT5, tokenizer), the optional LR and HR trainer
-    files against the DiT of `config.json` and their roles, and the HR file's `2k/`/`4k/` folder against
-    `resolution` (the model the preset takes); raise `CheckpointProblems` listing everything wrong."""
+def check_checkpoints(ckpt_dir: Path, *, lr_ckpt: Path | None = None, hr_ckpt: Path | None = None) -> None:
+    """Check the Wan2.2 directory (DiT config and shards, VAE, umT5, tokenizer) and the optional LR and HR trainer
+    files against the DiT of `config.json` and their roles; raise `CheckpointProblems` listing everything wrong.
+    (Whether the HR file was trained for the run's size is the run's check: pipeline/checks.py.)"""
     problems: list[str] = []
 
     def attempt(check: Callable[..., T], *args, **kwargs) -> T | None:
@@ -49,10 +42,10 @@ def check_checkpoints(
 
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
-        problems.append(f"{ckpt_dir}: not a directory; expected {wan.LAYOUT}")
+        problems.append(f"{ckpt_dir}: not a directory; expected {wan_files.LAYOUT}")
         config = None
     else:
-        config = attempt(wan.read_dit_config, ckpt_dir)
+        config = attempt(wan_files.read_dit_config, ckpt_dir)
         if config is None:
             attempt(wan.dit_tensors, ckpt_dir)  # the shards can still be checked, not their shapes
         else:
@@ -66,7 +59,5 @@ def check_checkpoints(
             attempt(generator_state_dict, Path(path))
         else:
             attempt(load, Path(path), config, device="meta")
-    if hr_ckpt is not None and resolution is not None:
-        attempt(check_resolution_folder, Path(hr_ckpt), resolution)
     if problems:
         raise CheckpointProblems(list(dict.fromkeys(problems)))  # one file given for two roles: said once

@@ -20,22 +20,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pixelwizard.checkpoints.errors import CheckpointError, first_line
+
 MAX_LISTED_KEYS = 5
 # safetensors dtype codes -> bytes per element (the format's full list, so any valid header parses)
 SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
                         "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 MAX_SAFETENSORS_HEADER = 100 << 20  # the format's own limit
 RECOPY = "copy or download it again"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that is missing, unreadable or does not match the model it is loaded into."""
-
-
-def first_line(err: BaseException) -> str:
-    """An exception's message cut to its first line, for one-line errors that wrap a library's."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _require_readable(path: Path) -> None:

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from torch import nn
 
 from pixelwizard.checkpoints import wan as weights
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.checkpoints.trainer import save_trainer_checkpoint
 from pixelwizard.io.files import publish_tree
 from pixelwizard.models import text_encoder
@@ -24,6 +25,7 @@ from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig, config_to_
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.models.vae import WanVAE
+from pixelwizard.pipeline.presets import PRESETS
 
 TINY_T5 = T5Config(vocab_size=384, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
 TINY_DIT = DiTConfig(dim=64, ffn_dim=128, freq_dim=32, num_heads=4, num_layers=2, text_dim=TINY_T5.dim)
@@ -63,9 +65,9 @@ def write_tiny_checkpoint(
     weights.save_dit(randomize_(WanDiT(dit), seed), ckpt_dir)
     weights.save_vae(randomize_(WanVAE(vae), seed + 1), ckpt_dir)
     encoder = text_encoder.random_umt5(t5, seed + 2, torch.bfloat16)
-    text_encoder.save_wan_t5(encoder, ckpt_dir / weights.T5_FILE)
-    config_to_json(t5, ckpt_dir / weights.T5_CONFIG)
-    write_tiny_tokenizer(ckpt_dir / weights.TOKENIZER_DIR, t5.vocab_size)
+    text_encoder.save_wan_t5(encoder, ckpt_dir / wan_files.T5_FILE)
+    config_to_json(t5, ckpt_dir / wan_files.T5_CONFIG)
+    write_tiny_tokenizer(ckpt_dir / wan_files.TOKENIZER_DIR, t5.vocab_size)
     return ckpt_dir
 
 
@@ -87,11 +89,13 @@ def write_tiny_weights(directory: Path, *, seed: int = 0, root: Path | None = No
         "lr_ckpt": directory / "PixelWizard" / "lr" / "model.pt",
         "hr_ckpt": directory / "PixelWizard" / "tiny" / "model.pt",
     }
+    tiny = PRESETS["tiny"]  # the size the tiny HR model is "trained" for: `generate --preset 2k` refuses it up front
     with tempfile.TemporaryDirectory(prefix=".tiny-weights.tmp-", dir=root) as build:
         staged = {name: Path(build) / path.relative_to(root) for name, path in paths.items()}
         write_tiny_checkpoint(staged["ckpt_dir"], seed=seed)
         save_trainer_checkpoint(randomize_(WanDiT(TINY_DIT), seed + 3), staged["lr_ckpt"])
-        save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), seed + 4), staged["hr_ckpt"])
+        save_trainer_checkpoint(randomize_(HRDiT(TINY_DIT), seed + 4), staged["hr_ckpt"],
+                                resolution=(tiny.width, tiny.height))
         publish_tree(Path(build), root)
     return paths
 

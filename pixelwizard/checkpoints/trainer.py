@@ -3,8 +3,9 @@
 Layout as the original trainer saves it: `{"generator": state_dict}` (and an unused `"generator_ema"`); keys may
 carry FSDP/activation-checkpoint/compile wrapper substrings and a `model.` prefix on every key. Unlike the
 original (strict=False for the LR model and the adapter, with only a warning), a missing DiT, dt or adapter key
-is an error here, and a file holding the other role's network is named as such. The files carry no resolution:
-only the folder they were published in (`2k/`, `4k/`) says which preset they were trained for.
+is an error here, and a file holding the other role's network is named as such. The published files carry no
+resolution: only the folder they were published in (`2k/`, `4k/`) says which size they were trained for (files
+written here may record it: `resolution`, see pipeline/checks.py).
 
 Both loaders take `device="meta"`: they then check the file, its keys and shapes from the zip directory only
 (the up-front check) and return a model without weights.
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 WRAPPER_SUBSTRINGS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 HR_ONLY_PREFIXES = ("dt_embedding.", "spatial_adapter.")
-RESOLUTION_FOLDERS = ("2k", "4k")
 LR_LAYOUT = "the Wan2.2-TI2V-5B DiT (a PixelWizard lr/model.pt)"
 HR_LAYOUT = "the PixelWizard HR model (Wan DiT + dt_embedding + spatial_adapter)"
 TRAINER_FIX = "use PixelWizard's checkpoint for Wan2.2-TI2V-5B (huggingface.co/wxli318/PixelWizard)"
@@ -118,17 +118,12 @@ def load_hr_model(
     return model.eval().requires_grad_(False)
 
 
-def check_resolution_folder(path: Path, resolution: str) -> None:
-    """The files carry no resolution: a checkpoint kept under `2k/` or `4k/` says the one it was trained for, which
-    must be `resolution` (the model the preset's size takes)."""
-    folder = Path(path).parent.name.lower()
-    if folder in RESOLUTION_FOLDERS and folder != resolution:
-        raise CheckpointError(f"{path}: sits in a '{folder}' folder but the preset takes the {resolution} model; use "
-                              f"a preset of the {folder} model (--preset {folder}, say) with this checkpoint, or give "
-                              f"--hr-ckpt the one trained for {resolution}")
-
-
-def save_trainer_checkpoint(model: torch.nn.Module, path: Path, *, prefix: str = "model.") -> None:
-    """Write `model` as the original trainer does: `{"generator": {prefix + key: tensor}}`."""
+def save_trainer_checkpoint(model: torch.nn.Module, path: Path, *, prefix: str = "model.",
+                            resolution: tuple[int, int] | None = None) -> None:
+    """Write `model` as the original trainer does: `{"generator": {prefix + key: tensor}}`, with the size it was
+    trained for (`resolution`: [width, height]; the original records none) where one is given."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"generator": {prefix + k: v.detach().contiguous() for k, v in model.state_dict().items()}}, path)
+    content = {"generator": {prefix + k: v.detach().contiguous() for k, v in model.state_dict().items()}}
+    if resolution is not None:
+        content["resolution"] = list(resolution)
+    torch.save(content, path)

@@ -26,66 +26,42 @@ from safetensors.torch import save_file
 from pixelwizard.checkpoints.strict import (
     CheckpointError,
     assign_state_dict,
-    first_line,
     listed_keys,
     read_safetensors_header,
     read_torch_file,
 )
-from pixelwizard.models.config import DiTConfig, T5Config, VAEConfig, config_from_json, config_to_json
+from pixelwizard.checkpoints.wan_files import (
+    DIT_CONFIG,
+    DIT_INDEX,
+    DIT_SINGLE,
+    REDOWNLOAD,
+    T5_FILE,
+    TOKENIZER_DIR,
+    VAE_CONFIG,
+    VAE_FILE,
+    dit_weight_map,
+    dit_weights_file,
+    read_dit_config,
+    require_file,
+    t5_config,
+    vae_config,
+)
+from pixelwizard.models.config import DiTConfig, VAEConfig, config_to_json
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.vae import WanVAE
 
 if TYPE_CHECKING:  # transformers takes ~2 s to import: only the text stage pays for it
     from pixelwizard.models.text_encoder import TextEncoder
 
-DIT_CONFIG = "config.json"
-DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
-DIT_SINGLE = "diffusion_pytorch_model.safetensors"
-VAE_FILE = "Wan2.2_VAE.pth"
-VAE_CONFIG = "vae_config.json"
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-T5_CONFIG = "t5_config.json"
-TOKENIZER_DIR = "google/umt5-xxl"
-
-LAYOUT = (
-    "the Wan2.2-TI2V-5B checkpoint layout (as `hf download Wan-AI/Wan2.2-TI2V-5B` writes it: "
-    f"{DIT_CONFIG}, {DIT_INDEX} + shards, {VAE_FILE}, {T5_FILE}, {TOKENIZER_DIR}/)"
-)
 DIT_LAYOUT = f"the WanModel DiT of {DIT_CONFIG}"
-REDOWNLOAD = "download the checkpoint again (hf download Wan-AI/Wan2.2-TI2V-5B --local-dir DIR)"
-
-
-def _require_file(path: Path) -> Path:
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; expected {LAYOUT}")
-    return path
-
-
-def _optional_config(cls, path: Path):
-    """The `.pth` files carry no config: a json beside them (tiny checkpoints) overrides the real widths."""
-    return config_from_json(cls, path) if path.exists() else cls()
-
-
-def _dit_weights_file(ckpt_dir: Path) -> Path:
-    """The file that names the DiT's tensors: the index json, or the single safetensors file when there is one."""
-    if not (ckpt_dir / DIT_INDEX).exists() and (ckpt_dir / DIT_SINGLE).exists():
-        return ckpt_dir / DIT_SINGLE
-    return _require_file(ckpt_dir / DIT_INDEX)
 
 
 def _dit_shards(ckpt_dir: Path) -> dict[str, Path]:
     """key -> shard file, from the index json (sharded layout) or a single safetensors file's header."""
-    weights_file = _dit_weights_file(ckpt_dir)
+    weights_file = dit_weights_file(ckpt_dir)
     if weights_file.name == DIT_SINGLE:
         return dict.fromkeys(read_safetensors_header(weights_file), weights_file)
-    try:
-        weight_map = json.loads(weights_file.read_text())["weight_map"]
-        names = {name: ckpt_dir / name for name in set(weight_map.values())}
-    except (AttributeError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{weights_file}: not a safetensors index with a 'weight_map' ({first_line(err)}); "
-                              f"{REDOWNLOAD}") from None
-    files = {name: _require_file(path) for name, path in names.items()}
-    return {k: files[name] for k, name in weight_map.items()}
+    return dit_weight_map(weights_file)
 
 
 def dit_tensors(ckpt_dir: Path) -> tuple[dict[str, Path], dict[str, torch.Size]]:
@@ -107,10 +83,6 @@ def dit_tensors(ckpt_dir: Path) -> tuple[dict[str, Path], dict[str, torch.Size]]
     return key_to_file, shapes
 
 
-def read_dit_config(ckpt_dir: Path) -> DiTConfig:
-    return config_from_json(DiTConfig, _require_file(Path(ckpt_dir) / DIT_CONFIG))
-
-
 def load_dit(ckpt_dir: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> WanDiT:
     """The DiT, built on meta in its inference dtypes (`dtype`, float32 for the time path, modulations, norms
     and head) and filled shard by shard, each tensor read once, straight onto `device`, and cast there."""
@@ -121,7 +93,7 @@ def load_dit(ckpt_dir: Path, *, dtype: torch.dtype = torch.float32, device: torc
     key_to_file, shapes = dit_tensors(ckpt_dir)
     with torch.device("meta"):
         model = WanDiT(config).cast_for_inference(dtype)
-    source = _dit_weights_file(ckpt_dir)
+    source = dit_weights_file(ckpt_dir)
     with ExitStack() as stack:
         if device.type == "meta":  # the up-front check: the headers are all there is to read
             tensors = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
@@ -160,19 +132,9 @@ def save_dit(model: WanDiT, ckpt_dir: Path, *, num_shards: int = 3) -> None:
     write_dit_index(ckpt_dir, model.config, shards, sum(t.numel() * t.element_size() for t in state.values()))
 
 
-def t5_config(ckpt_dir: Path) -> T5Config:
-    """The umT5 encoder's config: `t5_config.json` beside the weights (tiny checkpoints), else umT5-XXL's."""
-    return _optional_config(T5Config, Path(ckpt_dir) / T5_CONFIG)
-
-
-def vae_config(ckpt_dir: Path) -> VAEConfig:
-    """The VAE's config: `vae_config.json` beside the weights (tiny checkpoints), else Wan2.2's."""
-    return _optional_config(VAEConfig, Path(ckpt_dir) / VAE_CONFIG)
-
-
 def load_vae(ckpt_dir: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WanVAE:
     ckpt_dir = Path(ckpt_dir)
-    path = _require_file(ckpt_dir / VAE_FILE)
+    path = require_file(ckpt_dir / VAE_FILE)
     config = vae_config(ckpt_dir)
     with torch.device("meta"):
         model = WanVAE(config).to(dtype)
@@ -193,29 +155,5 @@ def load_text_encoder(
     from pixelwizard.models.text_encoder import TextEncoder
 
     ckpt_dir = Path(ckpt_dir)
-    return TextEncoder.load(_require_file(ckpt_dir / T5_FILE), _require_file(ckpt_dir / TOKENIZER_DIR),
+    return TextEncoder.load(require_file(ckpt_dir / T5_FILE), require_file(ckpt_dir / TOKENIZER_DIR),
                             t5_config(ckpt_dir), device=device, dtype=dtype)
-
-
-def dit_files(ckpt_dir: Path) -> list[Path]:
-    """Every file the base DiT is read from: config, index (or the single safetensors file), shards."""
-    ckpt_dir = Path(ckpt_dir)
-    weights_file = _dit_weights_file(ckpt_dir)
-    shards = sorted(set(_dit_shards(ckpt_dir).values()) - {weights_file})
-    return [_require_file(ckpt_dir / DIT_CONFIG), weights_file, *shards]
-
-
-def vae_files(ckpt_dir: Path) -> list[Path]:
-    ckpt_dir = Path(ckpt_dir)
-    return [_require_file(ckpt_dir / VAE_FILE), *_present(ckpt_dir / VAE_CONFIG)]
-
-
-def text_encoder_files(ckpt_dir: Path) -> list[Path]:
-    """The umT5 weights, their optional config and every file of the tokenizer folder."""
-    ckpt_dir = Path(ckpt_dir)
-    tokenizer = sorted(p for p in _require_file(ckpt_dir / TOKENIZER_DIR).rglob("*") if p.is_file())
-    return [_require_file(ckpt_dir / T5_FILE), *_present(ckpt_dir / T5_CONFIG), *tokenizer]
-
-
-def _present(path: Path) -> list[Path]:
-    return [path] if path.exists() else []

@@ -187,13 +187,14 @@ def write_atomic(path: Path, content: str | bytes, root: Path | None = None) -> 
             tmp.write_bytes(content)
 
 
-def open_output(path: Path, root: Path | None = None, *, append: bool) -> IO[str]:
+def open_output(path: Path, root: Path | None = None, *, append: bool, read: bool = False) -> IO[str]:
     """A text file inside `root` (default: its own folder) to write as it goes (logs, locks): appended to, or
-    emptied first; a symbolic link at `path` is refused rather than followed."""
+    emptied first, and read too with `read` (a lock that holds a record); a symbolic link at `path` is refused
+    rather than followed."""
     path = Path(path)
     make_folders(path, root)
     check_output(path, root)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    flags = (os.O_RDWR if read else os.O_WRONLY) | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as err:
@@ -201,7 +202,7 @@ def open_output(path: Path, root: Path | None = None, *, append: bool) -> IO[str
             raise OutputPathError(f"{path}: a symbolic link; pixelwizard does not write through links: remove it, "
                                   "then run again") from None
         raise
-    return os.fdopen(fd, "a" if append else "w", encoding="utf-8")
+    return os.fdopen(fd, ("a" if append else "w") + ("+" if read else ""), encoding="utf-8")
 
 
 def remove_output(path: Path, root: Path | None = None) -> None:
@@ -254,9 +255,17 @@ def remove_stale_temps(parent: Path, root: Path | None = None, min_age_s: float 
 
 
 def file_stamp(path: Path | os.DirEntry) -> list[int]:
-    """What changes when a file is rewritten, truncated or replaced by a copy: size, mtime and inode."""
+    """A file's size, mtime and inode, recorded when an output is written and compared by `unchanged`."""
     st = path.stat(follow_symlinks=False)
     return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def unchanged(recorded: object, stamp: list[int]) -> bool:
+    """Whether a file still holds what it held when `recorded` was taken: the same size and the same mtime, to the
+    nanosecond. Any write sets the mtime to the time of the write, a truncation changes the size; a copy made
+    with `cp -a` or `rsync -a`, or a move to another file system, keeps both, so a copied run is not read again
+    (only its inodes differ). A file edited and then given back its old mtime on purpose would pass."""
+    return isinstance(recorded, list) and recorded[:2] == stamp[:2]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:

@@ -6,9 +6,10 @@ every array, and only then is it renamed to its final path. Readers refuse any s
 zarr silently reads unwritten chunks as the fill value. Every chunk ends in its crc32c (zarr's crc32c codec), every
 chunk is written (also all-zero ones), and the group attributes record each file's stamp (size, mtime, inode):
 
-    verify_store()   cheap when the stamps still match (a stat per file); otherwise every chunk is read and its
-                     checksum checked, and on success the stamps are renewed (after a copy, say) when the caller
-                     writes in the run (read-only callers, `status` and dry runs, leave the store as it is)
+    verify_store()   cheap while every file is unchanged (files.unchanged: a stat per file, a copy passes);
+                     otherwise every chunk is read and its checksum checked, and on success the stamps are renewed
+                     when the caller writes in the run (read-only callers, `status` and dry runs, leave the store
+                     as it is)
     read_store()     zarr checks each chunk's crc32c as it decodes it
 """
 
@@ -20,14 +21,15 @@ import os
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google_crc32c
-import numpy as np
-import torch
-import zarr
 
-from pixelwizard.io.files import OutputPathError, file_stamp, staged, write_atomic
+if TYPE_CHECKING:  # imported where used: `status` checks stores without them (seconds of imports)
+    import torch
+    import zarr
+
+from pixelwizard.io.files import OutputPathError, file_stamp, staged, unchanged, write_atomic
 
 FORMAT_VERSION = 2  # 2: crc32c per chunk, every chunk written, file stamps
 RESERVED_ATTRS = ("complete", "format_version", "files")
@@ -63,6 +65,9 @@ def _check_attrs(attrs: Mapping[str, Any]) -> None:
 
 
 def _write_array(group: zarr.Group, name: str, tensor: torch.Tensor) -> None:
+    import torch
+    import zarr
+
     tensor = tensor.detach().cpu().contiguous()  # no copy when already a contiguous CPU tensor
     attributes = {}
     if tensor.dtype == torch.bfloat16:  # zarr has no bfloat16: keep the exact bits
@@ -117,6 +122,8 @@ def write_store(path: Path, arrays: Mapping[str, torch.Tensor], attrs: Mapping[s
     float32 and other numpy-representable dtypes are stored as is, bfloat16 as its uint16 bits with the array
     attribute `logical_dtype: "bfloat16"`. Attributes must be JSON (tuples come back as lists).
     """
+    import zarr
+
     _check_attrs(attrs)
     with staged(Path(path), root, directory=True, ours=is_store) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
@@ -151,6 +158,9 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
 
 def _check_chunks(path: Path) -> None:
     """Every chunk of every array present and matching its crc32c; raises CorruptStoreError."""
+    import numpy as np
+    import zarr
+
     group = zarr.open_group(path, mode="r", zarr_format=3)
     for name in group.array_keys():
         array = group[name]
@@ -174,11 +184,10 @@ def verify_store(path: Path, renew_in: Path | None = None) -> dict[str, Any]:
     attrs = _group_attrs(path)
     if attrs.get("format_version") != FORMAT_VERSION:
         raise CorruptStoreError(path, f"format {attrs.get('format_version')}, this version writes {FORMAT_VERSION}")
-    stamps = _stamps(path)
-    if stamps == attrs.get("files"):
+    stamps, recorded = _stamps(path), attrs.get("files") or {}
+    if stamps.keys() == recorded.keys() and all(unchanged(recorded[name], s) for name, s in stamps.items()):
         return attrs
-    recorded = set(attrs.get("files") or {})
-    if missing := sorted(recorded - set(stamps)):
+    if missing := sorted(set(recorded) - set(stamps)):
         raise CorruptStoreError(path, f"{missing[0]} is missing")
     _check_chunks(path)
     attrs = {**attrs, "files": stamps}  # intact, e.g. a copy: renew the stamps so the next check is cheap
@@ -196,6 +205,10 @@ def read_store(path: Path, names: Sequence[str] | None = None) -> tuple[dict[str
 
     The attributes include the internal `complete`, `format_version` and `files` keys.
     """
+    import numpy as np
+    import torch
+    import zarr
+
     path = Path(path)
     attrs = _group_attrs(path)
     group = zarr.open_group(path, mode="r", zarr_format=3)

@@ -1,8 +1,9 @@
 """The JSON sidecar that completes media outputs (an MP4, its contact sheet): written last, beside them, it records
 the provenance and each file's sha256 and stamp (size, mtime, inode). Without it the media files do not count.
 
-    verify_sidecar()   cheap while the stamps match; otherwise each file is re-hashed and, when intact (a copy,
-                       say), the stamps are renewed if the caller writes in the run (read-only callers leave it)
+    verify_sidecar()   cheap while every file is unchanged (files.unchanged: a copy passes); otherwise the file is
+                       hashed again and, when intact, its stamp renewed if the caller writes in the run (read-only
+                       callers leave it)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.io.files import OutputPathError, file_stamp, sha256_file, write_atomic
+from pixelwizard.io.files import OutputPathError, file_stamp, sha256_file, unchanged, write_atomic
 
 
 class SidecarError(RuntimeError):
@@ -49,14 +50,15 @@ def verify_sidecar(path: Path, renew_in: Path | None = None) -> dict[str, Any]:
         file = path.parent / name
         try:
             stamp = file_stamp(file)
-            intact = stamp == entry["stamp"] or sha256_file(file) == entry["sha256"]
+            same = unchanged(entry["stamp"], stamp)
+            intact = same or sha256_file(file) == entry["sha256"]
         except FileNotFoundError:
             raise SidecarError(f"{file}: missing") from None
         except OSError as err:  # a folder in its place, say
             raise SidecarError(f"{file}: unreadable ({err.strerror})") from None
         if not intact:
             raise SidecarError(f"{file}: content differs from when it was written")
-        if stamp != entry["stamp"]:
+        if not same:
             entry["stamp"], renewed = stamp, True
     if renewed and renew_in is not None:
         try:

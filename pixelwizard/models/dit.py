@@ -214,7 +214,8 @@ class Block(nn.Module):
     def __init__(self, config: DiTConfig):
         super().__init__()
         dim, eps = config.dim, config.eps
-        self.modulation = nn.Parameter(torch.randn(1, NUM_MODULATIONS, dim) / dim**0.5)
+        self.modulation = nn.Parameter(torch.randn(1, NUM_MODULATIONS, dim).div_(dim**0.5))  # in place: on meta,
+        # an out-of-place op imports torch._dynamo (seconds of every job that loads the model)
         self.norm1 = LayerNorm(dim, eps, elementwise_affine=False)
         self.self_attn = Attention(dim, config.num_heads, config.qk_norm, eps)
         self.norm3 = LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
@@ -278,7 +279,7 @@ class Head(nn.Module):
 
     def __init__(self, dim: int, out_features: int, eps: float):
         super().__init__()
-        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim).div_(dim**0.5))
         self.norm = LayerNorm(dim, eps, elementwise_affine=False)
         self.head = Linear(dim, out_features)
 

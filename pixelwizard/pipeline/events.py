@@ -1,21 +1,24 @@
-"""What stage jobs tell the rest: the event log (one JSON line per prompt and stage: started, computed, skipped,
-failed, blocked, interrupted, recomputing a corrupt output, warnings) and a small progress file per running job
-(the prompt and the denoising step or decode chunk it is at), which the CLI's live view and `status` read.
+"""What stage jobs tell the rest: the event log, one JSON line per prompt and stage: started, computed (the job's
+first with its start-up times), skipped, failed, blocked, interrupted, recomputing a corrupt output, warnings. (What a
+running job is doing right now is in its record: pipeline/inflight.py.)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.io.files import open_output, write_atomic
+from pixelwizard.io.files import open_output
 from pixelwizard.io.lines import json_line, parse_json
 
 FAILED = "failed"
+_ID = re.compile(rb'"id": "((?:[^"\\]|\\.)*)"')  # an event's id, as append_event writes it
 
 
 def append_event(path: Path, *, root: Path | None = None, **event: Any) -> None:
@@ -36,13 +39,44 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
     except FileNotFoundError:
         return [], offset
     whole = data[: data.rfind(b"\n") + 1]
+    return _parse(_lines(whole)), offset + len(whole)
+
+
+def events_of(path: Path, action: str) -> list[dict[str, Any]]:
+    """The events of one action, parsing only their lines (a run of 100,000 prompts logs millions of events)."""
+    mark = json.dumps({"action": action})[1:-1].encode()
+    return _parse(line for line in _whole_lines(path, mark) if mark in line)
+
+
+def failure_events(path: Path) -> list[dict[str, Any]]:
+    """The events `last_failures` needs: every failure, and every event of an output that failed."""
+    lines = _whole_lines(path, json.dumps({"action": FAILED})[1:-1].encode())
+    failed = {e.get("id") for e in _parse(line for line in lines if b'"failed"' in line)}
+    return _parse(line for line in lines if (found := _ID.search(line)) and found.group(1).decode() in failed)
+
+
+def _whole_lines(path: Path, needed: bytes) -> list[bytes]:
+    """The log's whole lines (a torn last one waits for the next read); none if `needed` is nowhere in it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return _lines(data[: data.rfind(b"\n") + 1]) if needed in data else []
+
+
+def _lines(whole: bytes) -> list[bytes]:
+    """Whole lines, split at "\\n" only, as io/lines.py reads every line file."""
+    return whole.split(b"\n")[:-1]
+
+
+def _parse(lines: Iterable[bytes]) -> list[dict[str, Any]]:
     events = []
-    for line in whole.split(b"\n")[:-1]:
+    for line in lines:
         try:
             events.append(parse_json(line.decode("utf-8")))
         except ValueError:  # UnicodeDecodeError too
             continue
-    return events, offset + len(whole)
+    return events
 
 
 def last_failures(events: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -55,17 +89,3 @@ def last_failures(events: list[dict[str, Any]]) -> dict[tuple[str, str, str], di
         elif event.get("action") in ("computed", "skipped"):
             failures.pop(key, None)
     return failures
-
-
-def write_progress(path: Path, *, root: Path | None = None, **progress: Any) -> None:
-    write_atomic(path, json.dumps({"time": round(time.time(), 3), "pid": os.getpid(), **progress}), root)
-
-
-def read_progress(folder: Path) -> list[dict[str, Any]]:
-    found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-        try:
-            found.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):  # removed or replaced while listing
-            continue
-    return found

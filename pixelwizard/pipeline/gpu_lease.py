@@ -4,9 +4,7 @@ CUDA_VISIBLE_DEVICES naming them. Locks vanish with their holder, so a killed jo
 Snakemake's `gpu` resource bounds how many GPUs the running jobs hold together; the lease decides which. The locks
 of a SLURM allocation are its own (the allocation's GPUs are numbered from 0 in every allocation): jobs that share
 one allocation (`salloc` + the local profile) share its GPUs without overlap, and a job that is an allocation of its
-own (the slurm profile) finds every lock free.
-
-    python -m pixelwizard.pipeline.gpu_lease N [--log LOG] -- COMMAND...   # what every stage job of the Snakefile runs
+own (the slurm profile) finds every lock free. Every stage job's launcher takes its lease (pipeline/launch.py).
 """
 
 from __future__ import annotations
@@ -14,13 +12,11 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from pixelwizard.io.files import open_output
@@ -80,26 +76,3 @@ def _try_lock(held: ExitStack, path: Path) -> bool:
         return False
     held.enter_context(handle)
     return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Lease the GPUs, run the command with them (its output into LOG, a file inside the working directory, OUT:
-    io/files.py), pass stop signals on, exit with the command's code."""
-    argv = sys.argv[1:] if argv is None else argv
-    log = None
-    if len(argv) > 2 and argv[1] == "--log":
-        log, argv = Path(argv[2]), [argv[0], *argv[3:]]
-    if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        print("usage: python -m pixelwizard.pipeline.gpu_lease N [--log LOG] -- COMMAND...", file=sys.stderr)
-        return 2
-    output = open_output(Path.cwd() / log, Path.cwd(), append=False) if log is not None else nullcontext()
-    with output as stream, gpu_lease(int(argv[0])) as env:
-        child = subprocess.Popen(argv[2:], env={**os.environ, **env}, stdout=stream,
-                                 stderr=subprocess.STDOUT if stream is not None else None)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, lambda number, _frame: child.send_signal(number))
-        return child.wait()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

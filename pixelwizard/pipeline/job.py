@@ -17,48 +17,51 @@ what to compute and reads the inputs, which reach the other ranks as tensors; on
 SIGTERM, SIGINT and SIGHUP stop a job cleanly: a denoising step or decode chunk under way is finished, nothing
 half-written is published (every output is written under a temporary name and renamed when complete), no new prompt
 is started, and the job exits with 128 + the signal number. Outside a step (loading weights, say) it stops at once.
+
+The job keeps its record in OUT up to date (pipeline/inflight.py: its prompts, what it is doing, the prompt in flight,
+when it got through its start-up), which the live view, `status` and `stop` read.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
 import signal
-import sys
+import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from pixelwizard import __version__, distributed
 from pixelwizard.checkpoints.identity import DigestCache
 from pixelwizard.gpu_traps import use_expandable_segments
-from pixelwizard.io.files import open_output, remove_output, remove_stale_temps, write_atomic
+from pixelwizard.io.files import remove_output, remove_stale_temps, write_atomic
 from pixelwizard.io.latent_store import read_store, write_store
 from pixelwizard.io.sidecar import write_sidecar
-from pixelwizard.pipeline import steps
-from pixelwizard.pipeline.events import append_event, read_events, write_progress
+from pixelwizard.pipeline import inflight, steps
+from pixelwizard.pipeline.events import append_event, failure_events
+from pixelwizard.pipeline.launch import die_with_parent
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt
-from pixelwizard.pipeline.provenance import CORRUPT, DONE, FAILED, Provenance
+from pixelwizard.pipeline.provenance import CORRUPT, DONE, FAILED, Provenance, stage_seed
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.sources import content_digest
 from pixelwizard.pipeline.stages import STAGES
+from pixelwizard.pipeline.stamp_index import ShardIndex, store_files
 
 log = logging.getLogger("pixelwizard")
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PROGRESS_EVERY_S = 0.5
-PR_SET_PDEATHSIG = 1
 
 
 class Stopped(BaseException):
@@ -68,19 +71,6 @@ class Stopped(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
-
-
-def die_with_parent() -> None:
-    """torchrun starts its workers in a session of their own, so a kill of the job's process group misses them:
-    have the kernel kill this process when its parent dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(128 + signal.SIGKILL)
 
 
 class Output:
@@ -102,12 +92,12 @@ class Output:
         self.stepping = done < total
         if self.job.stop_requested():
             raise Stopped(self.job.stop_signal or signal.SIGTERM)
+        if done > 0 and "first_step" not in self.job.startup:
+            self.job.startup["first_step"] = time.time()
         now = time.monotonic()
-        if self.job.is_writer and (now - self._last_progress >= PROGRESS_EVERY_S or done == total):
+        if now - self._last_progress >= PROGRESS_EVERY_S or done == total:
             self._last_progress = now
-            self.job.progress(self.item.id, done, total)
-        if done > 0 and self.job.first_step_s is None:
-            self.job.first_step_s = round(time.monotonic() - self.job.process_start, 2)
+            self.job.doing(f"{STAGES[self.stage].verb} {self.item.id} {done}/{total}")
 
     def warn(self, message: str) -> None:
         """A warning about this prompt, for the console (the live view prints it) and the event log."""
@@ -116,7 +106,7 @@ class Output:
 
     @property
     def seed(self) -> int:
-        return steps.stage_seed(self.item, self.job.preset, self.stage)
+        return stage_seed(self.item, self.job.preset, self.stage)
 
     @property
     def root(self) -> Path:
@@ -126,12 +116,14 @@ class Output:
     def write_store(self, arrays: dict[str, torch.Tensor], **attrs: Any) -> None:
         if self.job.is_writer:
             write_store(self.path, arrays, {**self.attrs, **attrs}, self.root)
+            self.job.index.add(self.item.id, store_files(self.path), self.attrs["digest"], **attrs)
 
     def write_sidecar(self, files: list[Path], **attrs: Any) -> None:
         """Complete an MP4 output: the JSON beside it, written last."""
         if self.job.is_writer:
             sidecar = self.job.layout.sidecar(self.stage, self.item.id, self.job.provenance.tag(self.stage))
             write_sidecar(sidecar, {**self.attrs, **attrs}, files, self.root)
+            self.job.index.add(self.item.id, [*files, sidecar], self.attrs["digest"], **attrs)
 
 
 class Job:
@@ -139,18 +131,25 @@ class Job:
         self.stage, self.snapshot, self.shard, self.layout, self.device = stage, snapshot, shard, layout, device
         self.config, self.preset = snapshot.config, snapshot.preset
         self.events = layout.events
-        self.provenance = Provenance(snapshot, layout, read_events(layout.events)[0] if distributed.rank() == 0 else [],
+        self.provenance = Provenance(snapshot, layout, failure_events(layout.events) if distributed.rank() == 0 else [],
                                      renew=True)
         self.plan = Plan(snapshot, layout, self.provenance)
         self.items = self.plan.shards[stage][shard]
+        self.index = ShardIndex(layout, stage, self.provenance.tag(stage), shard)  # saved with the marker
         self.is_writer = distributed.is_writer()
-        self.process_start = time.monotonic()
-        self.first_step_s: float | None = None
         self.stop_signal: int | None = None
         self.current: Output | None = None
         self.outcomes: dict[str, str] = {}
         self.exit_code = 0
-        self.jobs_lock: IO[str] | None = None  # held while the job lives; the kernel drops it with the process
+        # The launcher's record of this job (a new one when the script runs by hand) and its start-up, in epochs:
+        # launched (Snakemake ran the job), process (this script), imported, ready (set up), loading (the model,
+        # once the first prompt's inputs are read), loaded, first_step.
+        self.in_flight = inflight.read_job(inflight.record_path(layout, stage, shard)) or inflight.JobRecord(
+            stage, shard, os.getpid(), os.getpgid(0), socket.gethostname(), inflight.process_start(os.getpid()))
+        self.startup: dict[str, float] = {"launched": self.in_flight.started,
+                                          "process": inflight.process_start(os.getpid())}
+        self.in_flight.script = self.in_flight.script or (os.getpid(), self.startup["process"])
+        self._computed = 0
 
     @classmethod
     def start(cls, stage: str, argv: list[str] | None = None) -> Job:
@@ -159,6 +158,7 @@ class Job:
         parser.add_argument("snapshot", type=Path, help="a run snapshot: OUT/.pixelwizard/runs/<digest>.json")
         parser.add_argument("shard", help="which shard of the stage's items, e.g. 00003")
         args = parser.parse_args(argv)
+        imported = time.time()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if STAGES[stage].expandable_segments:
             log.info("CUDA caching allocator: %s", use_expandable_segments())
@@ -166,16 +166,17 @@ class Job:
             die_with_parent()
         snapshot = RunSnapshot.load(args.snapshot)
         layout = Layout(Path("."))
-        jobs_lock = _hold_jobs_lock(layout)
         device = distributed.init_from_env(steps.pick_device(snapshot.config.device))
         job = cls(stage, snapshot, args.shard, layout, device)
-        job.jobs_lock = jobs_lock
+        job.startup["imported"] = imported
         for signum in STOP_SIGNALS:
             signal.signal(signum, job._on_signal)
+        job.note(prompts=[item.id for item in job.items], doing="reading its inputs", startup=job.startup)
         if job.is_writer and STAGES[stage].output == "zarr":
             removed = remove_stale_temps(job.provenance.output(stage, job.items[0].id).parent, layout.out)
             if removed:
                 log.info("removed %d temporary store(s) left by killed writers", removed)
+        job.startup["ready"] = time.time()
         return job
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -203,10 +204,15 @@ class Job:
 
         def get() -> T:
             if not outcome:
+                doing = self.in_flight.doing
+                self.startup.setdefault("loading", time.time())
+                self.doing(f"loading {'+'.join(STAGES[self.stage].checkpoints)}")
                 try:
                     outcome.append((True, load(*args, **kwargs)))
                 except Exception as err:
                     outcome.append((False, err))
+                self.startup["loaded"] = time.time()
+                self.doing(doing)
             ok, value = outcome[0]
             if not ok:
                 raise value
@@ -219,9 +225,15 @@ class Job:
             append_event(self.events, root=self.layout.out, stage=self.stage, id=item_id, shard=self.shard,
                          digest=self.provenance.digest(self.stage, item_id), action=action, **fields)
 
-    def progress(self, item_id: str, done: int, total: int) -> None:
-        write_progress(self.layout.progress(self.stage, self.shard), root=self.layout.out, stage=self.stage,
-                       shard=self.shard, id=item_id, done=done, total=total, items=len(self.items))
+    def note(self, **fields: Any) -> None:
+        """Update the job's record in OUT (rank 0)."""
+        for name, value in fields.items():
+            setattr(self.in_flight, name, value)
+        if self.is_writer:
+            inflight.write_job(self.layout, self.in_flight)
+
+    def doing(self, what: str) -> None:
+        self.note(doing=what)
 
     def pending(self) -> Iterator[Prompt]:
         """The shard's items that are not current and whose inputs are: rank 0 decides, every rank follows.
@@ -243,6 +255,7 @@ class Job:
             if state.state == DONE:
                 self.event(item.id, "skipped")
                 self.outcomes[item.id] = "skipped"
+                self._index_done(item.id)
             elif waiting:
                 self.event(item.id, "blocked", error=f"input not ready: {', '.join(waiting)}")
                 self.outcomes[item.id] = "blocked"
@@ -251,6 +264,23 @@ class Job:
                     self.event(item.id, "corrupt", error=state.reasons[0])
                 (retry if state.state == FAILED else todo).append(item.id)
         return todo + retry
+
+    def _index_done(self, item_id: str) -> None:
+        """Keep a current output of an earlier job in this job's index (with what its entry there said)."""
+        if not self.is_writer:
+            return
+        attrs = self.provenance.recorded(self.stage, item_id) or {}
+        path = self.provenance.output(self.stage, item_id)
+        if isinstance(attrs.get("files"), list):  # from an earlier job's index: its files and extras
+            files = [self.index.folder / name for name in attrs["files"]]
+        elif STAGES[self.stage].output == "zarr":
+            files = store_files(path)
+        else:  # read from its JSON, which lists its media files
+            files = [path.parent / name for name in attrs.get("files", {})]
+            files.append(self.layout.sidecar(self.stage, item_id, self.provenance.tag(self.stage)))
+        extras = {k: v for k, v in attrs.items() if k not in ("digest", "files", "provenance", "version", "complete",
+                                                              "format_version")}
+        self.index.add(item_id, files, attrs.get("digest", ""), **extras)
 
     @contextmanager
     def record(self, item: Prompt) -> Iterator[Output]:
@@ -261,6 +291,8 @@ class Job:
         self.current = out
         start = time.perf_counter()
         self.event(item.id, "started")
+        self.note(item=item.id, digest=self.provenance.digest(self.stage, item.id),
+                  doing=f"{STAGES[self.stage].verb} {item.id}")
         try:
             yield out
         except Stopped as stop:
@@ -273,16 +305,22 @@ class Job:
             append_event(self.events, root=self.layout.out, stage=self.stage, id=item.id, shard=self.shard,
                          digest=self.provenance.digest(self.stage, item.id), action="failed", error=message)
             self.outcomes[item.id] = "failed"
+            self.note(item=None, digest=None)  # recorded: the launcher must not record it again
             if distributed.world_size() > 1:
                 logging.shutdown()
                 os._exit(1)  # torchrun then ends the other ranks at once
         else:
             seconds = round(time.perf_counter() - start, 3)
-            self.event(item.id, "computed", seconds=seconds, startup_s=self.first_step_s)
+            startup = {"startup": {k: round(v, 3) for k, v in self.startup.items()}} if not self._computed else {}
+            self.event(item.id, "computed", seconds=seconds, **startup)
+            self.index.update(item.id, seconds=seconds, time=round(time.time(), 3))
+            self._computed += 1
             self.outcomes[item.id] = "computed"
             log.info("%s %s computed in %.1f s", self.stage, item.id, seconds)
         finally:
             self.current = None
+            self.note(item=None, digest=None, doing=f"{STAGES[self.stage].verb} done: {len(self.outcomes)} of "
+                                                    f"{len(self.items)}")
 
     def preset_for(self, item: Prompt) -> Preset:
         """The preset as this prompt's clip runs it (its frames, its orientation)."""
@@ -315,8 +353,6 @@ class Job:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         """A loop that ran through leaves the shard's marker (exit code 0, whatever single prompts did); a stop
         leaves no marker (exit code 128 + the signal number); a crash propagates."""
-        if self.is_writer:
-            remove_output(self.layout.progress(self.stage, self.shard), self.layout.out)
         if isinstance(exc, Stopped):
             log.warning("%s shard %s %s", self.stage, self.shard, exc)
             self.exit_code = 128 + exc.signum
@@ -325,15 +361,8 @@ class Job:
             marker = self.plan.marker(self.stage, self.shard)
             for old in marker.parent.glob(f"{self.shard}-*.json"):
                 remove_output(old, self.layout.out)
+            self.index.save()
             write_atomic(marker, json.dumps({"stage": self.stage, "shard": self.shard, "outcomes": self.outcomes}),
                          self.layout.out)
         distributed.shutdown()
         return False
-
-
-def _hold_jobs_lock(layout: Layout) -> IO[str]:
-    """A shared lock on OUT/.pixelwizard/jobs.lock for the job's lifetime: `generate` refuses to start while jobs
-    of an earlier run still work in OUT (the kernel drops the lock when the process dies)."""
-    handle = open_output(layout.jobs_lock, layout.out, append=True)
-    fcntl.flock(handle, fcntl.LOCK_SH)
-    return handle

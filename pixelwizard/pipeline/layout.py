@@ -8,7 +8,8 @@ directory that is copied or moved works where it lands.
     OUT/decode/<tag>/<id>.mp4 .png .json     videos, contact sheets, provenance and quality numbers
     OUT/logs/<stage>/<shard>.log             one log per stage job; OUT/logs/events.jsonl, OUT/logs/snakemake/
     OUT/.done/<stage>/<shard>-<digest>.json  Snakemake's shard markers
-    OUT/.pixelwizard/                        run snapshots, the checkpoint digest cache, locks, job progress
+    OUT/.pixelwizard/                        run snapshots, the checkpoint digest cache, locks, job records,
+                                             each job's stamp index of its outputs (index/, pipeline/stamp_index.py)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ RUN_CONFIG = "pixelwizard.yaml"
 PROMPTS = "prompts.jsonl"
 ONLY = "only.txt"
 SUFFIXES = {"zarr": ".zarr", "mp4": ".mp4"}
+SHEET = ".png"  # a video's contact sheet, beside it
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Layout:
         return self.folder(stage, tag) / f"{item_id}.json"
 
     def sheet(self, stage: str, item_id: str, tag: str | None = None) -> Path:
-        return self.folder(stage, tag) / f"{item_id}.png"
+        return self.folder(stage, tag) / f"{item_id}{SHEET}"
 
     def marker(self, stage: str, shard: str, digest: str, tag: str | None = None) -> Path:
         return self.out / ".done" / (f"{stage}/{tag}" if tag else stage) / f"{shard}-{digest[:16]}.json"
@@ -62,9 +64,6 @@ class Layout:
 
     def snapshot(self, digest: str) -> Path:
         return self.state / "runs" / f"{digest[:16]}.json"
-
-    def progress(self, stage: str, shard: str) -> Path:
-        return self.state / "progress" / f"{stage}-{shard}.json"
 
     @property
     def digests(self) -> Path:

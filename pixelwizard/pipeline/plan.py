@@ -14,17 +14,16 @@ import functools
 import hashlib
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pixelwizard.checkpoints.identity import DigestCache
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.prompts import Prompt, shard
 from pixelwizard.pipeline.provenance import Provenance
-from pixelwizard.pipeline.run_config import RunConfig
+from pixelwizard.pipeline.run_config import MAX_JOBS, STOP_AFTER, RunConfig
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES, Stage, lineage
-
-STOP_AFTER = {"lr": ("input", "lr", "preview"), "hr": ("hr",)}  # --until: the last stages of a shortened run
 
 
 class Plan:
@@ -36,7 +35,8 @@ class Plan:
         self.shards: dict[str, dict[str, list[Prompt]]] = {}
         self._shard_of: dict[str, dict[str, str]] = {}
         for stage in self.stages:
-            pieces = shard(snapshot.items(stage.name), self.shard_size(stage.name))
+            items = snapshot.items(stage.name)
+            pieces = shard(items, self.shard_size(stage.name, len(items)))
             self.shards[stage.name] = {f"{i:05d}": piece for i, piece in enumerate(pieces)}
             self._shard_of[stage.name] = {item.id: name for name, piece in self.shards[stage.name].items()
                                           for item in piece}
@@ -44,8 +44,17 @@ class Plan:
     def shard_of(self, stage: str, item_id: str) -> str:
         return self._shard_of[stage][item_id]
 
-    def shard_size(self, stage: str) -> int:
-        return self.snapshot.config.shard_sizes.get(stage, STAGES[stage].shard_size)
+    def shard_size(self, stage: str, items: int) -> int:
+        """The run's own shard size for the stage, else the stage table's, doubled until the stage has at most
+        MAX_JOBS jobs: Snakemake spends milliseconds per job on its graph, so a batch of 100,000 prompts keeps a
+        graph of some thousand jobs (and a job's model load is shared by more prompts)."""
+        size = self.snapshot.config.shard_sizes.get(stage)
+        if size is not None:
+            return size
+        size = STAGES[stage].shard_size
+        while items > size * MAX_JOBS:
+            size *= 2
+        return size
 
     def gpus(self, stage: str) -> int:
         field = STAGES[stage].gpus
@@ -76,11 +85,16 @@ class Plan:
         shards = sorted({(up, self._shard_of[up][up_id]) for up, up_id in needed})
         return [self.marker(up, name) for up, name in shards]
 
-    def targets(self, until: str | None = None) -> list[Path]:
-        """Every marker of a whole run (or of one stopped after `until`'s stages). The upstream markers are listed
-        too: a job whose marker went (it holds a failed or damaged output) then runs even where all that follows
-        it is done."""
-        final = STOP_AFTER[until] if until else [s.name for s in self.stages if not self._read_by_later(s.name)]
+    def final_stages(self) -> list[str]:
+        """The stages a run ends with: those no other stage reads, or its `until` stop."""
+        until = self.snapshot.config.until
+        return list(STOP_AFTER[until]) if until else [s.name for s in self.stages if not self._read_by_later(s.name)]
+
+    def targets(self) -> list[Path]:
+        """Every marker of the run (stopped after its `until` stages, if it has one). The upstream markers are
+        listed too: a job whose marker went (it holds a failed or damaged output) then runs even where all that
+        follows it is done."""
+        final = self.final_stages()
         needed = {name for stage in final if stage in self.shards for name in lineage(stage)}
         return [marker for stage in self.stages if stage.name in needed for marker in self.markers(stage.name)]
 
@@ -88,25 +102,32 @@ class Plan:
         return any(stage in s.reads for s in self.stages)
 
     def command(self, stage: str, shard_name: str, snapshot_path: Path) -> str:
-        """The shell command of a stage job: the GPU lease, then the stage script (through torchrun when the job
-        spans several GPUs), its output into the job's log (opened by the lease, inside OUT: io/files.py)."""
+        """The shell command of a stage job: the launcher (GPU lease, the job's record, its log, opened inside OUT;
+        pipeline/launch.py), then the stage script, through torchrun when the job spans several GPUs."""
         gpus = self.gpus(stage)
         python = shlex.quote(sys.executable)
         script = f"-m pixelwizard.workflow.stages.{stage} {shlex.quote(str(snapshot_path))} {shard_name}"
-        launch = f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus}" if gpus > 1 else python
+        run = f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus}" if gpus > 1 else python
         log = shlex.quote(str(self.log(stage, shard_name)))
-        return f"{python} -m pixelwizard.pipeline.gpu_lease {gpus} --log {log} -- {launch} {script}"
+        return f"exec {python} -m pixelwizard.pipeline.launch {stage} {shard_name} {gpus} {log} -- {run} {script}"
 
 
-def snakemake_plan(config: dict) -> tuple[Plan, Path]:
-    """The Snakefile's plan and run snapshot, in OUT (the working directory): the snapshot `pixelwizard generate`
-    wrote (`--config snapshot=PATH`), or one made here from a run configuration (`--configfile my-run.yaml`)."""
+def snakemake_plan(config: dict) -> tuple[Plan, Path, Callable[[], None]]:
+    """The Snakefile's plan, run snapshot and what to write when the run starts (its `onstart`), in OUT (the
+    working directory): the snapshot `pixelwizard generate` wrote and recorded (`--config snapshot=PATH`: nothing
+    to write), or one made here from a run configuration (`--configfile my-run.yaml`), which OUT records as
+    `generate` does, so that `status`, `report` and `decode` work on it. Nothing is written before the run
+    starts: `snakemake -n` changes nothing."""
     layout = Layout(Path("."))
     if set(config) == {"snapshot"}:
         path = Path(config["snapshot"])
-        snapshot = RunSnapshot.load(path)
-    else:
-        cache = DigestCache(layout.digests, root=layout.out)
-        snapshot = RunSnapshot.from_files(RunConfig.from_mapping(dict(config)), Path("."), cache)
-        path = snapshot.save(layout)
-    return Plan(snapshot, layout), path
+        return Plan(RunSnapshot.load(path), layout), path, lambda: None
+    cache = DigestCache(layout.digests, persist=False, root=layout.out)
+    run_config = RunConfig.from_mapping(dict(config))
+    snapshot = RunSnapshot.from_files(run_config, Path("."), cache).as_recorded()
+
+    def start() -> None:
+        cache.save()
+        snapshot.record(layout, source=Path(run_config.prompts))
+
+    return Plan(snapshot, layout), layout.snapshot(snapshot.digest), start

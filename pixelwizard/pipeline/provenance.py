@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,21 @@ from typing import Any
 from pixelwizard.io.latent_store import StoreError, verify_store
 from pixelwizard.io.sidecar import SidecarError, verify_sidecar
 from pixelwizard.pipeline.events import last_failures
-from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.layout import SUFFIXES, Layout
+from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt, text_hash
 from pixelwizard.pipeline.snapshot import RunSnapshot, uncond_item
 from pixelwizard.pipeline.stages import STAGES, Stage
-from pixelwizard.pipeline.steps import stage_seed
+from pixelwizard.pipeline.stamp_index import StampIndex
+from pixelwizard.sampling.seeds import prompt_seed
 
 DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
+HELD = "held"  # not made by the run's own choice (--until, --only): status and the report show it so
+
+
+def stage_seed(prompt: Prompt, preset: Preset, stage: str) -> int:
+    """The seed of a prompt's noise at a stage: from its own seed, or the run's, and its id."""
+    return prompt_seed(preset.seed if prompt.seed is None else prompt.seed, prompt.id, stage)
 
 
 def provenance_digest(record: Mapping[str, Any]) -> str:
@@ -41,7 +50,7 @@ def provenance_digest(record: Mapping[str, Any]) -> str:
 class OutputState:
     stage: str
     id: str
-    state: str  # done, stale, missing, corrupt, failed or blocked
+    state: str  # done, stale, missing, corrupt, failed, blocked (or held, as status shows it)
     reasons: tuple[str, ...] = ()  # what changed (stale), what is damaged (corrupt), the error (failed), the input
 
     @property
@@ -50,27 +59,42 @@ class OutputState:
 
 
 class Provenance:
-    """The expected provenance of a run's outputs and their states on disk (each computed once per instance).
-    `renew`: the caller runs stages in OUT (holding its lock), so an intact copy's stamps are renewed as they are
-    checked; otherwise (status, report, dry runs) nothing in OUT is written."""
+    """The expected provenance of a run's outputs and their states on disk (each computed once per instance)."""
 
-    def __init__(self, snapshot: RunSnapshot, layout: Layout, events: list[dict[str, Any]] = (), *,
-                 renew: bool = False):
+    def __init__(self, snapshot: RunSnapshot, layout: Layout, events: list[dict[str, Any]] = (),
+                 base: Provenance | None = None, *, renew: bool = False):
+        """`events`: the run's event log (its failures); `base`: the same run with other decode settings, whose
+        outputs upstream of the decode (the same records, the same inputs) are judged there once; `renew`: the
+        caller runs stages in OUT (holding its lock), so an intact copy's stamps are renewed as they are checked;
+        otherwise (status, report, dry runs) nothing in OUT is written."""
         self.snapshot = snapshot
         self.layout = layout
+        self.base = base
         self.renew_in = layout.out if renew else None
-        self.failures = last_failures(list(events))
+        self._shared: dict[str, bool] = {}
+        self._failed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (stage, id) -> digest -> last failure
+        for (stage, item_id, digest), event in last_failures(list(events)).items():
+            self._failed.setdefault((stage, item_id), {})[digest] = event
         self._items = {s: {i.id: i for i in snapshot.items(s)} for s in STAGES}
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
         self._digests: dict[tuple[str, str], str] = {}
+        self._tags: dict[str, str | None] = {}
+        self._canonical: dict[str, tuple[str, str]] = {}  # stage -> the constant parts of its records' JSON
+        self._text_hashes: dict[str, str] = {}
+        self._uncond_ids: dict[str, str] = {}
         self._states: dict[tuple[str, str], OutputState] = {}
+        self._recorded: dict[tuple[str, str], dict[str, Any]] = {}
+        self._folders: dict[tuple[str, str | None], tuple[set[str], StampIndex]] = {}
 
     def item(self, stage: str, item_id: str) -> Prompt:
-        return self._items[stage][item_id]
+        """An item of the stage, or a prompt that --only holds back from it."""
+        return self._items[stage].get(item_id) or self.snapshot.prompt(item_id)
 
     def tag(self, stage: str) -> str | None:
-        tag = STAGES[stage].tag
-        return tag(self.snapshot.preset) if tag else None
+        if stage not in self._tags:
+            tag = STAGES[stage].tag
+            self._tags[stage] = tag(self.snapshot.preset) if tag else None
+        return self._tags[stage]
 
     def output(self, stage: str, item_id: str) -> Path:
         return self.layout.output(stage, item_id, self.tag(stage))
@@ -81,9 +105,16 @@ class Provenance:
 
     def inputs(self, stage: str, item_id: str) -> dict[str, str]:
         """upstream stage -> the id of the output of it that `stage` reads for `item_id`."""
-        item, spec = self.item(stage, item_id), self.spec(stage, item_id)
-        return {up: uncond_item(spec.uncond_text(item, self.snapshot.preset)).id if up == "uncond" else item_id
-                for up in spec.reads}
+        spec, item = self.spec(stage, item_id), self.item(stage, item_id)
+        return {up: self._input_id(spec, up, item) for up in spec.reads}
+
+    def _input_id(self, spec: Stage, upstream: str, item: Prompt) -> str:
+        if upstream != "uncond":
+            return item.id
+        text = spec.uncond_text(item, self.snapshot.preset)
+        if text not in self._uncond_ids:
+            self._uncond_ids[text] = uncond_item(text).id
+        return self._uncond_ids[text]
 
     def reads_text(self, stage: str, item_id: str) -> bool:
         """Whether the output depends on the prompt's text (an anchor read from a file does not)."""
@@ -110,35 +141,113 @@ class Provenance:
         return self._records[key]
 
     def digest(self, stage: str, item_id: str) -> str:
+        """provenance_digest(self.record(stage, item_id)), with the record's canonical JSON written out directly from
+        parts that are the same for every output of the stage: a run of 100,000 prompts has half a million outputs,
+        and building each record to serialize it was most of what `status` and the plan cost."""
         key = (stage, item_id)
-        if key not in self._digests:
-            self._digests[key] = provenance_digest(self.record(stage, item_id))
-        return self._digests[key]
+        digest = self._digests.get(key)
+        if digest is None and self._from_base(stage):
+            digest = self._digests[key] = self.base.digest(stage, item_id)
+        elif digest is None:
+            head, tail = self._canonical_parts(stage)
+            item, spec = self.item(stage, item_id), STAGES[stage]
+            inputs = ",".join(f'"{up}":"{self.digest(up, self._input_id(spec, up, item))}"'
+                              for up in sorted(spec.reads))
+            seed = f',"seed":{stage_seed(item, self.snapshot.preset, stage)}' if spec.seeded else ""
+            hashed = self._text_hashes.get(item.text) or self._text_hashes.setdefault(item.text, text_hash(item.text))
+            canonical = f'{head}"{item_id}","inputs":{{{inputs}}}{seed}{tail}"{hashed}"}}'  # ids need no escapes
+            digest = self._digests[key] = hashlib.sha256(canonical.encode()).hexdigest()
+        return digest
+
+    def _from_base(self, stage: str) -> bool:
+        """Whether the outputs of `stage` are the base run's: the same items, records and inputs."""
+        if stage not in self._shared:
+            self._shared[stage] = self.base is not None and all(self._from_base(up) for up in STAGES[stage].reads) \
+                and self._canonical_parts(stage) == self.base._canonical_parts(stage) \
+                and self.snapshot.items(stage) == self.base.snapshot.items(stage)
+        return self._shared[stage]
+
+    def _canonical_parts(self, stage: str) -> tuple[str, str]:
+        """The canonical JSON of a stage's records around the parts that differ per output (keys sorted:
+        checkpoints, id, inputs, seed, settings, stage, text)."""
+        if stage in self._canonical:
+            return self._canonical[stage]
+        spec, preset = STAGES[stage], self.snapshot.preset
+        dumps = {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False, "allow_nan": False}
+        checkpoints = json.dumps({role: self.snapshot.identities[role] for role in spec.checkpoints}, **dumps)
+        settings = json.dumps({name: getattr(preset, name) for name in spec.settings}, **dumps)
+        self._canonical[stage] = (f'{{"checkpoints":{checkpoints},"id":',
+                                  f',"settings":{settings},"stage":{json.dumps(stage, **dumps)},"text":')
+        return self._canonical[stage]
 
     def attrs(self, stage: str, item_id: str) -> dict[str, Any]:
         """What an output is written with: its provenance record and that record's digest."""
         return {"provenance": self.record(stage, item_id), "digest": self.digest(stage, item_id)}
 
-    def read_attrs(self, stage: str, item_id: str) -> dict[str, Any]:
-        """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError."""
-        if STAGES[stage].output == "zarr":
+    def load(self, stages: Iterable[str]) -> None:
+        """Read the listings and stamp indexes of these stages' folders now (before the judging is split over
+        processes, which then share them instead of each reading them again)."""
+        for stage in stages:
+            if not self._from_base(stage):
+                self._folder(stage)
+
+    def _folder(self, stage: str) -> tuple[set[str], StampIndex]:
+        """The names in the stage's folder (one listing instead of a stat per missing output) and its stamp index."""
+        tag = self.tag(stage)
+        if (stage, tag) not in self._folders:
+            try:
+                names = set(os.listdir(self.layout.folder(stage, tag)))
+            except (FileNotFoundError, NotADirectoryError):
+                names = set()
+            self._folders[(stage, tag)] = (names, StampIndex(self.layout, stage, tag))
+        return self._folders[(stage, tag)]
+
+    def read_attrs(self, stage: str, item_id: str, full: bool = False) -> dict[str, Any]:
+        """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError. From
+        the stamp index while every file of the output is unchanged (its digest, files and the index entry that
+        holds what else its job recorded; no provenance record), else (and with `full`) read and checked."""
+        names, index = self._folder(stage)
+        zarr = STAGES[stage].output == "zarr"
+        if item_id + (SUFFIXES["zarr"] if zarr else ".json") not in names:
+            raise FileNotFoundError(f"{stage} {item_id}")
+        if not full and (indexed := index.lookup(item_id)) is not None:
+            return indexed
+        tag = self.tag(stage)
+        if zarr:
             return verify_store(self.output(stage, item_id), self.renew_in)
-        return verify_sidecar(self.layout.sidecar(stage, item_id, self.tag(stage)), self.renew_in)
+        return verify_sidecar(self.layout.sidecar(stage, item_id, tag), self.renew_in)
+
+    def recorded(self, stage: str, item_id: str) -> dict[str, Any] | None:
+        """The attributes of the output on disk that its state was judged by, with what its job's index entry adds
+        (seconds, time, metrics); None: missing, corrupt, failed."""
+        if self._from_base(stage):
+            return self.base.recorded(stage, item_id)
+        self.state(stage, item_id)
+        attrs = self._recorded.get((stage, item_id))
+        if attrs is not None and "entry" in attrs:
+            index = self._folder(stage)[1]
+            attrs = self._recorded[(stage, item_id)] = {**index.extras(item_id, attrs.pop("entry")), **attrs}
+        return attrs
 
     def state(self, stage: str, item_id: str) -> OutputState:
+        if self._from_base(stage):
+            return self.base.state(stage, item_id)
         key = (stage, item_id)
         if key not in self._states:
             self._states[key] = self._state(stage, item_id)
         return self._states[key]
 
     def _state(self, stage: str, item_id: str) -> OutputState:
-        expected = self.digest(stage, item_id)
         try:
             attrs = self.read_attrs(stage, item_id)
+            expected = self.digest(stage, item_id)
+            if attrs.get("digest") != expected and "provenance" not in attrs:  # the index has no record: read it
+                attrs = self.read_attrs(stage, item_id, full=True)
         except FileNotFoundError:
             return self._not_done(stage, item_id, OutputState(stage, item_id, MISSING))
         except (StoreError, SidecarError) as err:
             return self._not_done(stage, item_id, OutputState(stage, item_id, CORRUPT, (str(err),)))
+        self._recorded[(stage, item_id)] = attrs
         if attrs.get("digest") == expected:
             return OutputState(stage, item_id, DONE)
         reasons = self.changes(stage, item_id, attrs.get("provenance") or {})
@@ -146,7 +255,8 @@ class Provenance:
 
     def _not_done(self, stage: str, item_id: str, state: OutputState) -> OutputState:
         """A failure recorded for exactly this output, or an input that is not there yet, says more."""
-        failure = self.failures.get((stage, item_id, self.digest(stage, item_id)))
+        failures = self._failed.get((stage, item_id))  # most outputs never failed: no digest to compute for them
+        failure = failures.get(self.digest(stage, item_id)) if failures else None
         if failure is not None:
             return OutputState(stage, item_id, FAILED, (failure.get("error", "failed"),))
         if state.state == MISSING:
@@ -164,7 +274,7 @@ class Provenance:
             reasons.append("prompt text changed")
         reasons += source_changes(recorded.get("source") or {}, expected.get("source") or {})
         if recorded.get("seed") != expected.get("seed"):
-            reasons.append(f"seed {recorded.get('seed')} -> {expected.get('seed')}")
+            reasons.append("seed changed")  # the run's or the prompt's own: each prompt's stage seed differs
         old_settings = recorded.get("settings") or {}
         for name, value in expected["settings"].items():
             if old_settings.get(name) != value:

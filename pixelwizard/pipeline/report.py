@@ -13,25 +13,25 @@ small at 10,000 prompts, and its videos load their metadata only when shown.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from pixelwizard import __version__
 from pixelwizard.io.files import check_outputs, write_atomic
-from pixelwizard.io.sidecar import SidecarError, read_sidecar
-from pixelwizard.pipeline.events import read_events
-from pixelwizard.pipeline.layout import Layout
-from pixelwizard.pipeline.provenance import DONE, STALE, Provenance
-from pixelwizard.pipeline.run_config import RunConfigError
+from pixelwizard.pipeline.events import events_of, failure_events
+from pixelwizard.pipeline.layout import SHEET, SUFFIXES, Layout
+from pixelwizard.pipeline.parallel import in_parts
+from pixelwizard.pipeline.provenance import DONE, STALE, OutputState, Provenance, stage_seed
 from pixelwizard.pipeline.snapshot import RunSnapshot
-from pixelwizard.pipeline.stages import STAGES, decode_tag
-from pixelwizard.pipeline.status import STATES, last_snapshot
+from pixelwizard.pipeline.stages import STAGES
+from pixelwizard.pipeline.status import STATES, decode_variants, label, last_snapshot, output_states
 
 PAGE_FILES = ("report.css", "report.js", "index.html")
 DATA_FILE = "data.js"
@@ -39,34 +39,15 @@ DATA_GLOBAL = "PIXELWIZARD_REPORT"
 SLOWEST = 10
 
 
-def decode_variants(snapshot: RunSnapshot, layout: Layout) -> dict[str, RunSnapshot]:
-    """decode tag -> the run with that tag's decode settings: the run's own first, then every other folder of
-    OUT/decode/ (re-decodes, `pixelwizard decode OUT --overlap 0`), its settings read from a video's JSON."""
-    variants = {decode_tag(snapshot.preset): snapshot}
-    folder = layout.folder("decode")
-    for tag_folder in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if tag_folder.name in variants or not tag_folder.is_dir():
-            continue
-        for sidecar in tag_folder.glob("*.json"):
-            try:
-                settings = read_sidecar(sidecar).get("provenance", {}).get("settings", {})
-                variant = dataclasses.replace(snapshot, config=snapshot.config.with_settings(**settings))
-            except (SidecarError, RunConfigError, AttributeError, TypeError):
-                continue
-            if decode_tag(variant.preset) == tag_folder.name:
-                variants[tag_folder.name] = variant
-                break
-    return variants
-
-
 def numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numbers of a nested mapping by dotted name: {"flicker": {"mean": 0.1}} -> {"flicker.mean": 0.1}.
     Lists, strings, nulls and booleans are left out."""
     found: dict[str, float] = {}
     for key, value in values.items():
-        if isinstance(value, Mapping):
+        kind = type(value)  # not isinstance: a bool is no number here, and ABC checks cost at 100,000 videos
+        if kind is dict:
             found.update(numbers(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        elif (kind is float or kind is int) and math.isfinite(value):
             found[f"{prefix}{key}"] = value
     return found
 
@@ -85,55 +66,80 @@ class ReportData:
     """What the page shows, gathered from OUT: every output's state (pipeline/provenance.py), the computed events'
     seconds of the current outputs, the videos' JSON sidecars."""
 
-    def __init__(self, snapshot: RunSnapshot, layout: Layout):
+    def __init__(self, snapshot: RunSnapshot, layout: Layout, processes: int = 1):
         self.snapshot, self.layout = snapshot, layout
-        events = read_events(layout.events)[0]
-        self.computed = {(e.get("stage"), e.get("id"), e.get("digest")): e for e in events
-                         if e.get("action") == "computed"}
-        self.variants = {tag: Provenance(run, layout, events) for tag, run in decode_variants(snapshot, layout).items()}
-        self.main = self.variants[decode_tag(snapshot.preset)]
+        failures = failure_events(layout.events)
+        (own_tag, own), *others = decode_variants(snapshot, layout).items()
+        self.main = Provenance(own, layout, failures)
+        self.variants = {own_tag: self.main, **{t: Provenance(r, layout, failures, self.main) for t, r in others}}
+        self._computed: dict[tuple[str, str, str], dict[str, Any]] | None = None
         self.intervals: list[tuple[float, float]] = []  # (start, end) of the run's current outputs' computation
         # label ("lr", "decode p2w-ov1-24fps") -> output id -> what the page shows of it
         self.outputs: dict[str, dict[str, dict[str, Any]]] = {}
-        for stage in snapshot.stages:
-            for tag, provenance in self.variants.items() if stage.name == "decode" else [(None, self.main)]:
-                self.outputs[label(stage.name, tag)] = {
-                    item.id: self.output(provenance, stage.name, item.id)
-                    for item in provenance.snapshot.items(stage.name)}
+        for provenance in self.variants.values():
+            provenance.load(s.name for s in snapshot.stages)
+        for outputs, intervals in in_parts(self.gather, [p.id for p in snapshot.prompts], processes):
+            for name, entries in outputs.items():
+                self.outputs.setdefault(name, {}).update(entries)
+            self.intervals += intervals
 
-    def output(self, provenance: Provenance, stage: str, item_id: str) -> dict[str, Any]:
-        state = provenance.state(stage, item_id)
+    def gather(self, prompts: Sequence[str]) -> tuple[dict[str, dict[str, dict[str, Any]]], list[tuple[float, float]]]:
+        """What the page shows of the outputs of `prompts` (and the seconds of the run's own computation)."""
+        chosen = set(prompts) if len(prompts) < len(self.snapshot.prompts) else None
+        outputs, intervals = {}, []
+        for stage in self.snapshot.stages:
+            for tag, provenance in self.variants.items() if stage.name == "decode" else [(None, self.main)]:
+                outputs[label(stage.name, tag)] = entries = {}
+                for state in output_states(provenance, stage.name, chosen):
+                    entries[state.id] = self.output(provenance, state)
+                    if provenance is self.main and "seconds" in entries[state.id]:  # the run, not a re-decode
+                        timing = self.timing(provenance, state.stage, state.id)
+                        intervals.append((timing["time"] - timing["seconds"], timing["time"]))
+        return outputs, intervals
+
+    def timing(self, provenance: Provenance, stage: str, item_id: str) -> dict[str, Any]:
+        """seconds and time of the output's computation: from its job's index, else from its computed event."""
+        attrs = provenance.recorded(stage, item_id) or {}
+        return attrs if "seconds" in attrs else self.computed(stage, item_id, provenance.digest(stage, item_id))
+
+    def output(self, provenance: Provenance, state: OutputState) -> dict[str, Any]:
+        stage, item_id = state.stage, state.id
         entry: dict[str, Any] = {"state": state.state}
         if state.reasons:
             entry["why"] = "; ".join(state.reasons)
-        record = provenance.record(stage, item_id)
-        if "seed" in record:
-            entry["seed"] = str(record["seed"])  # up to 2^63: beyond a JS number's exact integers
-        if "source" in record:  # made another way than the stage table's default, or at another size
+        spec = provenance.spec(stage, item_id)
+        if spec.seeded:  # up to 2^63: beyond a JS number's exact integers
+            entry["seed"] = str(stage_seed(provenance.item(stage, item_id), provenance.snapshot.preset, stage))
+        if item_id in provenance.snapshot.sources:  # made another way than the stage table's, or at another size:
+            record = provenance.record(stage, item_id)  # its own settings and checkpoints
             entry["settings"] = record["settings"]
             entry["checkpoints"] = list(record["checkpoints"])
-        event = self.computed.get((stage, item_id, provenance.digest(stage, item_id)))
-        if state.done and event is not None and isinstance(event.get("seconds"), (int, float)):
-            entry["seconds"] = event["seconds"]
-            if provenance is self.main:  # the run itself, not a re-decode with other settings
-                self.intervals.append((event["time"] - event["seconds"], event["time"]))
+        timing = self.timing(provenance, stage, item_id)
+        if state.done and isinstance(timing.get("seconds"), (int, float)):
+            entry["seconds"] = timing["seconds"]
+        attrs = provenance.recorded(stage, item_id) or {}
         if STAGES[stage].output == "mp4" and state.state in (DONE, STALE):  # its files are intact
-            entry.update(self.media(provenance, stage, item_id))
+            entry.update(self.media(provenance, stage, item_id, attrs))
         return entry
 
-    def media(self, provenance: Provenance, stage: str, item_id: str) -> dict[str, Any]:
-        """The video and contact sheet that the output's JSON lists, and its quality numbers."""
-        tag = provenance.tag(stage)
-        try:
-            attrs = read_sidecar(self.layout.sidecar(stage, item_id, tag))
-        except (FileNotFoundError, SidecarError):  # replaced since its state was read
-            return {}
-        files = (("video", provenance.output(stage, item_id)), ("sheet", self.layout.sheet(stage, item_id, tag)))
-        found: dict[str, Any] = {key: self.link(path) for key, path in files if path.name in attrs["files"]}
-        if isinstance(attrs.get("metrics"), Mapping):
+    def computed(self, stage: str, item_id: str, digest: str) -> dict[str, Any]:
+        """The event of the output's computation (read once, and only for outputs whose job's index has none)."""
+        if self._computed is None:
+            self._computed = {(e.get("stage"), e.get("id"), e.get("digest")): e
+                              for e in events_of(self.layout.events, "computed")}
+        return self._computed.get((stage, item_id, digest), {})
+
+    def media(self, provenance: Provenance, stage: str, item_id: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """The video and contact sheet that the output lists, and its quality numbers."""
+        folder = self.link(self.layout.folder(stage, provenance.tag(stage)))
+        listed = attrs.get("files", ())
+        found: dict[str, Any] = {key: f"{folder}/{name}" for key, name in (
+            ("video", item_id + SUFFIXES["mp4"]), ("sheet", item_id + SHEET)) if name in listed}
+        if isinstance(attrs.get("metrics"), dict):
             found["metrics"] = numbers(attrs["metrics"])
         return found
 
+    @functools.cache
     def link(self, path: Path) -> str:
         """`path` as the page links it: relative to OUT/report/, so the run folder can move."""
         return "../" + path.relative_to(self.layout.out).as_posix()
@@ -200,23 +206,18 @@ class ReportData:
         prompts = self.prompts()
         metrics = sorted({k for p in prompts for d in p["decodes"].values() for k in d.get("metrics", {})})
         return {"out": str(self.layout.out), "made": time.strftime("%Y-%m-%d %H:%M:%S"), "version": __version__,
-                "run": self.run(), "stages": self.prompt_stages(), "tags": list(self.variants),
+                "run": self.run(), "states": list(STATES), "stages": self.prompt_stages(), "tags": list(self.variants),
                 "main_tag": self.main_tag, "metrics": metrics, "batch": self.batch(prompts), "prompts": prompts}
 
 
-def label(stage: str, tag: str | None) -> str:
-    """A stage's name as `pixelwizard status` shows it: with its decode tag where it has one."""
-    return f"{stage} {tag}" if tag else stage
-
-
-def write_report(out: Path) -> tuple[Path, dict[str, Any]]:
+def write_report(out: Path, processes: int = 1) -> tuple[Path, dict[str, Any]]:
     """Write OUT/report/ (index.html, its script and style, data.js) for the run last configured in OUT, and nothing
     else there; returns the page and its data. Refused (OutputPathError) before anything is written when a file
     would land outside OUT (OUT/report a link) or replace what pixelwizard did not make (a folder at index.html)."""
     layout = Layout(out)
     folder = layout.out / "report"
     check_outputs([folder / name for name in (DATA_FILE, *PAGE_FILES)], layout.out)
-    data = ReportData(last_snapshot(out), layout).to_dict()
+    data = ReportData(last_snapshot(out), layout, processes).to_dict()
     script = f"window.{DATA_GLOBAL} = {json.dumps(data, allow_nan=False, separators=(',', ':'))};\n"
     write_atomic(folder / DATA_FILE, script, layout.out)
     page = files("pixelwizard.pipeline") / "report_page"

@@ -23,6 +23,8 @@ from pixelwizard.pipeline.presets import PRESETS, Preset, PresetError, get_prese
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("bfloat16", "float32")
 ATTENTION = ("auto", "sdpa", "sdpa-cudnn", "flash2", "flash3", "sage")  # models/attention.py BACKENDS
+STOP_AFTER = {"lr": ("input", "lr", "preview"), "hr": ("hr",)}  # `until`: the last stages of a shortened run
+MAX_JOBS = 256  # per stage: without shard_sizes, the stage table's sizes double until a stage has no more jobs
 
 
 class RunConfigError(ValueError):
@@ -45,7 +47,10 @@ class RunConfig:
     preset: str = option("2k", f"Preset: {', '.join(PRESETS)}")
     settings: dict[str, Any] = option({}, "Overrides of the preset's settings")
     only: str | None = option(None, "File of prompt ids (one a line): HR and decode run for these only")
-    shard_sizes: dict[str, int] = option({}, "Prompts per job of a stage, e.g. {hr: 2} (default: the stage table's)")
+    until: str | None = option(None, "Stop after a stage: lr (text, input clips, LR anchors, previews) or hr; what "
+                                     "follows is held")
+    shard_sizes: dict[str, int] = option({}, "Prompts per job of a stage, e.g. {hr: 2} (default: the stage table's, "
+                                             f"doubled until a stage has at most {MAX_JOBS} jobs)")
     previews: bool = option(True, "Write a small MP4 preview of each LR anchor")
     device: str = option("auto", "auto, cuda or cpu")
     dtype: str = option("bfloat16", "DiT weights on a GPU: bfloat16 or float32 (the CPU runs float32)")
@@ -69,6 +74,8 @@ class RunConfig:
         for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("attention", ATTENTION)):
             if getattr(self, name) not in allowed:
                 raise RunConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        if self.until is not None and self.until not in STOP_AFTER:
+            raise RunConfigError(f"until={self.until!r}: choose one of {', '.join(STOP_AFTER)}")
         for stage, size in self.shard_sizes.items():
             if not isinstance(size, int) or isinstance(size, bool) or size < 1:
                 raise RunConfigError(f"shard_sizes: {stage}={size!r}: must be a whole number >= 1")

@@ -8,6 +8,7 @@ preset as that prompt runs it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -17,15 +18,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.checkpoints.identity import DigestCache, Progress, files_digest
 from pixelwizard.io.files import write_atomic
-from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.presets import Preset
-from pixelwizard.pipeline.prompts import Prompt, read_ids, read_prompts
-from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
+from pixelwizard.pipeline.prompts import Prompt, ids_file, prompts_jsonl, read_ids, read_prompts
+from pixelwizard.pipeline.run_config import STOP_AFTER, RunConfig, RunConfigError
 from pixelwizard.pipeline.sources import ClipShape, check_sources, clip_shape
-from pixelwizard.pipeline.stages import CHECKPOINT_FILES, STAGES, Stage, enabled_stages
+from pixelwizard.pipeline.stages import CHECKPOINT_FILES, STAGES, Stage, enabled_stages, lineage
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class RunSnapshot:
         roles = sorted({role for s in enabled_stages(config) for kind in kinds for role in s.recipe(kind).checkpoints})
         identities = {role: files_digest(CHECKPOINT_FILES[role](config), Path(config.ckpt_dir), cache, on_progress)
                       for role in roles}
-        sources = check_sources(prompts, config.resolved_preset(), wan.vae_config(Path(config.ckpt_dir)).z_dim, cache)
+        sources = check_sources(prompts, config.resolved_preset(), wan_files.vae_config(Path(config.ckpt_dir)).z_dim, cache)
         return cls(config, tuple(prompts), tuple(only) if only is not None else None, identities, sources)
 
     @classmethod
@@ -103,6 +104,40 @@ class RunSnapshot:
             return [p for p in self.prompts if p.id in chosen]
         return list(self.prompts)
 
+    def outputs(self, stage: str) -> list[Prompt]:
+        """Every output of a stage that `status` and the report show: its items, and the prompts that --only
+        holds back from it."""
+        if STAGES[stage].items == "selected":
+            return list(self.prompts)
+        return self.items(stage)
+
+    def held(self, stage: str) -> dict[str, str]:
+        """id -> why the run does not make that output of `stage`, by choice: the stage follows the run's `until`
+        stop, or the prompt is not among the --only ids. Held outputs are no error; `status` shows them apart."""
+        until = self.config.until
+        if until is not None and stage not in {s for last in STOP_AFTER[until] for s in lineage(last)}:
+            return {item.id: f"--until {until}" for item in self.outputs(stage)}
+        if STAGES[stage].items == "selected" and self.only is not None:
+            chosen = set(self.only)
+            return {p.id: "--only: not among its ids" for p in self.prompts if p.id not in chosen}
+        return {}
+
+    def as_recorded(self) -> RunSnapshot:
+        """This run as OUT records it: its prompts (and --only ids) read from OUT's own copies."""
+        config = dataclasses.replace(self.config, prompts=PROMPTS, only=ONLY if self.only is not None else None)
+        return dataclasses.replace(self, config=config)
+
+    def record(self, layout: Layout, source: Path | None = None) -> None:
+        """Make this run OUT's: its snapshot, and what `status`, `report` and `decode` read (OUT/pixelwizard.yaml,
+        OUT's copies of the prompts and the --only ids). A prompt file `source` that is itself OUT's copy (a run
+        configuration naming prompts.jsonl) is left as the user wrote it."""
+        self.save(layout)
+        if source is None or not _same_file(source, layout.prompts):
+            write_atomic(layout.prompts, prompts_jsonl(self.prompts), layout.out)
+        if self.only is not None:
+            write_atomic(layout.only, ids_file(self.only), layout.out)
+        self.as_recorded().config.save(layout.config, layout.out)
+
     def to_json(self) -> str:
         return json.dumps({
             "config": self.config.to_mapping(), "prompts": [p.to_record() for p in self.prompts],
@@ -128,6 +163,13 @@ class RunSnapshot:
         return cls(RunConfig.from_mapping(values["config"], source=str(path)),
                    tuple(Prompt(**p) for p in values["prompts"]), tuple(only) if only is not None else None,
                    values["identities"], values.get("sources", {}))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def uncond_item(text: str) -> Prompt:

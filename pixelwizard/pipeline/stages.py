@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.run_config import RunConfig
@@ -48,6 +48,7 @@ class Stage:
     seeded: bool = False  # draws noise: a per-prompt seed enters its provenance
     uncond_text: Callable[[Prompt, Preset], str] | None = None  # the unconditional text a prompt's job reads
     tag: Callable[[Preset], str] | None = None  # outputs of other settings go to OUT/<name>/<tag>/, beside
+    verb: str = "computing"  # what its job does to a prompt, for people: "sampling fox 3/4"
     # Its GPU memory is large activations of changing sizes: CUDA's caching allocator runs with expandable segments
     # (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True unless the user set one), so freed blocks do not fragment.
     expandable_segments: bool = False
@@ -73,24 +74,30 @@ FROM_FILE = dict(reads=(), seeded=False, uncond_text=None)  # an anchor read fro
 HR_SETTINGS = ("frames", "width", "height", "hr_steps", "hr_shift", "hr_guidance", "hr_solver", "uncond_prompt",
                "uncond_anchor")
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("text", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="prompts", shard_size=256),
-    Stage("uncond", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="uncond", shard_size=256),
-    Stage("input", reads=(), settings=(), checkpoints=(), output="mp4", items="videos", shard_size=32),
+    Stage("text", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="prompts", shard_size=256,
+          verb="encoding"),
+    Stage("uncond", reads=(), settings=(), checkpoints=("t5",), output="zarr", items="uncond", shard_size=256,
+          verb="encoding"),
+    Stage("input", reads=(), settings=(), checkpoints=(), output="mp4", items="videos", shard_size=32,
+          verb="encoding"),
     Stage("lr", reads=("text", "uncond"),
           settings=("frames", "lr_width", "lr_height", "lr_steps", "lr_shift", "lr_guidance", "lr_solver"),
           checkpoints=("lr_dit",), output="zarr", items="prompts", shard_size=16, seeded=True,
-          uncond_text=negative_text,
+          uncond_text=negative_text, verb="sampling",
           sources={"image": dict(checkpoints=("lr_dit", "vae")),  # its first frame, VAE-encoded
-                   "video": dict(FROM_FILE, settings=("lr_width", "lr_height"), checkpoints=("vae",)),
-                   "latent": dict(FROM_FILE, settings=(), checkpoints=())}),
+                   "video": dict(FROM_FILE, settings=("lr_width", "lr_height"), checkpoints=("vae",),
+                                 verb="encoding"),
+                   "latent": dict(FROM_FILE, settings=(), checkpoints=(), verb="reading")}),
     Stage("preview", reads=("lr",), settings=("fps",), checkpoints=("vae",), output="mp4", items="prompts",
-          shard_size=32, sources={"video": dict(settings=())}),  # at the video's rate
+          shard_size=32, verb="decoding", sources={"video": dict(settings=())}),  # at the video's rate
     Stage("hr", reads=("text", "uncond", "lr"), settings=HR_SETTINGS, checkpoints=("hr_dit",), output="zarr",
-          items="selected", shard_size=8, gpus="hr_gpus", seeded=True, expandable_segments=True,
+          items="selected", shard_size=8, gpus="hr_gpus", seeded=True, verb="sampling",
+          expandable_segments=True,
           uncond_text=lambda p, preset: negative_text(p, preset) if preset.uncond_prompt == "negative" else "",
           sources={"image": dict(settings=(*HR_SETTINGS, "hr_first_frame"), checkpoints=("hr_dit", "vae"))}),
     Stage("decode", reads=("hr",), settings=("num_patches", "patch_dim", "overlap", "fps"), checkpoints=("vae",),
-          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag, expandable_segments=True,
+          output="mp4", items="selected", shard_size=8, gpus="decode_gpus", tag=decode_tag, verb="decoding",
+          expandable_segments=True,
           sources={"video": dict(settings=("num_patches", "patch_dim", "overlap"))}),  # at the video's rate
 )}
 
@@ -109,9 +116,9 @@ def lineage(name: str) -> list[str]:
 
 # The files each checkpoint role is read from: their contents are the role's identity in every provenance record.
 CHECKPOINT_FILES: dict[str, Callable[[RunConfig], list[Path]]] = {
-    "t5": lambda c: wan.text_encoder_files(Path(c.ckpt_dir)),
-    "lr_dit": lambda c: ([Path(c.lr_ckpt), Path(c.ckpt_dir) / wan.DIT_CONFIG] if c.lr_ckpt
-                         else wan.dit_files(Path(c.ckpt_dir))),
-    "hr_dit": lambda c: [Path(c.hr_ckpt), Path(c.ckpt_dir) / wan.DIT_CONFIG],
-    "vae": lambda c: wan.vae_files(Path(c.ckpt_dir)),
+    "t5": lambda c: wan_files.text_encoder_files(Path(c.ckpt_dir)),
+    "lr_dit": lambda c: ([Path(c.lr_ckpt), Path(c.ckpt_dir) / wan_files.DIT_CONFIG] if c.lr_ckpt
+                         else wan_files.dit_files(Path(c.ckpt_dir))),
+    "hr_dit": lambda c: [Path(c.hr_ckpt), Path(c.ckpt_dir) / wan_files.DIT_CONFIG],
+    "vae": lambda c: wan_files.vae_files(Path(c.ckpt_dir)),
 }

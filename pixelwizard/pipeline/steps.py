@@ -1,6 +1,7 @@
 """What each stage computes for one prompt, given its models: the stage scripts (around which pipeline/job.py keeps
 the books) and the Python API (`pixelwizard.Pipeline`) both call these, so a video is the same made either way.
-Here the product's preset is mapped onto the models and samplers: seeds, noise shapes, sampler parameters.
+Here the product's preset is mapped onto the models and samplers: noise shapes, sampler parameters (the
+seeds: `provenance.stage_seed`, as every output records them).
 """
 
 from __future__ import annotations
@@ -8,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from pixelwizard import distributed
-from pixelwizard.checkpoints import wan
+from pixelwizard.checkpoints import wan, wan_files
 from pixelwizard.checkpoints.trainer import load_hr_model, load_lr_model
 from pixelwizard.io.image import fit_image
 from pixelwizard.io.latent_input import load_latent
@@ -23,13 +25,14 @@ from pixelwizard.io.video_input import Clip, clip_frames, fit_frame
 from pixelwizard.models.dit import WanDiT
 from pixelwizard.models.hr_model import HRDiT
 from pixelwizard.models.offload import offload_blocks
-from pixelwizard.models.text_encoder import TextEncoder, clean_prompt
 from pixelwizard.models.vae import WanVAE
 from pixelwizard.pipeline.presets import Preset
-from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.run_config import RunConfig
 from pixelwizard.sampling.samplers import Conditioning, StepCallback, sample_hr, sample_lr
-from pixelwizard.sampling.seeds import gaussian_noise, prompt_seed
+from pixelwizard.sampling.seeds import gaussian_noise
+
+if TYPE_CHECKING:  # transformers takes seconds to import: only the text stage pays for it
+    from pixelwizard.models.text_encoder import TextEncoder
 
 
 def pick_device(requested: str) -> torch.device:
@@ -69,15 +72,15 @@ def load_lr_dit(config: RunConfig, device: torch.device) -> WanDiT:
     if config.lr_ckpt is None:
         model = wan.load_dit(ckpt_dir, dtype=dit_dtype(config, device), device=device)
     else:
-        model = load_lr_model(Path(config.lr_ckpt), wan.read_dit_config(ckpt_dir), dtype=dit_dtype(config, device),
-                              device=device)
+        model = load_lr_model(Path(config.lr_ckpt), wan_files.read_dit_config(ckpt_dir),
+                              dtype=dit_dtype(config, device), device=device)
     return model.use_attention(config.attention, device)
 
 
 def load_hr_dit(config: RunConfig, device: torch.device) -> HRDiT:
     """The HR shortcut model: with `offload` its blocks stream from host memory (one GPU); under torchrun FSDP2-
     sharded over the ranks and Ulysses sequence-parallel."""
-    dit_config = wan.read_dit_config(Path(config.ckpt_dir))
+    dit_config = wan_files.read_dit_config(Path(config.ckpt_dir))
     dtype = dit_dtype(config, device)
     if distributed.world_size() > 1:
         sp = distributed.SequenceParallel()
@@ -93,11 +96,6 @@ def load_hr_dit(config: RunConfig, device: torch.device) -> HRDiT:
     return model.use_attention(config.attention, device)
 
 
-def stage_seed(prompt: Prompt, preset: Preset, stage: str) -> int:
-    """The seed of a prompt's noise at a stage: from its own seed, or the run's, and its id."""
-    return prompt_seed(preset.seed if prompt.seed is None else prompt.seed, prompt.id, stage)
-
-
 @dataclass(frozen=True)
 class Embedding:
     context: torch.Tensor  # [L, dim], L = tokens read (at most the encoder's text_len)
@@ -106,6 +104,8 @@ class Embedding:
 
 
 def encode(encoder: TextEncoder, text: str) -> Embedding:
+    from pixelwizard.models.text_encoder import clean_prompt
+
     tokens = len(encoder.tokenizer(clean_prompt(text))["input_ids"])
     (context,) = encoder.encode([text])
     return Embedding(context, tokens, max(0, tokens - encoder.config.text_len))
@@ -121,7 +121,7 @@ def encode_first_frame(vae: WanVAE, image: Image.Image, width: int, height: int)
 def lr_anchor(dit: WanDiT, cond: Conditioning, preset: Preset, seed: int, config: RunConfig,
               on_step: StepCallback | None = None, *, first_frame: torch.Tensor | None = None) -> torch.Tensor:
     """The LR anchor latent [C, T, h, w] of a prompt (float32, on the CPU); image to video with `first_frame`."""
-    shape = wan.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.lr_height, preset.lr_width)
+    shape = wan_files.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.lr_height, preset.lr_width)
     return sample_lr(dit, cond, gaussian_noise(shape, seed), **preset.lr_sampling(), on_step=on_step,
                      first_frame=first_frame).cpu()
 
@@ -148,7 +148,7 @@ def video_anchor(vae: WanVAE, path: Path, clip: Clip, preset: Preset,
 
 def saved_anchor(path: Path, preset: Preset, config: RunConfig) -> torch.Tensor:
     """A saved anchor latent [C, T, h, w] (float32): its first `preset.frames` frames."""
-    return load_latent(path, channels=wan.vae_config(Path(config.ckpt_dir)).z_dim, max_frames=preset.frames)
+    return load_latent(path, channels=wan_files.vae_config(Path(config.ckpt_dir)).z_dim, max_frames=preset.frames)
 
 
 def input_clip(path: Path, clip: Clip, out: Path, sheet: Path, root: Path,
@@ -165,7 +165,7 @@ def hr_latent(model: HRDiT, cond: Conditioning, anchor: torch.Tensor, preset: Pr
               on_step: StepCallback | None = None, *, first_frame: torch.Tensor | None = None) -> torch.Tensor:
     """The HR latent [C, T, H, W] of a prompt from its LR anchor (float32, on the CPU); `first_frame` (the image
     at the HR size) holds its frame 0, experimentally."""
-    shape = wan.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.height, preset.width)
+    shape = wan_files.vae_config(Path(config.ckpt_dir)).latent_shape(preset.frames, preset.height, preset.width)
     return sample_hr(model, cond, anchor, gaussian_noise(shape, seed), **preset.hr_sampling(), on_step=on_step,
                      first_frame=first_frame).cpu()
 

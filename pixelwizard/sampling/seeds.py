@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 SEED_BITS = 63
 
@@ -19,5 +21,7 @@ def gaussian_noise(shape: tuple[int, ...], seed: int, device: torch.device | str
 
     (The original draws with a CUDA Philox generator, so its noise for a given seed differs from ours.)
     """
+    import torch  # here, not above: seeds are derived without torch (the run's plan, the CLI)
+
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=gen, dtype=torch.float32).to(device)

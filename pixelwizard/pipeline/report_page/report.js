@@ -5,7 +5,7 @@
 
 const R = window.PIXELWIZARD_REPORT;
 const PER_PAGE = 24;
-const PRECEDENCE = ["failed", "corrupt", "stale", "blocked", "missing", "done"];  // a prompt's overall state
+const PRECEDENCE = ["failed", "corrupt", "stale", "blocked", "missing", "held", "done"];  // a prompt's overall state
 const ui = {view: "prompts", page: 0, sort: "order", desc: false, filter: "all", query: "",
             selected: new Set(R.run.only || [])};
 
@@ -108,6 +108,7 @@ function controls(withSort) {
                               onchange: e => { ui.query = e.target.value; ui.page = 0; render(); }});
   const filters = [["all", "all prompts"], ["done", "done"], ["not-done", "not done"], ["failed", "failed"],
                    ["stale", "stale"], ["blocked", "blocked"], ["missing", "missing"],
+                   ["held", "held (--until, --only)"],
                    ["ticked", "ticked in the gate"]];
   const filter = el("select", {id: "filter", onchange: e => { ui.filter = e.target.value; ui.page = 0; render(); }},
                     filters.map(([v, t]) => el("option", {value: v, text: t, selected: v === ui.filter})));
@@ -155,8 +156,9 @@ function metricsTable(metrics) {
 
 function decodeFigure(p, tag) {
   const d = p.decodes[tag];
-  if (!d) return el("figure", {class: "decode", "data-tag": tag},
-                    el("figcaption", {text: `${tag}: not selected for HR`}), video(null, "video"));
+  if (d.state === "held") return el("figure", {class: "decode", "data-tag": tag},
+                                    el("figcaption", {}, `decode ${tag} `, badge("decode", d.state, d.why), ` ${d.why}`),
+                                    video(null, "video"));
   return el("figure", {class: "decode", "data-tag": tag},
     el("figcaption", {}, `decode ${tag} `, badge("decode", d.state, d.why), d.seconds !== undefined ? " " : null,
        d.seconds !== undefined ? num(d.seconds, " s") : null),
@@ -179,7 +181,7 @@ function provenance(p) {
       c => `${c} ${R.run.checkpoints[c].slice(0, 12)}`);
     rows.push(el("tr", {"data-stage": label},
       el("td", {text: label}),
-      el("td", {}, o ? badge(label, o.state, o.why) : badge(label, "unselected")),
+      el("td", {}, badge(label, o.state, o.why)),
       el("td", {class: "num"}, o && o.seconds !== undefined ? num(o.seconds, " s") : "·"),
       el("td", {class: "mono seed", text: o && o.seed !== undefined ? o.seed : ""}),
       el("td", {class: "mono", text: settings.join(" ")}),
@@ -222,8 +224,7 @@ function promptCard(p) {
   const outputs = [...Object.entries(p.stages), ...Object.entries(p.decodes).map(([t, o]) => [`decode ${t}`, o])];
   const problems = outputs.filter(([, o]) => o.state !== "done");
   return el("article", {class: "prompt", "data-id": p.id},
-    el("header", {}, el("h3", {text: p.id}), badge("state", overall(p)),
-       p.stages.hr ? null : badge("HR", "unselected", "not in the run's --only selection")),
+    el("header", {}, el("h3", {text: p.id}), badge("state", overall(p))),
     el("p", {class: "text", text: p.text || (p.source ? "(no prompt text: the empty prompt)" : "")}),
     sourceLine(p),
     problems.length ? el("ul", {class: "problems"}, problems.map(([name, o]) => el("li", {"data-stage": name},
@@ -296,7 +297,7 @@ function gateView() {
 
 function batchView() {
   const B = R.batch;
-  const states = ["done", "stale", "missing", "blocked", "failed", "corrupt"];
+  const states = R.states;
   const goTo = id => () => { ui.query = id; ui.filter = "all"; location.hash = "prompts"; };
   const stageRows = B.stages.map(s => el("tr", {"data-label": s.label},
     el("td", {text: s.label}), el("td", {class: "num"}, num(s.total)),
