@@ -177,7 +177,7 @@ def test_a_copied_run_is_not_read_again_but_a_changed_file_is_found(weights, tmp
 
     seen = first_status(copy)
     assert seen["read"] == []  # no chunk and no video read (hashed) again
-    assert all(counts == {"done": 3} or label == "uncond" for label, counts in seen["counts"].items())
+    assert all(counts == {"done": 3} or label == "uncond" for label, counts in seen["counts"].items()), seen["counts"]
     video = copy / "decode" / TAG / "fox.mp4"
     video.write_bytes(video.read_bytes()[::-1])  # same size, other content: the write moves the mtime
     seen = first_status(copy)
@@ -208,7 +208,7 @@ def test_an_indexed_run_is_judged_from_stamps_and_a_changed_file_is_still_found(
     record(run.snapshot, out)
     seen = first_status(out)
     assert seen["opened"] == []  # no store, video or JSON of an output opened: a stat of each file
-    assert all(counts == {"done": 3} or label == "uncond" for label, counts in seen["counts"].items())
+    assert all(counts == {"done": 3} or label == "uncond" for label, counts in seen["counts"].items()), seen["counts"]
     chunk = out / "hr" / "fox.zarr" / "x" / "c" / "0"
     chunk.write_bytes(chunk.read_bytes()[::-1])  # the same size; the write moves its mtime
     (out / "lr" / "owl.zarr" / "x" / "zarr.json").unlink()

@@ -148,6 +148,8 @@ class Provenance:
         digest = self._digests.get(key)
         if digest is None and self._from_base(stage):
             digest = self._digests[key] = self.base.digest(stage, item_id)
+        elif digest is None and self.item(stage, item_id).source != "text":  # its own recipe and source facts
+            digest = self._digests[key] = provenance_digest(self.record(stage, item_id))
         elif digest is None:
             head, tail = self._canonical_parts(stage)
             item, spec = self.item(stage, item_id), STAGES[stage]
@@ -164,7 +166,8 @@ class Provenance:
         if stage not in self._shared:
             self._shared[stage] = self.base is not None and all(self._from_base(up) for up in STAGES[stage].reads) \
                 and self._canonical_parts(stage) == self.base._canonical_parts(stage) \
-                and self.snapshot.items(stage) == self.base.snapshot.items(stage)
+                and self.snapshot.items(stage) == self.base.snapshot.items(stage) \
+                and self.snapshot.sources == self.base.snapshot.sources
         return self._shared[stage]
 
     def _canonical_parts(self, stage: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from pixelwizard.pipeline.parallel import in_parts
 from pixelwizard.pipeline.provenance import HELD, MISSING, OutputState, Provenance
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
-from pixelwizard.pipeline.stages import STAGES, decode_tag, enabled_stages
+from pixelwizard.pipeline.stages import STAGES, decode_tag
 
 STATES = ("done", "stale", "held", "missing", "blocked", "failed", "corrupt")
 EXAMPLES = 3  # ids shown per reason (all of them with --verbose)
@@ -114,7 +114,7 @@ def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = No
     own, *others = runs.values()
     provenances = [main := Provenance(own, layout, events, renew=renew),
                    *(Provenance(r, layout, events, main, renew=renew) for r in others)]
-    names = [s.name for s in enabled_stages(snapshot.config) if stages is None or s.name in stages]
+    names = [s.name for s in snapshot.stages if stages is None or s.name in stages]
     ids = [p.id for p in snapshot.prompts]
     for provenance in provenances:
         provenance.load(names)
