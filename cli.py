@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pixelwizard.checkpoints.errors import CheckpointError
 from pixelwizard.checkpoints.identity import CHUNK_BYTES, DigestCache
@@ -152,7 +153,7 @@ def fail(err: BaseException, verbose: bool) -> None:
     """Users get one line naming the problem and the fix; tracebacks are for --verbose."""
     if verbose:
         console.print_exception()
-    console.print(f"[bold red]error:[/] {err}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -334,7 +335,8 @@ def execute(command: str, out: Path, config: RunConfig, items: list, chosen: tup
 def announce_hashing(path: Path, done: int, size: int) -> None:
     """A line when a big checkpoint file starts being hashed (once; its digest is cached in OUT)."""
     if done <= CHUNK_BYTES and size > 2**30:
-        console.print(f"hashing {path} ({size / 1e9:.1f} GB; once, the digest is kept in OUT)", highlight=False)
+        console.print(f"hashing {path} ({size / 1e9:.1f} GB; once, the digest is kept in OUT)", highlight=False,
+                      markup=False)
 
 
 def ready_markers(plan: Plan, stages: list[str]) -> list[Path]:
@@ -366,13 +368,13 @@ def dry_run_report(plan: Plan, rows: list[status.StageStatus], verbose: bool) ->
     try:
         inflight.check_free(plan.layout)
     except inflight.RunBusyError as busy:
-        console.print(f"note: {busy}", highlight=False)
+        console.print(f"note: {busy}", highlight=False, markup=False)
     status.print_table(console, rows, f"{plan.layout.out} (dry run: nothing was changed)")
     for row in rows:
         shards = {plan.shard_of(row.stage, p.id) for p in row.todo}
         if shards:
             console.print(f"  {row.label}: {counted(len(row.todo), 'output')} to make in "
-                          f"{counted(len(shards), 'job')}", highlight=False)
+                          f"{counted(len(shards), 'job')}", highlight=False, markup=False)
     status.print_problems(console, rows, plan.layout.out, verbose)
     return 0
 
@@ -387,13 +389,14 @@ def summary(snapshot: RunSnapshot, layout: Layout, shown: list[str], outcome: ru
                       f"{left} outputs still to make; run the same command again to go on", highlight=False)
         return 128 + outcome.stop_signal
     if left == 0 and outcome.code == 0:
-        console.print(f"[green]done:[/] {layout.out} in {seconds:.0f} s  (pixelwizard status {layout.out})",
+        console.print(f"[green]done:[/] {escape(str(layout.out))} in {seconds:.0f} s  (pixelwizard status "
+                      f"{escape(str(layout.out))})",
                       highlight=False)
         return 0
     status.print_table(console, rows, f"{layout.out}: not everything was made")
     status.print_problems(console, rows, layout.out)
     for line in advice(rows, layout, outcome):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     return 1
 
 
@@ -450,16 +453,16 @@ def stop(out: Path = typer.Argument(..., help="Output directory of a run"), verb
     if not out.is_dir():
         fail(RunConfigError(f"{out}: no such directory"), verbose)
     if inflight.run_holder(layout) is None and not inflight.live_jobs(layout):
-        console.print(f"nothing runs in {out}", highlight=False)
+        console.print(f"nothing runs in {out}", highlight=False, markup=False)
         return
     status.print_at_work(console, layout)
     result = inflight.stop(layout)
     ended = [job.name for job in result.jobs if job.pid not in {j.pid for j in result.left}]
     console.print(f"[yellow]stopped[/] in {result.seconds:.0f} s: "
-                  + ", ".join(filter(None, [result.run and result.run.get("command"), *ended])), highlight=False)
+                  + escape(", ".join(filter(None, [result.run and result.run.get("command"), *ended]))), highlight=False)
     if result.killed:
         console.print(f"killed after {inflight.STOP_GRACE_S:.0f} s: {', '.join(j.name for j in result.killed)}",
-                      highlight=False)
+                      highlight=False, markup=False)
     if result.left:
         fail(RuntimeError(f"still running: {'; '.join(j.describe() for j in result.left)}; end them where they run"),
              verbose)
@@ -479,7 +482,7 @@ def show_report(out: Path = typer.Argument(..., help="Output directory of a gene
         fail(OSError(f"cannot write {out / 'report'}: {err.strerror} ({err.filename}); make it a writable folder, "
                      "or copy the run somewhere writable and report there"), verbose)
     Console().print(f"report: {page}  ({counted(len(data['prompts']), 'prompt')}, decode settings "
-                    f"{', '.join(data['tags'])}); open it in a browser", highlight=False, soft_wrap=True)
+                    f"{', '.join(data['tags'])}); open it in a browser", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("make-tiny-weights")
@@ -493,7 +496,7 @@ def make_tiny_weights(directory: Path = typer.Argument(..., help="Where to write
     except USER_ERRORS as err:
         fail(err, False)
     for name, path in paths.items():
-        console.print(f"{name}: {path}", highlight=False)
+        console.print(f"{name}: {path}", highlight=False, markup=False)
 
 
 @app.command()

@@ -12,9 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 from conftest import PROMPTS, computed, copy_run, generate, generate_args, write_prompts
+from rich.console import Console
+
+from pixelwizard.pipeline.layout import Layout
+from pixelwizard.pipeline.live import LiveView
+from pixelwizard.pipeline.status import StageStatus
 
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -109,3 +115,14 @@ def test_quiet_prints_one_line_per_finished_prompt(weights, tmp_path):
     finished = [line for line in lines if " done in " in line]
     assert len(finished) == sum(computed(out).values())  # one line per prompt and stage, no job blocks
     assert len(lines) == len(finished) + 1 and lines[-1].startswith("done:")
+
+
+def test_a_failure_s_text_is_printed_as_it_is(tmp_path):
+    """Errors hold brackets (gloo's "[/pytorch/third_party/gloo/...cc:553]"), which rich would read as markup."""
+    console = Console(record=True, width=200)
+    before = [StageStatus("decode", "decode p2w-ov1-24fps", Counter(missing=1))]
+    view = LiveView(Layout(tmp_path), before, console, title="pixelwizard decode", quiet=True)
+    error = "RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer"
+    view.consume({"stage": "decode", "action": "failed", "id": "fox", "error": error})
+    assert console.export_text().strip() == f"failed decode p2w-ov1-24fps fox: {error}"
+    assert view.failed["decode"] == 1

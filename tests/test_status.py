@@ -16,7 +16,7 @@ from test_provenance import PROMPTS, snapshot
 
 from pixelwizard.checkpoints.identity import DigestCache
 from pixelwizard.pipeline import parallel
-from pixelwizard.pipeline.events import append_event
+from pixelwizard.pipeline.events import append_event, last_failures
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.prompts import Prompt
 from pixelwizard.pipeline.provenance import Provenance
@@ -137,7 +137,8 @@ def test_reasons_are_grouped_and_a_large_run_fits_a_screen(weights, tmp_path):
 
 
 def test_status_of_a_directory_that_is_not_a_run_says_which(tmp_path):
-    for path, problem in ((tmp_path / "typo", "no such directory"), (tmp_path, "no run configuration here")):
+    for path, problem in ((tmp_path / "typo", "no such directory"), (tmp_path, "no run configuration here"),
+                          (tmp_path / "[/x]", "[/x]: no such directory")):  # a name rich would read as markup
         result = status(path, check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert problem in " ".join(result.stderr.split())
@@ -219,3 +220,16 @@ def test_an_indexed_run_is_judged_from_stamps_and_a_changed_file_is_still_found(
     assert seen["counts"]["hr"] == {"done": 2, "corrupt": 1} and seen["counts"]["lr"] == {"done": 2, "corrupt": 1}
     assert seen["counts"][f"decode {TAG}"] == {"done": 2, "corrupt": 1}
     assert sorted(seen["read"]) == sorted([str(chunk), str(video)])  # read again: the changed files only
+
+
+def test_an_attempt_s_first_failure_is_its_cause():
+    """Rank 0 runs out of space, then rank 1, in a collective with it, fails on the closed connection: the status
+    says the first; a new attempt's failure replaces an old one's, and a computed output has none."""
+    key = {"stage": "decode", "id": "fox", "digest": "d"}
+    cause = {**key, "action": "failed", "error": "OSError: [Errno 28] No space left on device"}
+    consequence = {**key, "action": "failed", "error": "RuntimeError: [gloo] Connection closed by peer"}
+    attempt = [{**key, "action": "started"}, cause, consequence]
+    assert last_failures(attempt)[("decode", "fox", "d")] is cause
+    retried = {**key, "action": "failed", "error": "RuntimeError: out of memory"}
+    assert last_failures([*attempt, {**key, "action": "started"}, retried])[("decode", "fox", "d")] is retried
+    assert last_failures([*attempt, {**key, "action": "started"}, {**key, "action": "computed"}]) == {}

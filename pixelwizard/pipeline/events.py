@@ -80,12 +80,18 @@ def _parse(lines: Iterable[bytes]) -> list[dict[str, Any]]:
 
 
 def last_failures(events: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """(stage, id, output digest) -> the last failure event, unless the output was computed after it."""
+    """(stage, id, output digest) -> the failure of its last attempt, unless the output was computed after it. An
+    attempt's first failure is its cause: the other ranks of a multi-GPU job, in a collective with the one that
+    failed, then fail too ("Connection closed by peer"), and the launcher may add how the job ended."""
     failures: dict[tuple[str, str, str], dict[str, Any]] = {}
+    attempted = set()  # outputs started again since their last failure
     for event in events:
-        key = (event.get("stage"), event.get("id"), event.get("digest"))
-        if event.get("action") == FAILED:
+        key, action = (event.get("stage"), event.get("id"), event.get("digest")), event.get("action")
+        if action == FAILED and (key not in failures or key in attempted):
             failures[key] = event
-        elif event.get("action") in ("computed", "skipped"):
+            attempted.discard(key)
+        elif action == "started":
+            attempted.add(key)
+        elif action in ("computed", "skipped"):
             failures.pop(key, None)
     return failures

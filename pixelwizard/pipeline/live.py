@@ -14,6 +14,7 @@ from types import TracebackType
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -73,11 +74,11 @@ class LiveView:
             self.seconds[stage].append(event.get("seconds", 0.0))
             if self.quiet:
                 self.line(f"{self.labels[stage]} {item} done in {event.get('seconds', 0):.1f} s")
-        elif action == "failed":
-            self.failed[stage] += 1
-            self.line(f"[red]failed[/] {self.labels[stage]} {item}: {event.get('error', '')}", markup=True)
-        elif action == "warning":
-            self.line(f"[yellow]warning[/] {self.labels[stage]} {item}: {event.get('warning', '')}", markup=True)
+        elif action in ("failed", "warning"):
+            self.failed[stage] += action == "failed"
+            said = f"{self.labels[stage]} {item}: {event.get('error' if action == 'failed' else 'warning', '')}"
+            self.line(f"{'[red]failed' if action == 'failed' else '[yellow]warning'}[/] {escape(said)}",
+                      markup=True)  # an error's text may hold [brackets]: gloo's file names, say
 
     def line(self, text: str, markup: bool = False) -> None:
         self.console.print(text, markup=markup, highlight=False)

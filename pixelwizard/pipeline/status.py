@@ -23,7 +23,7 @@ from pixelwizard.pipeline import inflight
 from pixelwizard.pipeline.events import failure_events
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.parallel import in_parts
-from pixelwizard.pipeline.provenance import HELD, MISSING, OutputState, Provenance
+from pixelwizard.pipeline.provenance import FAILED, HELD, MISSING, OutputState, Provenance
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
 from pixelwizard.pipeline.stages import STAGES, decode_tag
@@ -93,7 +93,7 @@ def decode_variants(snapshot: RunSnapshot, layout: Layout) -> dict[str, RunSnaps
 def output_states(provenance: Provenance, stage: str, prompts: Collection[str] | None = None) -> Iterator[OutputState]:
     """The state of every output of `stage` the run shows (of `prompts`' outputs only, if given: the unconditional
     texts are no prompts' and go with the part holding the first prompt); one the run holds back by choice is
-    `held`, with the choice as its reason, unless it is done."""
+    `held`, with the choice as its reason, unless it is done or was tried and failed (a re-decode, say)."""
     held, items = provenance.snapshot.held(stage), provenance.snapshot.outputs(stage)
     if prompts is not None:
         first = provenance.snapshot.prompts[0].id
@@ -102,7 +102,7 @@ def output_states(provenance: Provenance, stage: str, prompts: Collection[str] |
     for item in items:
         state = provenance.state(stage, item.id)
         why = held.get(item.id)
-        yield state if state.done or why is None else OutputState(stage, item.id, HELD, (why,))
+        yield state if state.done or state.state == FAILED or why is None else OutputState(stage, item.id, HELD, (why,))
 
 
 def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = None, *, every_tag: bool = False,
