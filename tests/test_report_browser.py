@@ -220,7 +220,7 @@ def test_an_upscaled_video_plays_beside_its_input(upscaled_run, browser, tmp_pat
     pixelwizard("report", out)
     open_view(driver, out, "prompts")
     expected = {}
-    for prompt_id in ("fox", "saved", *VIDEOS):
+    for prompt_id in ("fox", "saved", "still", *VIDEOS):
         for folder in ("input", "preview", f"decode/{TAG}"):
             sidecar = out / folder / f"{prompt_id}.json"
             if sidecar.exists():

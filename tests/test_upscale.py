@@ -139,7 +139,7 @@ def test_upscale_resumes_after_a_kill_in_encode_matches_the_api_and_reruns_exact
     assert np.array_equal(read_video(written)[0], cli) and read_video(written)[1] == rate == 30  # frame for frame
 
     write_video(tmp_path / "land.mp4", 14, 200, 120, rate=25)  # other content under the same name
-    assert f"lr: stale {ids['land']}: its video's content changed" in pixelwizard("status", out).stdout
+    assert f"lr: 1 stale ({ids['land']}): its video's content changed" in pixelwizard("status", out).stdout
     before = len(events(out))
     pixelwizard(*args)
     assert computed(out, before) == Counter({(stage, ids["land"]): 1 for stage in ("input", "lr", "hr", "decode")})

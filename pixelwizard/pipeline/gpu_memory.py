@@ -42,9 +42,10 @@ HR_FIXED_GIB = 0.76
 LR_BYTES_PER_ROW = 94_300
 TEXT_ACTIVATIONS_GIB = 0.12
 DECODE_GIB_PER_AREA = 1.7204e-3
+ENCODE_GIB_PER_PIXEL = 2.94e-6  # the VAE encoder's activations per pixel of the anchor-size clip it encodes
 OFFLOAD_RESIDENT_BLOCKS = 2
 GATHERED_BLOCKS = 2  # FSDP2: the block running and the one being prefetched
-STAGES = ("text", "lr", "hr", "decode")
+STAGES = ("text", "lr", "encode", "hr", "decode")  # encode: the lr stage of a video prompt, its clip VAE-encoded
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,12 @@ def lr_gib(preset: Preset, models: Models) -> float:
     return (models.lr + 2 * tokens(preset, lr=True) * LR_BYTES_PER_ROW) / GIB
 
 
+def encode_gib(preset: Preset, models: Models) -> float:
+    """Peak of a video prompt's anchor: its clip at the anchor size through the VAE encoder (bf16), frames
+    streamed in causal chunks, so the clip's length does not count."""
+    return models.vae / GIB + ENCODE_GIB_PER_PIXEL * preset.lr_width * preset.lr_height
+
+
 def text_gib(models: Models) -> float:
     return models.text / GIB + TEXT_ACTIVATIONS_GIB
 
@@ -122,7 +129,7 @@ def stage_gib(stage: str, preset: Preset, models: Models) -> float:
     """A stage's peak with the preset's own settings, one GPU, resident weights."""
     if stage == "text":
         return text_gib(models)
-    return {"lr": lr_gib, "hr": hr_gib, "decode": decode_gib}[stage](preset, models)
+    return {"lr": lr_gib, "encode": encode_gib, "hr": hr_gib, "decode": decode_gib}[stage](preset, models)
 
 
 @dataclass(frozen=True)
