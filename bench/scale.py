@@ -82,7 +82,7 @@ def make_run(root: Path, count: int) -> Path:
     for overlap in (None, 0):  # the run, and a re-decode without overlap beside it
         run = RunSnapshot.build(config.with_settings(overlap=overlap), prompts, None, DigestCache(layout.digests))
         provenance, plan = Provenance(run, layout), Plan(run, layout)
-        for stage in STAGES if overlap is None else ("decode",):
+        for stage in plan.shards if overlap is None else ("decode",):  # the stages a run of prompts has
             templates = root / "templates" / stage
             for shard, items in plan.shards[stage].items():
                 index = ShardIndex(layout, stage, provenance.tag(stage), shard)
