@@ -45,6 +45,7 @@ from pixelwizard.pipeline.stamp_index import ShardIndex, store_files
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "pixelwizard.workflow.cli"]
+LINKS_PER_TEMPLATE = 30_000  # outputs linked to one template's files (a video links it twice); ext4 allows 65,000
 METRICS = {"frames": 9, "mhd_mse": 0.012, "sharpness": 41.0,
            "flicker": {"mean": 0.5, "worst": 2.5, "worst_pair": [3, 4]},
            "seam": {"overall": 1.1, "per_boundary": [1.1], "boundaries": [128], "axis": "w"}}
@@ -78,7 +79,7 @@ def make_run(root: Path, count: int) -> Path:
                for i in range(count)]
     config = RunConfig(prompts="prompts.jsonl", preset="tiny", **{k: str(v) for k, v in paths.items()})
     layout = Layout(out)
-    events = []
+    events, made = [], 0
     for overlap in (None, 0):  # the run, and a re-decode without overlap beside it
         run = RunSnapshot.build(config.with_settings(overlap=overlap), prompts, None, DigestCache(layout.digests))
         provenance, plan = Provenance(run, layout), Plan(run, layout)
@@ -88,7 +89,8 @@ def make_run(root: Path, count: int) -> Path:
                 index = ShardIndex(layout, stage, provenance.tag(stage), shard)
                 for n, item in enumerate(items):
                     seconds, now = 0.5 + n % 7, 1e9 + len(events)
-                    files = write_output(provenance, stage, item, templates)
+                    files = write_output(provenance, stage, item, templates / str(made // LINKS_PER_TEMPLATE))
+                    made += 1
                     index.add(item.id, files, provenance.digest(stage, item.id), seconds=seconds, time=now,
                               **({"metrics": METRICS} if STAGES[stage].output == "mp4" else {}))
                     for action in ("started", "computed"):
@@ -109,7 +111,7 @@ def make_run(root: Path, count: int) -> Path:
 
 def write_output(provenance: Provenance, stage: str, item: Prompt, templates: Path) -> list[Path]:
     """One output of `stage` with the attributes its job gives it; its files. Its data files are hard links to those
-    of one output written by the real writers (the same sizes, mtimes and stamps), so 100,000 prompts take minutes."""
+    of one output written by the real writers (the same sizes and mtimes), so 100,000 prompts take minutes."""
     path, attrs = provenance.output(stage, item.id), provenance.attrs(stage, item.id)
     path.parent.mkdir(parents=True, exist_ok=True)
     if STAGES[stage].output == "mp4":
