@@ -134,6 +134,7 @@ def run_problems(weights, preset: str, **settings) -> list[str]:
 def test_hr_checkpoint_size_against_the_preset(weights):
     hr = weights["hr_ckpt"]  # the tiny HR model: in a tiny/ folder, and it records 256x160
     assert run_problems(weights, "tiny") == [] and run_problems(weights, "tiny", width=160, height=256) == []
+    assert run_problems(weights, "2k", width=256, height=160) == []  # trained for the run's own size
     assert run_problems(weights, "2k") == [
         f"{hr}: trained for 256x160 (recorded in the file; its 'tiny' folder) but preset '2k' takes the model "
         "trained for 2560x1440; use --preset tiny with this checkpoint, or give --hr-ckpt that one"]

@@ -86,8 +86,9 @@ def check_checkpoints(config: RunConfig) -> None:
     preset = config.resolved_preset()
     model = PRESETS[preset.hr_checkpoint]  # the size the preset's HR model was trained at (portrait, 1080p: 2k's)
     size = f"{model.width}x{model.height}"
+    fitting = {(model.width, model.height), (preset.width, preset.height), (preset.height, preset.width)}
     for (width, height), sources in trained_sizes(Path(config.hr_ckpt)).items():
-        if (width, height) != (model.width, model.height):
+        if (width, height) not in fitting:  # the preset's model, or one trained for the run's own size
             fits = [n for n, p in PRESETS.items() if (p.width, p.height) == (width, height)]
             use = f"use --preset {fits[0]} with this checkpoint, or " if fits else ""
             problems.append(f"{config.hr_ckpt}: trained for {width}x{height} ({'; '.join(sources)}) but preset "
