@@ -502,7 +502,7 @@ def make_tiny_weights(directory: Path = typer.Argument(..., help="Where to write
 @app.command()
 def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output directory"),
          cores: int = typer.Option(2, help="Jobs at once"), verbose: bool = VERBOSE, quiet: bool = QUIET) -> None:
-    """The whole pipeline on tiny random weights (CPU, well under a minute): videos in OUT/decode/, the weights in
+    """The whole pipeline on tiny random weights (CPU: about a minute on 2 cores): videos in OUT/decode/, the weights in
     OUT/weights/ (use them with `generate --preset tiny`)."""
     from pixelwizard.checkpoints.tiny import write_tiny_weights
     from pixelwizard.pipeline import checks
