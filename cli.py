@@ -458,8 +458,8 @@ def stop(out: Path = typer.Argument(..., help="Output directory of a run"), verb
     status.print_at_work(console, layout)
     result = inflight.stop(layout)
     ended = [job.name for job in result.jobs if job.pid not in {j.pid for j in result.left}]
-    console.print(f"[yellow]stopped[/] in {result.seconds:.0f} s: "
-                  + escape(", ".join(filter(None, [result.run and result.run.get("command"), *ended]))), highlight=False)
+    what = ", ".join(filter(None, [result.run and result.run.get("command"), *ended]))
+    console.print(f"[yellow]stopped[/] in {result.seconds:.0f} s: {escape(what)}", highlight=False)
     if result.killed:
         console.print(f"killed after {inflight.STOP_GRACE_S:.0f} s: {', '.join(j.name for j in result.killed)}",
                       highlight=False, markup=False)
