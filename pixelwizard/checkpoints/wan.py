@@ -1,12 +1,6 @@
 """Load the three Wan2.2-TI2V-5B networks from a checkpoint directory laid out as
-`hf download Wan-AI/Wan2.2-TI2V-5B` leaves it, and write that layout back (tiny checkpoints).
-
-    <ckpt_dir>/config.json                                      DiT config (WanModel)
-    <ckpt_dir>/diffusion_pytorch_model.safetensors.index.json   DiT weight map over the shards
-    <ckpt_dir>/diffusion_pytorch_model-0000k-of-0000n.safetensors
-    <ckpt_dir>/Wan2.2_VAE.pth                                   VAE state dict (+ optional vae_config.json)
-    <ckpt_dir>/models_t5_umt5-xxl-enc-bf16.pth                  umT5 encoder state dict (+ optional t5_config.json)
-    <ckpt_dir>/google/umt5-xxl/                                 tokenizer
+`hf download Wan-AI/Wan2.2-TI2V-5B` leaves it (the layout: checkpoints/wan_files.py), and write that layout back
+(tiny checkpoints).
 
 Every loader takes `device="meta"`: it then checks every file, key and shape exactly as the real load does,
 from headers and zip directories only, and returns a model without weights (the up-front check).
