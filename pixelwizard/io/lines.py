@@ -54,10 +54,13 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
+_DECODER = json.JSONDecoder(parse_constant=_not_json, object_pairs_hook=_unique_keys)
+
+
 def parse_json(line: str) -> Any:
     """One line's JSON value; raises ValueError with what is wrong."""
     try:
-        return json.loads(line, parse_constant=_not_json, object_pairs_hook=_unique_keys)
+        return _DECODER.decode(line)
     except json.JSONDecodeError as err:
         raise ValueError(f"invalid JSON ({err.msg} at column {err.colno})") from None
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from pixelwizard.io.input_file import LATENT_SUFFIXES
 from pixelwizard.io.lines import LineFileError, json_line, parse_json, read_lines
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 SOURCE_KEYS = ("image", "video", "latent")  # at most one per prompt
 UNTEXTED_SOURCES = ("video", "latent")  # may leave out the text: upscaled with the empty prompt
 VIDEO_OPTIONS = ("start", "fps")  # a video's only
@@ -75,10 +77,9 @@ def check_text(value: Any) -> str:
     of a UTF-16 pair, from a JSON escape like "\\ud83d" or undecodable bytes in a command line) is not one."""
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    for i, char in enumerate(value):
-        if "\ud800" <= char <= "\udfff":
-            raise ValueError(f"holds a lone surrogate U+{ord(char):04X} at character {i + 1} (half of a UTF-16 pair, "
-                             "not a character)")
+    if surrogate := _SURROGATE.search(value):
+        raise ValueError(f"holds a lone surrogate U+{ord(surrogate[0]):04X} at character {surrogate.start() + 1} "
+                         "(half of a UTF-16 pair, not a character)")
     return value
 
 
@@ -97,7 +98,7 @@ class Prompt:
     def __post_init__(self) -> None:
         check_id(self.id)  # whatever made it: ids name files
 
-    @property
+    @cached_property  # asked per output and stage: half a million times for status at 100,000 prompts
     def source(self) -> str:
         """What the anchor is made from: text (sampled), image (sampled from a first frame), video or latent."""
         return next((key for key in SOURCE_KEYS if getattr(self, key) is not None), "text")
@@ -112,7 +113,10 @@ class Prompt:
 
     def to_record(self) -> dict[str, Any]:
         """The prompt's settings as a JSONL record (read back by `read_prompts`); unset ones left out."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {name: value for name in PROMPT_FIELDS if (value := getattr(self, name)) is not None}
+
+
+PROMPT_FIELDS = tuple(f.name for f in fields(Prompt))
 
 
 def _id(value: Any) -> str | None:
@@ -273,6 +277,8 @@ def near_miss(key: str) -> str | None:
 
 def _first(record: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     """The value of the first of `keys` that is given and not empty (else an empty one, else None)."""
+    if len(keys) == 1:
+        return record.get(keys[0])
     given = [record[k] for k in keys if record.get(k) is not None]
     return next((v for v in given if v != ""), given[0] if given else None)
 
@@ -284,7 +290,7 @@ def _make(path: Path | str, lineno: int, **values: Any) -> Prompt:
         raise PromptFileError(path, lineno, err.problem, err.fix) from None
 
 
-def _parse_jsonl_line(path: Path, lineno: int, line: str) -> Prompt:
+def _parse_jsonl_line(path: Path, folder: Path, lineno: int, line: str) -> Prompt:
     try:
         record = parse_json(line)
     except ValueError as err:
@@ -295,8 +301,8 @@ def _parse_jsonl_line(path: Path, lineno: int, line: str) -> Prompt:
         if key not in KNOWN_KEYS and (known := near_miss(key)):
             raise PromptFileError(path, lineno, f"unknown key {key!r}", f"did you mean {known!r}? (keys of your own "
                                   "are kept and ignored, unless they are this close to a key pixelwizard reads)")
-    values = {name: _first(record, field.keys) for name, field in FIELDS.items()}
-    return _make(path, lineno, folder=path.parent, **values)
+    values = {name: _first(record, field.keys) for name, field in FIELDS.items() if not record.keys().isdisjoint(field.keys)}
+    return _make(path, lineno, folder=folder, **values)
 
 
 def read_prompts(path: Path) -> list[Prompt]:
@@ -312,7 +318,9 @@ def read_prompts(path: Path) -> list[Prompt]:
     if not numbered:
         raise PromptFileError(path, 1, "no prompts in file", "add one prompt per line")
     jsonl = numbered[0][1].startswith("{")
-    prompts = [_parse_jsonl_line(path, n, line) if jsonl else _make(path, n, text=line) for n, line in numbered]
+    folder = path.parent
+    prompts = [_parse_jsonl_line(path, folder, n, line) if jsonl else _make(path, n, text=line)
+               for n, line in numbered]
     return check_unique(prompts, path, [n for n, _ in numbered])
 
 

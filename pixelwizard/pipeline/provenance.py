@@ -77,12 +77,12 @@ class Provenance:
             self._failed.setdefault((stage, item_id), {})[digest] = event
         self._items = {s: {i.id: i for i in snapshot.items(s)} for s in STAGES}
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
-        self._digests: dict[tuple[str, str], str] = {}
+        self._digests: dict[str, dict[str, str]] = {s: {} for s in STAGES}  # stage -> id -> digest
         self._tags: dict[str, str | None] = {}
-        self._canonical: dict[str, tuple[str, str]] = {}  # stage -> the constant parts of its records' JSON
+        self._canonical: dict[str, tuple[str, str, tuple[str, ...]]] = {}  # stage -> its records' JSON's constants
         self._text_hashes: dict[str, str] = {}
         self._uncond_ids: dict[str, str] = {}
-        self._states: dict[tuple[str, str], OutputState] = {}
+        self._states: dict[str, dict[str, OutputState]] = {s: {} for s in STAGES}  # stage -> id -> state
         self._recorded: dict[tuple[str, str], dict[str, Any]] = {}
         self._folders: dict[tuple[str, str | None], tuple[set[str], StampIndex]] = {}
 
@@ -105,7 +105,8 @@ class Provenance:
 
     def inputs(self, stage: str, item_id: str) -> dict[str, str]:
         """upstream stage -> the id of the output of it that `stage` reads for `item_id`."""
-        spec, item = self.spec(stage, item_id), self.item(stage, item_id)
+        item = self.item(stage, item_id)
+        spec = STAGES[stage].recipe(item.source)
         return {up: self._input_id(spec, up, item) for up in spec.reads}
 
     def _input_id(self, spec: Stage, upstream: str, item: Prompt) -> str:
@@ -141,25 +142,28 @@ class Provenance:
         return self._records[key]
 
     def digest(self, stage: str, item_id: str) -> str:
-        """provenance_digest(self.record(stage, item_id)), with the record's canonical JSON written out directly from
-        parts that are the same for every output of the stage: a run of 100,000 prompts has half a million outputs,
-        and building each record to serialize it was most of what `status` and the plan cost."""
-        key = (stage, item_id)
-        digest = self._digests.get(key)
-        if digest is None and self._from_base(stage):
-            digest = self._digests[key] = self.base.digest(stage, item_id)
-        elif digest is None and self.item(stage, item_id).source != "text":  # its own recipe and source facts
-            digest = self._digests[key] = provenance_digest(self.record(stage, item_id))
-        elif digest is None:
-            head, tail = self._canonical_parts(stage)
-            item, spec = self.item(stage, item_id), STAGES[stage]
-            inputs = ",".join(f'"{up}":"{self.digest(up, self._input_id(spec, up, item))}"'
-                              for up in sorted(spec.reads))
-            seed = f',"seed":{stage_seed(item, self.snapshot.preset, stage)}' if spec.seeded else ""
-            hashed = self._text_hashes.get(item.text) or self._text_hashes.setdefault(item.text, text_hash(item.text))
-            canonical = f'{head}"{item_id}","inputs":{{{inputs}}}{seed}{tail}"{hashed}"}}'  # ids need no escapes
-            digest = self._digests[key] = hashlib.sha256(canonical.encode()).hexdigest()
+        """provenance_digest(self.record(stage, item_id)), computed once."""
+        digest = self._digests[stage].get(item_id)
+        if digest is None:
+            digest = self._digests[stage][item_id] = self._digest(stage, item_id)
         return digest
+
+    def _digest(self, stage: str, item_id: str) -> str:
+        """The record's canonical JSON written out directly from parts that are the same for every output of the
+        stage made from a text: a run of 100,000 prompts has half a million outputs, and building each record to
+        serialize it was most of what `status` and the plan cost."""
+        if self._from_base(stage):
+            return self.base.digest(stage, item_id)
+        item = self.item(stage, item_id)
+        if item.source != "text":  # its own recipe and source facts
+            return provenance_digest(self.record(stage, item_id))
+        head, tail, reads = self._canonical_parts(stage)
+        spec = STAGES[stage]
+        inputs = ",".join([f'"{up}":"{self.digest(up, self._input_id(spec, up, item))}"' for up in reads])
+        seed = f',"seed":{stage_seed(item, self.snapshot.preset, stage)}' if spec.seeded else ""
+        hashed = self._text_hashes.get(item.text) or self._text_hashes.setdefault(item.text, text_hash(item.text))
+        canonical = f'{head}"{item_id}","inputs":{{{inputs}}}{seed}{tail}"{hashed}"}}'  # ids need no escapes
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     def _from_base(self, stage: str) -> bool:
         """Whether the outputs of `stage` are the base run's: the same items, records and inputs."""
@@ -170,9 +174,9 @@ class Provenance:
                 and self.snapshot.sources == self.base.snapshot.sources
         return self._shared[stage]
 
-    def _canonical_parts(self, stage: str) -> tuple[str, str]:
+    def _canonical_parts(self, stage: str) -> tuple[str, str, tuple[str, ...]]:
         """The canonical JSON of a stage's records around the parts that differ per output (keys sorted:
-        checkpoints, id, inputs, seed, settings, stage, text)."""
+        checkpoints, id, inputs, seed, settings, stage, text), and the inputs in that order."""
         if stage in self._canonical:
             return self._canonical[stage]
         spec, preset = STAGES[stage], self.snapshot.preset
@@ -180,7 +184,8 @@ class Provenance:
         checkpoints = json.dumps({role: self.snapshot.identities[role] for role in spec.checkpoints}, **dumps)
         settings = json.dumps({name: getattr(preset, name) for name in spec.settings}, **dumps)
         self._canonical[stage] = (f'{{"checkpoints":{checkpoints},"id":',
-                                  f',"settings":{settings},"stage":{json.dumps(stage, **dumps)},"text":')
+                                  f',"settings":{settings},"stage":{json.dumps(stage, **dumps)},"text":',
+                                  tuple(sorted(spec.reads)))
         return self._canonical[stage]
 
     def attrs(self, stage: str, item_id: str) -> dict[str, Any]:
@@ -233,12 +238,11 @@ class Provenance:
         return attrs
 
     def state(self, stage: str, item_id: str) -> OutputState:
-        if self._from_base(stage):
-            return self.base.state(stage, item_id)
-        key = (stage, item_id)
-        if key not in self._states:
-            self._states[key] = self._state(stage, item_id)
-        return self._states[key]
+        state = self._states[stage].get(item_id)
+        if state is None:
+            state = self._states[stage][item_id] = self.base.state(stage, item_id) if self._from_base(stage) \
+                else self._state(stage, item_id)
+        return state
 
     def _state(self, stage: str, item_id: str) -> OutputState:
         try:

@@ -36,7 +36,8 @@ class RunSnapshot:
     only: tuple[str, ...] | None
     identities: dict[str, str]  # checkpoint role -> content digest
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # prompt id -> its source file's facts
-    _index: dict[str, Prompt] = field(default_factory=dict, compare=False, repr=False)
+    _index: dict[str, Prompt] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _items: dict[str, list[Prompt]] = field(default_factory=dict, init=False, compare=False, repr=False)  # stage -> its items
 
     def __post_init__(self) -> None:
         self._index.update({p.id: p for p in self.prompts})
@@ -92,9 +93,14 @@ class RunSnapshot:
 
     def items(self, stage: str) -> list[Prompt]:
         """What a stage's jobs work through: the prompts, the --only ones, or the distinct unconditional texts."""
-        kind = STAGES[stage].items
-        if kind == "uncond":
-            texts = {s.recipe(p.source).uncond_text(p, self.preset) for p in self.prompts for s in STAGES.values()
+        if stage not in self._items:
+            self._items[stage] = self._find_items(STAGES[stage].items)
+        return self._items[stage]
+
+    def _find_items(self, kind: str) -> list[Prompt]:
+        if kind == "uncond":  # a prompt's unconditional texts follow from its source and negative prompt
+            alike = {(p.source, p.negative_prompt): p for p in self.prompts}.values()
+            texts = {s.recipe(p.source).uncond_text(p, self.preset) for p in alike for s in STAGES.values()
                      if s.recipe(p.source).uncond_text}
             return [uncond_item(text) for text in sorted(texts)]
         if kind == "videos":

@@ -40,7 +40,7 @@ def store_files(store: Path) -> list[Path]:
 
 def signature(stats: Iterable[os.stat_result]) -> str:
     """What the index compares: every file's size and mtime, in order (files.unchanged, for a set of files)."""
-    stamps = ";".join(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
+    stamps = ";".join([f"{st.st_size}:{st.st_mtime_ns}" for st in stats])
     return hashlib.blake2b(stamps.encode(), digest_size=12).hexdigest()
 
 
@@ -84,25 +84,38 @@ class StampIndex:
         self.folder = layout.folder(stage, tag)
         self.prefix = f"{self.folder}{os.sep}"  # a string: pathlib costs more than the stat at 100,000 outputs
         self.index = index_folder(layout, stage, tag)
-        self.entries: dict[str, list[tuple[str, tuple[str, ...], str, Path]]] = {}
+        self.shards: list[tuple[Path, list[tuple[str, ...]], dict[str, list[Any]]]] = []  # path, shapes, outputs
+        self.where: dict[str, int] = {}  # output id -> the shard holding its entry (the last one, if several do)
+        self.also: dict[str, list[int]] = {}  # output id -> the other shards with an entry of it
         self._extras: dict[Path, dict[str, Any]] = {}
         for path in sorted(self.index.glob(f"*{STAMPS}")) if self.index.is_dir() else ():
             try:
                 shard = json.loads(path.read_text(encoding="utf-8"))
                 shapes = [tuple(p.removeprefix(ID) for p in shape) for shape in shard["files"]]  # the id's suffixes
-                for item_id, (digest, shape, sig) in shard["outputs"].items():
-                    self.entries.setdefault(item_id, []).append((digest, shapes[shape], sig, path))
-            except (OSError, ValueError, KeyError, TypeError, IndexError):  # torn or foreign: costs a full check
+                outputs = shard["outputs"]
+                if not isinstance(outputs, dict):
+                    continue
+            except (OSError, ValueError, KeyError, TypeError):  # torn or foreign: costs a full check
                 continue
+            for item_id in outputs.keys() & self.where.keys():  # a shard written again, say: each entry is tried
+                self.also.setdefault(item_id, []).append(self.where[item_id])
+            self.where.update(dict.fromkeys(outputs, len(self.shards)))  # a dict per id would cost seconds at 100,000
+            self.shards.append((path, shapes, outputs))
 
     def lookup(self, item_id: str) -> dict[str, Any] | None:
         """{"digest", "files" (names, relative to the stage folder), "entry"} of the output whose files all still
         have the stamps an entry recorded; None when no entry holds (the caller reads the output itself)."""
+        shard = self.where.get(item_id)
+        if shard is None:
+            return None
         head = self.prefix + item_id
-        for digest, suffixes, sig, path in self.entries.get(item_id, ()):
+        for k in (shard, *self.also.get(item_id, ())):
+            path, shapes, outputs = self.shards[k]
             try:
+                digest, shape, sig = outputs[item_id]
+                suffixes = shapes[shape]
                 stats = [os.stat(head + suffix) for suffix in suffixes]
-            except OSError:
+            except (OSError, ValueError, TypeError, IndexError):
                 continue
             if signature(stats) == sig:
                 return {"digest": digest, "files": [item_id + suffix for suffix in suffixes], "entry": path}
