@@ -32,7 +32,8 @@ from pixelwizard.pipeline import inflight, runner, status
 from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import ONLY, PROMPTS, Layout
 from pixelwizard.pipeline.live import LiveView
-from pixelwizard.pipeline.plan import Plan
+from pixelwizard.pipeline.parallel import beside
+from pixelwizard.pipeline.plan import Plan, collect_garbage_rarely
 from pixelwizard.pipeline.presets import PRESETS, PresetError, parse_setting, setting_help, setting_type
 from pixelwizard.pipeline.prompts import read_ids, read_prompts, single_prompt, source_prompts
 from pixelwizard.pipeline.report import write_report
@@ -286,29 +287,36 @@ def execute(command: str, out: Path, config: RunConfig, items: list, chosen: tup
     """Check everything up front, take OUT's lock, record the run, plan it and run it; returns the exit code.
     `record`: the run becomes OUT's configuration (generate); `stages`: only these stages run (decode). Nothing in
     OUT changes before the lock is held, and nothing at all in a dry run or a refused one."""
-    from pixelwizard.pipeline import checks, sources  # read checkpoint headers and videos with torch, PyAV
+    from pixelwizard.pipeline import checks, sources
 
     layout = Layout(out)
     waiting = console.status("checking the checkpoints and settings, planning the run")  # on a terminal: not frozen
-    if console.is_terminal and not run.quiet:
-        waiting.start()
     try:
         checks.check_out(out)
-        checks.check_checkpoints(config)
-        checks.check_kernels(config)
-        cache = DigestCache(layout.digests, persist=False, root=out)  # written once OUT's lock is held
-        gpus = len(visible_gpus())
-        snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
-        for line in sources.notes(items, snapshot.sources, snapshot.preset):
-            console.print(f"note: {line}", highlight=False)
-        checks.check_parallelism(snapshot, gpus)
-        checks.check_patches(config)
-        plan = Plan(snapshot, layout)
-        wanted = [s for s in plan.final_stages() if s in plan.shards and (stages is None or s in stages)]
-        shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
-        checks.check_paths(plan, shown, record)
-        rows = status.collect(snapshot, layout, shown)
-        targets = plan.targets() if stages is None else ready_markers(plan, wanted)  # a dry run refuses alike
+        # The checkpoint check imports torch and transformers (seconds): it runs beside the plan.
+        with beside(checks.check_checkpoints, config) as checkpoints_checked:
+            if console.is_terminal and not run.quiet:
+                waiting.start()
+            try:
+                checks.check_kernels(config)
+                cache = DigestCache(layout.digests, persist=False, root=out)  # written once OUT's lock is held
+                gpus = len(visible_gpus())
+                snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
+                for line in sources.notes(items, snapshot.sources, snapshot.preset):
+                    console.print(f"note: {line}", highlight=False)
+                checks.check_parallelism(snapshot, gpus)
+                checks.check_patches(config)
+                plan = Plan(snapshot, layout)
+                wanted = [s for s in plan.final_stages() if s in plan.shards and (stages is None or s in stages)]
+                shown = wanted if stages is not None else [s for s in STAGES if s in _with_lineage(wanted)]
+                plan.provenance.compute_digests(shown, os.cpu_count())
+                checks.check_paths(plan, shown, record)
+                rows = status.collect(snapshot, layout, shown, processes=os.cpu_count())
+                targets = plan.targets() if stages is None else ready_markers(plan, wanted)  # a dry run refuses alike
+            except USER_ERRORS:
+                checkpoints_checked()  # a checkpoint's problem first: it explains what failed after it
+                raise
+            checkpoints_checked()
         if run.dry_run:
             return dry_run_report(plan, rows, run.verbose)
         checks.check_disk(plan, out, [p for row in rows for p in row.todo])
@@ -356,7 +364,7 @@ def _with_lineage(stages: list[str]) -> set[str]:
 def prepare(plan: Plan, shown: list[str], stages: list[str] | None) -> list[status.StageStatus]:
     """Every output's state as the run starts (under OUT's lock); the markers of shards holding an output that is
     not done go, so that Snakemake runs those jobs again (a failed, missing, stale or corrupt output)."""
-    rows = status.collect(plan.snapshot, plan.layout, shown, renew=True)
+    rows = status.collect(plan.snapshot, plan.layout, shown, processes=os.cpu_count(), renew=True)
     for row in rows:
         if stages is None or row.stage in stages:
             for shard in {plan.shard_of(row.stage, p.id) for p in row.todo}:
@@ -381,7 +389,7 @@ def dry_run_report(plan: Plan, rows: list[status.StageStatus], verbose: bool) ->
 
 def summary(snapshot: RunSnapshot, layout: Layout, shown: list[str], outcome: runner.Outcome, seconds: float) -> int:
     """The outcome in a line (or the table of what was not made, with why) and the exit code."""
-    rows = status.collect(snapshot, layout, shown)
+    rows = status.collect(snapshot, layout, shown, processes=os.cpu_count())
     left = sum(len(row.todo) for row in rows)
     if outcome.stop_signal is not None:
         name = signal.Signals(outcome.stop_signal).name
@@ -536,6 +544,7 @@ def doctor(out: Path = typer.Option(Path("."), "--out", "-o", help="Where output
 
 
 def main() -> None:
+    collect_garbage_rarely()
     app()
 
 

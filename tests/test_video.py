@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from pixelwizard.checkpoints.tiny import TINY_VAE, randomize_
+from pixelwizard.io.contact_sheet import ContactSheet
 from pixelwizard.io.render import render_video
-from pixelwizard.io.video import ContactSheet, VideoWriter, check_frame_size, read_video, to_uint8
+from pixelwizard.io.video import VideoWriter, check_frame_size, read_video, to_uint8
 from pixelwizard.models.vae import WanVAE
 
 H, W = 96, 160

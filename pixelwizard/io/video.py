@@ -10,7 +10,6 @@ first (24.6 vs 23.7 fps with preset medium), so the simpler path is kept.
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import threading
@@ -26,6 +25,7 @@ from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
+from pixelwizard.io.contact_sheet import ContactSheet
 from pixelwizard.io.files import check_output, make_folders, publish, temp_sibling
 
 
@@ -51,42 +51,6 @@ def to_uint8(chunk: Tensor) -> np.ndarray:
         raise ValueError(f"chunk must be [3, f, H, W], got {tuple(chunk.shape)}")
     pixels = chunk.float().add(1.0).mul_(127.5).clamp_(0.0, 255.0).to(torch.uint8)
     return rearrange(pixels, "c f h w -> f h w c").contiguous().cpu().numpy()
-
-
-class ContactSheet:
-    """Collects `count` evenly spaced frames of a `total_frames` clip as thumbnails and tiles them in a grid.
-
-    Thumbnails are `thumb_width` px wide (the frame width if smaller), aspect ratio kept.
-    """
-
-    def __init__(self, total_frames: int, count: int = 8, columns: int = 4, thumb_width: int = 256) -> None:
-        if total_frames < 1 or count < 1 or columns < 1 or thumb_width < 1:
-            raise ValueError("total_frames, count, columns and thumb_width must all be >= 1")
-        self.picks = frozenset(round(i * (total_frames - 1) / max(count - 1, 1)) for i in range(count))
-        self.columns, self.thumb_width = columns, thumb_width
-        self.thumbs: list[Image.Image] = []
-        self.seen = 0
-
-    def add(self, frames: np.ndarray) -> None:
-        """Offer the next frames [f, H, W, 3] uint8 of the clip; the picked ones are kept as thumbnails."""
-        for frame in frames:
-            if self.seen in self.picks:
-                h, w = frame.shape[:2]
-                tw = min(self.thumb_width, w)  # never upscale
-                size = (tw, max(1, round(h * tw / w)))
-                self.thumbs.append(Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS))
-            self.seen += 1
-
-    def image(self) -> Image.Image:
-        """The thumbnails so far, row-major in `columns` columns (fewer if there are fewer thumbnails)."""
-        if not self.thumbs:
-            raise ValueError("no frames were collected for the contact sheet")
-        tw, th = self.thumbs[0].size
-        cols = min(self.columns, len(self.thumbs))
-        sheet = Image.new("RGB", (cols * tw, math.ceil(len(self.thumbs) / cols) * th))
-        for i, thumb in enumerate(self.thumbs):
-            sheet.paste(thumb, ((i % cols) * tw, (i // cols) * th))
-        return sheet
 
 
 class VideoWriter:

@@ -1,6 +1,9 @@
 """Everything that can be known before a run starts, checked in seconds before any job is submitted: the output
 directory and the paths the run writes, the checkpoints (headers, not tensor data), GPU counts, patch settings and
 free disk. Each problem is one line naming the file or setting and the fix.
+
+Only the checkpoint check needs torch and transformers (seconds to import); the CLI runs it in a process beside
+the plan (parallel.beside), so this module imports them where they are used.
 """
 
 from __future__ import annotations
@@ -9,16 +12,13 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
-from pixelwizard.checkpoints import preflight, wan_files
+from pixelwizard.checkpoints import wan_files
 from pixelwizard.checkpoints.errors import CheckpointError
-from pixelwizard.checkpoints.strict import read_torch_file
+from pixelwizard.io.contact_sheet import ContactSheet
 from pixelwizard.io.files import check_folder, check_outputs
 from pixelwizard.io.patch_geometry import DecodeSettingsError, check_decode_settings
-from pixelwizard.io.video import ContactSheet
-from pixelwizard.models.attention import select_backend
 from pixelwizard.pipeline import inflight
+from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.presets import PRESETS, Preset
@@ -77,6 +77,8 @@ def check_paths(plan: Plan, stages: list[str], record: bool) -> None:
 def check_checkpoints(config: RunConfig) -> None:
     """Every checkpoint file present, readable, complete and of the right role and shapes (headers only), and the
     HR checkpoint trained for the size the run makes; every problem at once."""
+    from pixelwizard.checkpoints import preflight
+
     problems = []
     try:
         preflight.check_checkpoints(Path(config.ckpt_dir), lr_ckpt=config.lr_ckpt and Path(config.lr_ckpt),
@@ -102,6 +104,8 @@ def trained_sizes(hr_ckpt: Path) -> dict[tuple[int, int], list[str]]:
     records (the tiny weights do; the published files do not), and the folder it sits in when that folder is named
     like a preset (2k/, 4k/: how PixelWizard publishes them; tiny/). The HR model itself runs at any size, so this
     is the only way a checkpoint of the wrong size is found before the LR stage has run."""
+    from pixelwizard.checkpoints.strict import read_torch_file
+
     known: dict[tuple[int, int], list[str]] = {}
     try:
         recorded = read_torch_file(hr_ckpt).get("resolution")
@@ -138,8 +142,13 @@ def check_kernels(config: RunConfig) -> None:
     if config.offload and config.hr_gpus > 1:
         raise RunConfigError(f"--offload streams the DiT's blocks to one GPU; with --hr-gpus {config.hr_gpus} the "
                              "weights are already split over the GPUs: use one or the other")
-    if config.device != "cpu" and torch.cuda.is_available():
-        select_backend(config.attention, "cuda")
+    if config.device != "cpu" and visible_gpus():  # torch is imported where the jobs' GPUs are
+        import torch
+
+        from pixelwizard.models.attention import select_backend
+
+        if torch.cuda.is_available():
+            select_backend(config.attention, "cuda")
 
 
 def check_patches(config: RunConfig) -> None:

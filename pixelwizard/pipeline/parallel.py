@@ -1,14 +1,16 @@
-"""Work over a run's prompts on every core: `status` and the report judge every output of a run (a stat per file,
-a digest per output), which at 100,000 prompts is seconds of CPU per core. The prompts are cut into contiguous
-parts, each judged in a forked process that inherits the run's snapshot instead of receiving it; only the results
-travel back (pickled), in order. Used by read-only commands only: a forked process must not share a CUDA context.
+"""Work on every core: `status`, the report and the plan judge every output of a run (a stat per file, a digest per
+output), which at 100,000 prompts is seconds of CPU per core. The prompts are cut into contiguous parts, each
+judged in a forked process that inherits the run's snapshot instead of receiving it; only the results travel back
+(pickled), in order. And a check that imports torch and transformers (seconds) runs beside the plan (`beside`).
+A forked process must not use the CUDA context of its parent: none of this work touches a GPU.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -38,3 +40,13 @@ def in_parts(work: Callable[[Sequence[str]], T], ids: Sequence[str], processes: 
 
 def _run(index: int) -> Any:
     return _work(_parts[index])
+
+
+@contextmanager
+def beside(work: Callable[..., T], *args: Any) -> Iterator[Callable[[], T]]:
+    """Run work(*args) in a forked process from now on; yields the function that waits for it and returns its result
+    or raises its exception (each pickled back). The process is ended on leaving, finished or not. Fork before
+    starting threads of your own (a spinner, say): only the forking thread lives on in the child."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        result = pool.apply_async(work, args)
+        yield result.get

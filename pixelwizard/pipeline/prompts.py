@@ -301,7 +301,8 @@ def _parse_jsonl_line(path: Path, folder: Path, lineno: int, line: str) -> Promp
         if key not in KNOWN_KEYS and (known := near_miss(key)):
             raise PromptFileError(path, lineno, f"unknown key {key!r}", f"did you mean {known!r}? (keys of your own "
                                   "are kept and ignored, unless they are this close to a key pixelwizard reads)")
-    values = {name: _first(record, field.keys) for name, field in FIELDS.items() if not record.keys().isdisjoint(field.keys)}
+    values = {name: _first(record, field.keys) for name, field in FIELDS.items()
+              if not record.keys().isdisjoint(field.keys)}
     return _make(path, lineno, folder=folder, **values)
 
 

@@ -15,19 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pixelwizard.io.latent_store import StoreError, verify_store
 from pixelwizard.io.sidecar import SidecarError, verify_sidecar
 from pixelwizard.pipeline.events import last_failures
 from pixelwizard.pipeline.layout import SUFFIXES, Layout
+from pixelwizard.pipeline.parallel import in_parts
 from pixelwizard.pipeline.presets import Preset
 from pixelwizard.pipeline.prompts import Prompt, text_hash
 from pixelwizard.pipeline.snapshot import RunSnapshot, uncond_item
-from pixelwizard.pipeline.stages import STAGES, Stage
+from pixelwizard.pipeline.stages import STAGES, Stage, lineage
 from pixelwizard.pipeline.stamp_index import StampIndex
 from pixelwizard.sampling.seeds import prompt_seed
 
@@ -46,8 +46,7 @@ def provenance_digest(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class OutputState:
+class OutputState(NamedTuple):  # a tuple: a new run's plan sends half a million of them between processes
     stage: str
     id: str
     state: str  # done, stale, missing, corrupt, failed, blocked (or held, as status shows it)
@@ -78,6 +77,7 @@ class Provenance:
         self._items = {s: {i.id: i for i in snapshot.items(s)} for s in STAGES}
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
         self._digests: dict[str, dict[str, str]] = {s: {} for s in STAGES}  # stage -> id -> digest
+        self._complete: set[str] = set()  # the stages with every item's digest computed
         self._tags: dict[str, str | None] = {}
         self._canonical: dict[str, tuple[str, str, tuple[str, ...]]] = {}  # stage -> its records' JSON's constants
         self._text_hashes: dict[str, str] = {}
@@ -145,25 +145,57 @@ class Provenance:
         """provenance_digest(self.record(stage, item_id)), computed once."""
         digest = self._digests[stage].get(item_id)
         if digest is None:
-            digest = self._digests[stage][item_id] = self._digest(stage, item_id)
+            self._compute_digests(stage, [self.item(stage, item_id)])
+            digest = self._digests[stage][item_id]
         return digest
 
-    def _digest(self, stage: str, item_id: str) -> str:
-        """The record's canonical JSON written out directly from parts that are the same for every output of the
-        stage made from a text: a run of 100,000 prompts has half a million outputs, and building each record to
-        serialize it was most of what `status` and the plan cost."""
+    def digests(self, stage: str) -> dict[str, str]:
+        """id -> digest of every item of the stage, in one pass (a marker names its shard by them)."""
+        if stage not in self._complete:
+            self._compute_digests(stage, self.snapshot.items(stage))
+            self._complete.add(stage)
+        return self._digests[stage]
+
+    def compute_digests(self, stages: Iterable[str], processes: int | None = None) -> None:
+        """Every item's digest of these stages and those upstream of them, now, the prompts cut in parts over
+        `processes` cores (parallel.in_parts): a plan names each job's marker by them, half a million at 100,000
+        prompts."""
+        order = [s for s in STAGES if s in {up for stage in stages for up in lineage(stage)}]  # upstream first
+        ids = [p.id for p in self.snapshot.prompts]
+
+        def work(part: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+            chosen, found = set(part) if len(part) < len(ids) else None, {}
+            for stage in order:
+                items = self.snapshot.in_part(stage, self.snapshot.items(stage), chosen)
+                self._compute_digests(stage, items)
+                found[stage] = [(item.id, self._digests[stage][item.id]) for item in items]
+            return found
+
+        for found in in_parts(work, ids, processes):
+            for stage, pairs in found.items():
+                self._digests[stage].update(pairs)
+        self._complete.update(order)
+
+    def _compute_digests(self, stage: str, items: list[Prompt]) -> None:
+        """The digests of these items' outputs. An output made from a text has its record's canonical JSON written
+        out directly from parts that are the same for every output of the stage: a run of 100,000 prompts has half a
+        million outputs, and building each record to serialize it was most of what `status` and the plan cost."""
+        known = self._digests[stage]
+        items = [item for item in items if item.id not in known]
         if self._from_base(stage):
-            return self.base.digest(stage, item_id)
-        item = self.item(stage, item_id)
-        if item.source != "text":  # its own recipe and source facts
-            return provenance_digest(self.record(stage, item_id))
+            known.update({item.id: self.base.digest(stage, item.id) for item in items})
+            return
         head, tail, reads = self._canonical_parts(stage)
-        spec = STAGES[stage]
-        inputs = ",".join([f'"{up}":"{self.digest(up, self._input_id(spec, up, item))}"' for up in reads])
-        seed = f',"seed":{stage_seed(item, self.snapshot.preset, stage)}' if spec.seeded else ""
-        hashed = self._text_hashes.get(item.text) or self._text_hashes.setdefault(item.text, text_hash(item.text))
-        canonical = f'{head}"{item_id}","inputs":{{{inputs}}}{seed}{tail}"{hashed}"}}'  # ids need no escapes
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        spec, preset, hashes = STAGES[stage], self.snapshot.preset, self._text_hashes
+        for item in items:
+            if item.source != "text":  # its own recipe and source facts
+                known[item.id] = provenance_digest(self.record(stage, item.id))
+                continue
+            inputs = ",".join([f'"{up}":"{self.digest(up, self._input_id(spec, up, item))}"' for up in reads])
+            seed = f',"seed":{stage_seed(item, preset, stage)}' if spec.seeded else ""
+            hashed = hashes.get(item.text) or hashes.setdefault(item.text, text_hash(item.text))
+            canonical = f'{head}"{item.id}","inputs":{{{inputs}}}{seed}{tail}"{hashed}"}}'  # ids need no escapes
+            known[item.id] = hashlib.sha256(canonical.encode()).hexdigest()
 
     def _from_base(self, stage: str) -> bool:
         """Whether the outputs of `stage` are the base run's: the same items, records and inputs."""
@@ -210,18 +242,21 @@ class Provenance:
             self._folders[(stage, tag)] = (names, StampIndex(self.layout, stage, tag))
         return self._folders[(stage, tag)]
 
+    def _on_disk(self, stage: str, item_id: str) -> bool:
+        """Whether the stage's folder lists the output (its store, or its video's JSON, written last)."""
+        zarr = STAGES[stage].output == "zarr"
+        return item_id + (SUFFIXES["zarr"] if zarr else ".json") in self._folder(stage)[0]
+
     def read_attrs(self, stage: str, item_id: str, full: bool = False) -> dict[str, Any]:
         """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError. From
         the stamp index while every file of the output is unchanged (its digest, files and the index entry that
         holds what else its job recorded; no provenance record), else (and with `full`) read and checked."""
-        names, index = self._folder(stage)
-        zarr = STAGES[stage].output == "zarr"
-        if item_id + (SUFFIXES["zarr"] if zarr else ".json") not in names:
+        if not self._on_disk(stage, item_id):
             raise FileNotFoundError(f"{stage} {item_id}")
-        if not full and (indexed := index.lookup(item_id)) is not None:
+        if not full and (indexed := self._folder(stage)[1].lookup(item_id)) is not None:
             return indexed
         tag = self.tag(stage)
-        if zarr:
+        if STAGES[stage].output == "zarr":
             return verify_store(self.output(stage, item_id), self.renew_in)
         return verify_sidecar(self.layout.sidecar(stage, item_id, tag), self.renew_in)
 
@@ -245,33 +280,34 @@ class Provenance:
         return state
 
     def _state(self, stage: str, item_id: str) -> OutputState:
+        if not self._on_disk(stage, item_id):  # most outputs of a new run: no exception raised and caught each
+            return self._not_done(stage, item_id, MISSING)
         try:
             attrs = self.read_attrs(stage, item_id)
             expected = self.digest(stage, item_id)
             if attrs.get("digest") != expected and "provenance" not in attrs:  # the index has no record: read it
                 attrs = self.read_attrs(stage, item_id, full=True)
         except FileNotFoundError:
-            return self._not_done(stage, item_id, OutputState(stage, item_id, MISSING))
+            return self._not_done(stage, item_id, MISSING)
         except (StoreError, SidecarError) as err:
-            return self._not_done(stage, item_id, OutputState(stage, item_id, CORRUPT, (str(err),)))
+            return self._not_done(stage, item_id, CORRUPT, (str(err),))
         self._recorded[(stage, item_id)] = attrs
         if attrs.get("digest") == expected:
             return OutputState(stage, item_id, DONE)
-        reasons = self.changes(stage, item_id, attrs.get("provenance") or {})
-        return self._not_done(stage, item_id, OutputState(stage, item_id, STALE, reasons))
+        return self._not_done(stage, item_id, STALE, self.changes(stage, item_id, attrs.get("provenance") or {}))
 
-    def _not_done(self, stage: str, item_id: str, state: OutputState) -> OutputState:
+    def _not_done(self, stage: str, item_id: str, state: str, reasons: tuple[str, ...] = ()) -> OutputState:
         """A failure recorded for exactly this output, or an input that is not there yet, says more."""
         failures = self._failed.get((stage, item_id))  # most outputs never failed: no digest to compute for them
         failure = failures.get(self.digest(stage, item_id)) if failures else None
         if failure is not None:
             return OutputState(stage, item_id, FAILED, (failure.get("error", "failed"),))
-        if state.state == MISSING:
+        if state == MISSING:
             for up, up_id in self.inputs(stage, item_id).items():
                 upstream = self.state(up, up_id)
                 if not upstream.done:
                     return OutputState(stage, item_id, BLOCKED, (f"{up} {upstream.state}",))
-        return state
+        return OutputState(stage, item_id, state, reasons)
 
     def changes(self, stage: str, item_id: str, recorded: Mapping[str, Any]) -> tuple[str, ...]:
         """What differs between the provenance an output carries and the one it should carry, in words."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -37,7 +37,7 @@ class RunSnapshot:
     identities: dict[str, str]  # checkpoint role -> content digest
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # prompt id -> its source file's facts
     _index: dict[str, Prompt] = field(default_factory=dict, init=False, compare=False, repr=False)
-    _items: dict[str, list[Prompt]] = field(default_factory=dict, init=False, compare=False, repr=False)  # stage -> its items
+    _items: dict[str, list[Prompt]] = field(default_factory=dict, init=False, compare=False, repr=False)  # by stage
 
     def __post_init__(self) -> None:
         self._index.update({p.id: p for p in self.prompts})
@@ -52,7 +52,8 @@ class RunSnapshot:
         roles = sorted({role for s in enabled_stages(config) for kind in kinds for role in s.recipe(kind).checkpoints})
         identities = {role: files_digest(CHECKPOINT_FILES[role](config), Path(config.ckpt_dir), cache, on_progress)
                       for role in roles}
-        sources = check_sources(prompts, config.resolved_preset(), wan_files.vae_config(Path(config.ckpt_dir)).z_dim, cache)
+        z_dim = wan_files.vae_config(Path(config.ckpt_dir)).z_dim
+        sources = check_sources(prompts, config.resolved_preset(), z_dim, cache)
         return cls(config, tuple(prompts), tuple(only) if only is not None else None, identities, sources)
 
     @classmethod
@@ -109,6 +110,16 @@ class RunSnapshot:
             chosen = set(self.only)
             return [p for p in self.prompts if p.id in chosen]
         return list(self.prompts)
+
+    def in_part(self, stage: str, items: list[Prompt], part: Collection[str] | None) -> list[Prompt]:
+        """Those of a stage's `items` that go with a part of the prompts' ids (None: every prompt), as work is cut
+        over processes (parallel.in_parts): a prompt's own, and the unconditional texts, which are no prompt's, with
+        the part holding the first prompt."""
+        if part is None:
+            return items
+        if STAGES[stage].items == "uncond":
+            return items if self.prompts[0].id in part else []
+        return [item for item in items if item.id in part]
 
     def outputs(self, stage: str) -> list[Prompt]:
         """Every output of a stage that `status` and the report show: its items, and the prompts that --only

@@ -26,7 +26,7 @@ from pixelwizard.pipeline.parallel import in_parts
 from pixelwizard.pipeline.provenance import FAILED, HELD, MISSING, OutputState, Provenance
 from pixelwizard.pipeline.run_config import RunConfig, RunConfigError
 from pixelwizard.pipeline.snapshot import RunSnapshot
-from pixelwizard.pipeline.stages import STAGES, decode_tag
+from pixelwizard.pipeline.stages import decode_tag
 
 STATES = ("done", "stale", "held", "missing", "blocked", "failed", "corrupt")
 EXAMPLES = 3  # ids shown per reason (all of them with --verbose)
@@ -94,12 +94,9 @@ def output_states(provenance: Provenance, stage: str, prompts: Collection[str] |
     """The state of every output of `stage` the run shows (of `prompts`' outputs only, if given: the unconditional
     texts are no prompts' and go with the part holding the first prompt); one the run holds back by choice is
     `held`, with the choice as its reason, unless it is done or was tried and failed (a re-decode, say)."""
-    held, items = provenance.snapshot.held(stage), provenance.snapshot.outputs(stage)
-    if prompts is not None:
-        first = provenance.snapshot.prompts[0].id
-        items = (items if first in prompts else []) if STAGES[stage].items == "uncond" else \
-            [item for item in items if item.id in prompts]
-    for item in items:
+    snapshot = provenance.snapshot
+    held = snapshot.held(stage)
+    for item in snapshot.in_part(stage, snapshot.outputs(stage), prompts):
         state = provenance.state(stage, item.id)
         why = held.get(item.id)
         yield state if state.done or state.state == FAILED or why is None else OutputState(stage, item.id, HELD, (why,))
@@ -119,24 +116,29 @@ def collect(snapshot: RunSnapshot, layout: Layout, stages: list[str] | None = No
     for provenance in provenances:
         provenance.load(names)
 
-    def judge(part: Sequence[str]) -> list[StageStatus]:
-        chosen = set(part) if len(part) < len(ids) else None
-        rows = []
-        for name in names:
-            for provenance in provenances if name == "decode" else provenances[:1]:
-                row = StageStatus(name, label(name, provenance.tag(name)))
-                for state in output_states(provenance, name, chosen):
-                    row.counts[state.state] += 1
-                    if not state.done:
-                        row.problems.append(state)
-                rows.append(row)
+    judged = [(name, provenance) for name in names for provenance in (provenances if name == "decode" else
+                                                                      provenances[:1])]
+
+    def judge(part: Sequence[str]) -> list[tuple[Counter, list[str], list[int], list[tuple[str, tuple[str, ...]]]]]:
+        """Per row: the counts, and the outputs not done as their ids, each with the index of its (state, reasons)
+        in a list of those: a new run's plan sends half a million of them between processes, and tuples of
+        strings pickle many times faster than as many OutputStates."""
+        chosen, rows = set(part) if len(part) < len(ids) else None, []
+        for name, provenance in judged:
+            counts, found, kinds, seen = Counter(), [], [], {}
+            for state in output_states(provenance, name, chosen):
+                counts[state.state] += 1
+                if not state.done:
+                    found.append(state.id)
+                    kinds.append(seen.setdefault((state.state, state.reasons), len(seen)))
+            rows.append((counts, found, kinds, list(seen)))
         return rows
 
-    rows, *others = in_parts(judge, ids, processes)
-    for other in others:  # the same rows, for the next prompts
-        for row, more in zip(rows, other):
-            row.counts.update(more.counts)
-            row.problems += more.problems
+    rows = [StageStatus(name, label(name, provenance.tag(name))) for name, provenance in judged]
+    for part in in_parts(judge, ids, processes):  # in the prompts' order
+        for row, (counts, found, kinds, groups) in zip(rows, part):
+            row.counts.update(counts)
+            row.problems += [OutputState(row.stage, item_id, *groups[kind]) for item_id, kind in zip(found, kinds)]
     return rows
 
 
