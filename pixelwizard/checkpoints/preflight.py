@@ -26,6 +26,9 @@ class CheckpointProblems(CheckpointError):
         super().__init__("\n".join(problems))
         self.problems = problems
 
+    def __reduce__(self) -> tuple[type, tuple[list[str]]]:  # pickled back from the check beside the plan
+        return type(self), (self.problems,)
+
 
 def check_checkpoints(ckpt_dir: Path, *, lr_ckpt: Path | None = None, hr_ckpt: Path | None = None) -> None:
     """Check the Wan2.2 directory (DiT config and shards, VAE, umT5, tokenizer) and the optional LR and HR trainer
