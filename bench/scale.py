@@ -162,17 +162,21 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def startup(root: Path, count: int) -> float:
+def startup(root: Path, count: int) -> dict[str, float | str]:
     """Seconds from `pixelwizard generate` on a fresh directory to its first stage job's start (its log file
-    appears when Snakemake starts the job); the run is then stopped."""
+    appears when Snakemake starts the job); the run is then stopped. A run refused up front (too little free disk
+    for the whole batch, say) gives its error instead."""
     out = fresh(root / f"startup-{count}")
     start = time.perf_counter()
     run = subprocess.Popen([*CLI, *generate_args(root, count, out), "--quiet"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+                           stderr=subprocess.PIPE, text=True)
     try:
         while not any((out / "logs").glob("*/*.log")) and run.poll() is None:
             time.sleep(0.05)
-        return round(time.perf_counter() - start, 2)
+        seconds = round(time.perf_counter() - start, 2)
+        if run.poll() is not None:
+            return {"startup_refused_after_s": seconds, "startup_error": run.stderr.read().strip()[-300:]}
+        return {"startup_s": seconds}
     finally:
         run.send_signal(signal.SIGTERM)
         run.wait(timeout=600)
@@ -200,7 +204,7 @@ def measure(root: Path, count: int, what: list[str], out_file: str | None) -> No
             wall, cpu, _ = timed([*CLI, command, str(run)])
             line |= {f"{command}_s": wall, f"{command}_cpu_s": cpu}
     if "startup" in what:
-        line |= {"startup_s": startup(root, count)}
+        line |= startup(root, count)
     report(json.dumps(line), out_file)
 
 
