@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slurm
 
 HR_GPUS = 2  # one torchrun job of 2 processes (gloo on the CPU) holding 2 fake GPUs
 SLOW_HR_STEPS = 60  # seconds per prompt on 2 cores: room to cancel a job between two prompts
-RUN_TIMEOUT = 360  # seconds per `pixelwizard generate`: a hung poll must fail the test, not hang CI
+# Seconds per `pixelwizard generate`: a hung poll must fail the test, not hang CI. The first run takes 171 s on 2
+# idle cores (its ~12 jobs' start-up is most of it): 2.1x margin.
+RUN_TIMEOUT = 360
 
 
 @pytest.fixture(scope="module")
