@@ -93,6 +93,20 @@ def test_every_output_names_its_source_and_a_stale_one_says_what_changed(weights
     assert stale.state("lr", "land").done and stale.state("decode", "fox").done
 
 
+def test_a_batch_of_videos_alone_is_planned_and_judged_beside_a_re_decode(weights, inputs, tmp_path):
+    """No prompt of it samples an anchor, so the LR DiT is not hashed: nothing may need its identity (the plan's
+    digests, a re-decode's outputs judged against the run's: the upload failed here with KeyError 'lr_dit')."""
+    run = snapshot(weights, prompts=tuple(p for p in prompts(inputs) if p.source == "video"))
+    assert "lr_dit" not in run.identities
+    layout = Layout(tmp_path)
+    main = Provenance(run, layout)
+    main.compute_digests(["decode"])
+    assert set(main.digests("lr")) == {"land", "port"}
+    redecode = Provenance(dataclasses.replace(run, config=run.config.with_settings(overlap=0)), layout, base=main)
+    assert redecode.digest("hr", "port") == main.digest("hr", "port")
+    assert redecode.state("decode", "port").state == "blocked"
+
+
 def test_a_clip_is_read_once_per_content(weights, inputs, tmp_path):
     cache_path = tmp_path / "digests.json"
     first = snapshot(weights, cache=DigestCache(cache_path), prompts=prompts(inputs))

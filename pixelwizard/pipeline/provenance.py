@@ -136,7 +136,7 @@ class Provenance:
             if spec.seeded:
                 record["seed"] = stage_seed(item, preset, stage)
             record["settings"] = {name: getattr(preset, name) for name in spec.settings}
-            record["checkpoints"] = {role: self.snapshot.identities[role] for role in spec.checkpoints}
+            record["checkpoints"] = {role: self.snapshot.identities.get(role) for role in spec.checkpoints}
             record["inputs"] = {up: self.digest(up, up_id) for up, up_id in self.inputs(stage, item_id).items()}
             self._records[key] = record
         return self._records[key]
@@ -213,7 +213,9 @@ class Provenance:
             return self._canonical[stage]
         spec, preset = STAGES[stage], self.snapshot.preset
         dumps = {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False, "allow_nan": False}
-        checkpoints = json.dumps({role: self.snapshot.identities[role] for role in spec.checkpoints}, **dumps)
+        # A role the run does not hash (the LR DiT of a batch of videos) has no identity: no output made from a text
+        # needs it then, and the parts are still compared with a re-decode's (_from_base).
+        checkpoints = json.dumps({role: self.snapshot.identities.get(role) for role in spec.checkpoints}, **dumps)
         settings = json.dumps({name: getattr(preset, name) for name in spec.settings}, **dumps)
         self._canonical[stage] = (f'{{"checkpoints":{checkpoints},"id":',
                                   f',"settings":{settings},"stage":{json.dumps(stage, **dumps)},"text":',
