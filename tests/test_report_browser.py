@@ -69,7 +69,8 @@ def assert_videos_load(driver, expected: set[str] | dict[str, float], timeout: f
     deadline = time.monotonic() + timeout
     while True:
         found = driver.execute_script(script)
-        if all(ready >= 1 for _, ready, _, _ in found) or time.monotonic() > deadline:
+        drawn = len(found) >= len(expected)  # an empty page (not drawn yet, on a loaded machine) is no pass
+        if drawn and all(ready >= 1 for _, ready, _, _ in found) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert {src for src, *_ in found} == set(expected) and len(found) == len(expected)
