@@ -298,9 +298,9 @@ def execute(command: str, out: Path, config: RunConfig, items: list, chosen: tup
             if console.is_terminal and not run.quiet:
                 waiting.start()
             try:
-                checks.check_kernels(config)
-                cache = DigestCache(layout.digests, persist=False, root=out)  # written once OUT's lock is held
                 gpus = len(visible_gpus())
+                checks.check_kernels(config, gpus)
+                cache = DigestCache(layout.digests, persist=False, root=out)  # written once OUT's lock is held
                 snapshot = RunSnapshot.build(config, items, chosen, cache, on_progress=announce_hashing)
                 for line in sources.notes(items, snapshot.sources, snapshot.preset):
                     console.print(f"note: {line}", highlight=False)

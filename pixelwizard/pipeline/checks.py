@@ -18,7 +18,6 @@ from pixelwizard.io.contact_sheet import ContactSheet
 from pixelwizard.io.files import check_folder, check_outputs
 from pixelwizard.io.patch_geometry import DecodeSettingsError, check_decode_settings
 from pixelwizard.pipeline import inflight
-from pixelwizard.pipeline.gpu_lease import visible_gpus
 from pixelwizard.pipeline.layout import Layout
 from pixelwizard.pipeline.plan import Plan
 from pixelwizard.pipeline.presets import PRESETS, Preset
@@ -136,13 +135,13 @@ def check_parallelism(snapshot: RunSnapshot, visible_gpus: int) -> None:
             raise RunConfigError(f"--{name.replace('_', '-')} {wanted}: only {visible_gpus} GPUs are visible here")
 
 
-def check_kernels(config: RunConfig) -> None:
+def check_kernels(config: RunConfig, visible_gpus: int) -> None:
     """The attention kernel asked for is installed (checked where this machine has the GPU the jobs will use), and
     block streaming is for one-process HR jobs."""
     if config.offload and config.hr_gpus > 1:
         raise RunConfigError(f"--offload streams the DiT's blocks to one GPU; with --hr-gpus {config.hr_gpus} the "
                              "weights are already split over the GPUs: use one or the other")
-    if config.device != "cpu" and visible_gpus():  # torch is imported where the jobs' GPUs are
+    if config.device != "cpu" and visible_gpus:  # torch is imported where the jobs' GPUs are
         import torch
 
         from pixelwizard.models.attention import select_backend

@@ -136,7 +136,7 @@ class Provenance:
             if spec.seeded:
                 record["seed"] = stage_seed(item, preset, stage)
             record["settings"] = {name: getattr(preset, name) for name in spec.settings}
-            record["checkpoints"] = {role: self.snapshot.identities.get(role) for role in spec.checkpoints}
+            record["checkpoints"] = {role: self.snapshot.identities[role] for role in spec.checkpoints}
             record["inputs"] = {up: self.digest(up, up_id) for up, up_id in self.inputs(stage, item_id).items()}
             self._records[key] = record
         return self._records[key]
