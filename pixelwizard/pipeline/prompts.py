@@ -120,7 +120,7 @@ PROMPT_FIELDS = tuple(f.name for f in fields(Prompt))
 
 
 def _id(value: Any) -> str | None:
-    if value is None or value == "":
+    if value == "":
         return None  # derived from the text
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError("must be a string (or a number)")
@@ -132,45 +132,29 @@ def _id(value: Any) -> str | None:
 
 
 def _text(value: Any) -> str:
-    if value is None:
-        raise ValueError("missing")
     if not check_text(value).strip():
         raise ValueError("empty")
     return value.strip()
 
 
-def _optional_text(value: Any) -> str | None:
-    return None if value is None else check_text(value)
-
-
-def _optional_seed(value: Any) -> int | None:
-    return None if value is None else check_seed(value)
-
-
 def _untexted(value: Any) -> str:
-    """A video's or saved latent's text: may be left out or empty (the empty prompt)."""
-    return "" if value is None or (isinstance(value, str) and not value.strip()) else _text(value)
+    """A video's or saved latent's text: may be empty (the empty prompt)."""
+    return "" if isinstance(value, str) and not value.strip() else _text(value)
 
 
-def _optional_file(value: Any) -> str | None:
-    if value is None:
-        return None
+def _file(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a file's path")
     return value.strip()
 
 
-def _optional_start(value: Any) -> float | None:
-    if value is None:
-        return None
+def _start(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
         raise ValueError("must be a number of seconds, 0 or more")
     return float(value)
 
 
-def _optional_fps(value: Any) -> int | None:
-    if value is None:
-        return None
+def _fps(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 1e9:
         raise ValueError("must be a positive whole number")
     return value
@@ -179,7 +163,7 @@ def _optional_fps(value: Any) -> int | None:
 @dataclass(frozen=True)
 class PromptField:
     keys: tuple[str, ...]  # the JSONL keys that give it, in order of precedence
-    rule: Callable[[Any], Any]  # the value the prompt keeps (None: unset); ValueError(problem) when unusable
+    rule: Callable[[Any], Any]  # a given value -> the one the prompt keeps (None: unset); ValueError(problem)
     fix: str
 
 
@@ -187,33 +171,42 @@ FIELDS: dict[str, PromptField] = {
     "id": PromptField(("id", "prompt_id"), _id, "ids name files: use 1-128 letters, digits, '.', '_', '-', starting "
                       "with a letter or digit, without '..' (or leave it out for one derived from the text)"),
     "text": PromptField(("text", "prompt", "caption"), _text, "give the prompt's text, a non-empty string"),
-    "seed": PromptField(("seed",), _optional_seed, "write e.g. 42, or leave it out for the run's seed"),
-    "negative_prompt": PromptField(("negative_prompt",), _optional_text, "give a string, or leave it out for the "
+    "seed": PromptField(("seed",), check_seed, "write e.g. 42, or leave it out for the run's seed"),
+    "negative_prompt": PromptField(("negative_prompt",), check_text, "give a string, or leave it out for the "
                                    "run's negative prompt"),
-    "image": PromptField(("image",), _optional_file, 'give the first frame\'s image file, e.g. "cat.jpg"'),
-    "video": PromptField(("video",), _optional_file, 'give the video file to upscale, e.g. "clips/pier.mp4"'),
-    "start": PromptField(("start",), _optional_start, "write e.g. 2.5, or leave it out for the video's first frame"),
-    "fps": PromptField(("fps",), _optional_fps, "write e.g. 24, or leave it out for the video's own rate"),
-    "latent": PromptField(("latent",), _optional_file, 'give the saved anchor latent\'s file, e.g. "anchor.pt"'),
+    "image": PromptField(("image",), _file, 'give the first frame\'s image file, e.g. "cat.jpg"'),
+    "video": PromptField(("video",), _file, 'give the video file to upscale, e.g. "clips/pier.mp4"'),
+    "start": PromptField(("start",), _start, "write e.g. 2.5, or leave it out for the video's first frame"),
+    "fps": PromptField(("fps",), _fps, "write e.g. 24, or leave it out for the video's own rate"),
+    "latent": PromptField(("latent",), _file, 'give the saved anchor latent\'s file, e.g. "anchor.pt"'),
 }
 KNOWN_KEYS = tuple(key for field in FIELDS.values() for key in field.keys)
+_FIELD_OF = {key: name for name, field in FIELDS.items() for key in field.keys}
 
 
 def make_prompt(*, folder: Path | None = None, **values: Any) -> Prompt:
     """A prompt from its settings (FIELDS' names; missing ones unset), each checked and normalised by its field's
     rule; raises PromptError naming the first unusable one. A source file's path is resolved from `folder` (default:
     the current folder). Without an id, one is derived from the text and the source file as written."""
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
+    if not FIELDS.keys() >= values.keys():
+        unknown = sorted(values.keys() - FIELDS.keys())
         raise TypeError(f"unknown prompt setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
-    source = next((key for key in SOURCE_KEYS if values.get(key) is not None), "text")
-    kept = {}
+    source = next((key for key in SOURCE_KEYS if values.get(key) is not None), "text") \
+        if not values.keys().isdisjoint(SOURCE_KEYS) else "text"
+    kept = dict.fromkeys(FIELDS)
+    untexted = source in UNTEXTED_SOURCES
     for name, field in FIELDS.items():
-        rule = _untexted if name == "text" and source in UNTEXTED_SOURCES else field.rule
+        value = values.get(name)
+        if value is None:  # unset (a text, unless the source may go without one: the empty prompt)
+            if name == "text" and not untexted:
+                raise PromptError(name, None, "missing", field.fix)
+            continue
         try:
-            kept[name] = rule(values.get(name))
+            kept[name] = (_untexted if name == "text" and untexted else field.rule)(value)
         except ValueError as err:
-            raise PromptError(name, values.get(name), str(err), field.fix) from None
+            raise PromptError(name, value, str(err), field.fix) from None
+    if kept["text"] is None:
+        kept["text"] = ""
     _check_source(kept, values)
     if kept["id"] is None:
         options = "".join(f" {key}={kept[key]:g}" for key in VIDEO_OPTIONS if kept[key] is not None)
@@ -297,12 +290,14 @@ def _parse_jsonl_line(path: Path, folder: Path, lineno: int, line: str) -> Promp
         raise PromptFileError(path, lineno, str(err), "write one JSON object per line") from None
     if not isinstance(record, dict):
         raise PromptFileError(path, lineno, "not a JSON object", 'write objects like {"id": "...", "text": "..."}')
+    given = set()
     for key in record:
-        if key not in KNOWN_KEYS and (known := near_miss(key)):
+        if key in _FIELD_OF:
+            given.add(_FIELD_OF[key])
+        elif known := near_miss(key):
             raise PromptFileError(path, lineno, f"unknown key {key!r}", f"did you mean {known!r}? (keys of your own "
                                   "are kept and ignored, unless they are this close to a key pixelwizard reads)")
-    values = {name: _first(record, field.keys) for name, field in FIELDS.items()
-              if not record.keys().isdisjoint(field.keys)}
+    values = {name: _first(record, FIELDS[name].keys) for name in given}
     return _make(path, lineno, folder=folder, **values)
 
 
