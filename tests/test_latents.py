@@ -68,11 +68,13 @@ def test_layout_chunks_and_bf16_bits(tmp_path):
     path = tmp_path / "p.zarr"
     write_store(path, {"lat": torch.zeros(48, 5, 6, 7, dtype=torch.bfloat16), "ctx": torch.ones(9, 4)}, {})
     group = zarr.open_group(path, mode="r")
-    assert group["lat"].chunks == (48, 1, 6, 7)
+    assert group["lat"].chunks == (48, 1, 6, 7) and group["lat"].shards == (48, 5, 6, 7)  # a chunk per frame
     assert group["lat"].dtype == "uint16" and group["lat"].attrs["logical_dtype"] == "bfloat16"
-    assert group["ctx"].chunks == (9, 4) and group["ctx"].dtype == "float32"
-    codecs = json.loads((path / "lat" / "zarr.json").read_text())["codecs"]
-    assert {"name": "zstd", "configuration": {"level": 3, "checksum": False}} in codecs
+    assert group["ctx"].chunks == (9, 4) and group["ctx"].shards is None and group["ctx"].dtype == "float32"
+    [sharding] = json.loads((path / "lat" / "zarr.json").read_text())["codecs"]
+    assert {"name": "zstd", "configuration": {"level": 3, "checksum": False}} in sharding["configuration"]["codecs"]
+    files = sorted(f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file())
+    assert files == ["ctx/c/0/0", "ctx/zarr.json", "lat/c/0/0/0/0", "lat/zarr.json", "zarr.json"]  # 5 frames, 1 shard
 
 
 def test_incomplete_or_missing_store_is_never_returned(tmp_path):
@@ -206,7 +208,7 @@ def test_provenance_digest():
 
 
 def _chunk(path: Path) -> Path:
-    return path / "latent" / "c" / "0" / "1" / "0" / "0"
+    return path / "latent" / "c" / "0" / "0" / "0" / "0"  # the one shard
 
 
 @pytest.fixture
@@ -228,10 +230,29 @@ def test_flipped_bytes_are_found_by_the_check_and_by_readers(latent_store):
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF  # 1 byte inside the compressed payload: size unchanged, mtime moves
     chunk.write_bytes(bytes(data))
-    with pytest.raises(CorruptStoreError, match="latent/c/0/1/0/0 fails its checksum"):
+    with pytest.raises(CorruptStoreError, match="shard latent/c/0/0/0/0 fails its checksum"):
         verify_store(latent_store)
     with pytest.raises(CorruptStoreError, match="corrupt store"):
         read_store(latent_store)
+
+
+def test_a_format_2_store_with_a_file_per_frame_is_still_read_and_checked(tmp_path):
+    from pixelwizard.io import latent_store as store
+
+    path, latent = tmp_path / "old.zarr", torch.randn(4, 3, 5, 6)
+    array = zarr.open_group(path, mode="w", zarr_format=3).create_array(  # as format 2 wrote it: no shards
+        "latent", shape=latent.shape, dtype="float32", chunks=(4, 1, 5, 6), fill_value=0,
+        compressors=[zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec()], config={"write_empty_chunks": True})
+    array[...] = latent.numpy()
+    attrs = {"digest": "d", "format_version": 2, "files": store._stamps(path), "complete": True}
+    store._write_group_attrs(path, attrs, path)
+    assert verify_store(path)["digest"] == "d" and torch.equal(read_store(path)[0]["latent"], latent)
+    chunk = path / "latent" / "c" / "0" / "1" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="chunk latent/c/0/1/0/0 fails its checksum"):
+        verify_store(path)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete", "uncomplete"])

@@ -236,11 +236,11 @@ def test_other_checkpoint_contents_rerun_exactly_what_reads_them(finished_run, w
 @pytest.mark.slow
 def test_damaged_outputs_are_found_and_recomputed(finished_run, weights, tmp_path):
     out = copy_run(finished_run, tmp_path / "copy")
-    chunk = out / "hr" / "fox.zarr" / "latent" / "c" / "0" / "1" / "0" / "0"
+    chunk = out / "hr" / "fox.zarr" / "latent" / "c" / "0" / "0" / "0" / "0"  # its one shard
     data = bytearray(chunk.read_bytes())
-    data[10:74] = bytes(b ^ 0xFF for b in data[10:74])  # 64 bytes flipped inside a finished_run chunk
+    data[10:74] = bytes(b ^ 0xFF for b in data[10:74])  # 64 bytes flipped inside a chunk of the shard
     chunk.write_bytes(bytes(data))
-    truncated = out / "hr" / "waves.zarr" / "latent" / "c" / "0" / "2" / "0" / "0"
+    truncated = out / "hr" / "waves.zarr" / "latent" / "c" / "0" / "0" / "0" / "0"
     truncated.write_bytes(truncated.read_bytes()[:20])
     meta = json.loads((out / "hr" / "market.zarr" / "zarr.json").read_text())
     del meta["attributes"]["complete"]

@@ -4,7 +4,9 @@ corrupt.
 A store is written into a hidden temporary sibling, its group attributes (with `complete: true`) are written after
 every array, and only then is it renamed to its final path. Readers refuse any store without `complete`, because
 zarr silently reads unwritten chunks as the fill value. Every chunk ends in its crc32c (zarr's crc32c codec), every
-chunk is written (also all-zero ones), and the group attributes record each file's stamp (size, mtime, inode):
+chunk is written (also all-zero ones), and the group attributes record each file's stamp (size, mtime, inode). A
+latent [C, T, H, W] is one shard file of a chunk per latent frame (zarr's sharding codec; its index has its own
+crc32c): a 121-frame latent is 3 files instead of 33, and `status` stats every file of a run.
 
     verify_store()   cheap while every file is unchanged (files.unchanged: a stat per file, a copy passes);
                      otherwise every chunk is read and its checksum checked, and on success the stamps are renewed
@@ -31,7 +33,8 @@ if TYPE_CHECKING:  # imported where used: `status` checks stores without them (s
 
 from pixelwizard.io.files import OutputPathError, file_stamp, staged, unchanged, write_atomic
 
-FORMAT_VERSION = 2  # 2: crc32c per chunk, every chunk written, file stamps
+FORMAT_VERSION = 3  # 2: crc32c per chunk, every chunk written, file stamps; 3: a latent in one shard
+READABLE = (2, 3)  # a format-2 store (a chunk file per latent frame) is still read and checked as it is
 RESERVED_ATTRS = ("complete", "format_version", "files")
 METADATA = "zarr.json"
 
@@ -73,10 +76,12 @@ def _write_array(group: zarr.Group, name: str, tensor: torch.Tensor) -> None:
     if tensor.dtype == torch.bfloat16:  # zarr has no bfloat16: keep the exact bits
         tensor, attributes = tensor.view(torch.uint16), {"logical_dtype": "bfloat16"}
     data = tensor.numpy()
-    # [C, T, H, W] latents: one latent frame per chunk, so a reader can fetch frames lazily; anything else: one chunk
+    # [C, T, H, W] latents: one latent frame per chunk, so a reader can fetch frames lazily, all in one shard file;
+    # anything else: one chunk
     chunks = (data.shape[0], 1, *data.shape[2:]) if data.ndim == 4 else data.shape
     array = group.create_array(
-        name, shape=data.shape, dtype=data.dtype, chunks=tuple(max(c, 1) for c in chunks), fill_value=0,
+        name, shape=data.shape, dtype=data.dtype, chunks=tuple(max(c, 1) for c in chunks),
+        shards=tuple(max(s, 1) for s in data.shape) if data.ndim == 4 else None, fill_value=0,
         compressors=[zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec()], attributes=attributes,
         config={"write_empty_chunks": True},  # a missing chunk file then always means damage
     )
@@ -157,23 +162,30 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
 
 
 def _check_chunks(path: Path) -> None:
-    """Every chunk of every array present and matching its crc32c; raises CorruptStoreError."""
+    """Every chunk file (or shard) of every array present and matching its crc32c(s); raises CorruptStoreError."""
     import numpy as np
     import zarr
 
     group = zarr.open_group(path, mode="r", zarr_format=3)
     for name in group.array_keys():
         array = group[name]
-        grid = [range(math.ceil(s / c)) for s, c in zip(array.shape, array.chunks)]
-        for index in np.ndindex(*(len(g) for g in grid)) if grid else [()]:
+        per_file = array.shards or array.chunks
+        for index in np.ndindex(*(math.ceil(s / c) for s, c in zip(array.shape, per_file))):
             chunk = path / name / "c" / "/".join(map(str, index)) if index else path / name / "c"
+            kind = "shard" if array.shards else "chunk"
             try:
                 data = chunk.read_bytes()
             except OSError:
-                raise CorruptStoreError(path, f"chunk {chunk.relative_to(path)} is missing") from None
-            crc = np.uint32(google_crc32c.value(data[:-4])).tobytes()
-            if len(data) < 4 or crc != data[-4:]:
-                raise CorruptStoreError(path, f"chunk {chunk.relative_to(path)} fails its checksum")
+                raise CorruptStoreError(path, f"{kind} {chunk.relative_to(path)} is missing") from None
+            if array.shards:  # its index and every chunk in it carry a crc32c, which zarr checks as it decodes
+                try:
+                    array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, per_file))]
+                    continue
+                except ValueError:
+                    pass
+            elif len(data) >= 4 and np.uint32(google_crc32c.value(data[:-4])).tobytes() == data[-4:]:
+                continue
+            raise CorruptStoreError(path, f"{kind} {chunk.relative_to(path)} fails its checksum")
 
 
 def verify_store(path: Path, renew_in: Path | None = None) -> dict[str, Any]:
@@ -182,8 +194,9 @@ def verify_store(path: Path, renew_in: Path | None = None) -> dict[str, Any]:
     `renew_in` (the run's folder, for callers that may write in it), records the new stamps."""
     path = Path(path)
     attrs = _group_attrs(path)
-    if attrs.get("format_version") != FORMAT_VERSION:
-        raise CorruptStoreError(path, f"format {attrs.get('format_version')}, this version writes {FORMAT_VERSION}")
+    if attrs.get("format_version") not in READABLE:
+        raise CorruptStoreError(path, f"format {attrs.get('format_version')}, this version reads "
+                                      f"{' and '.join(map(str, READABLE))}")
     stamps, recorded = _stamps(path), attrs.get("files") or {}
     if stamps.keys() == recorded.keys() and all(unchanged(recorded[name], s) for name, s in stamps.items()):
         return attrs

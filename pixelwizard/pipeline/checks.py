@@ -167,15 +167,15 @@ def check_patches(config: RunConfig) -> None:
 def output_files(snapshot: RunSnapshot, stage: str, characters: int, source: str | None) -> list[int]:
     """The sizes of the files one output of `stage` leaves, from the preset's sizes (those of the clip of the video
     or image prompt `source`, where one is given), its folders as files of 0 bytes: a latent as stored (float32, a
-    chunk per latent frame), an embedding (bf16, at most two tokens a character of its text), a video
+    shard of a chunk per latent frame), an embedding (bf16, at most two tokens a character of its text), a video
     (VIDEO_BITS_PER_PIXEL), the contact sheet of a decode or an input clip (raw RGB: PNG stores noise-like frames no
     smaller), the JSON beside each."""
     spec, ckpt_dir = STAGES[stage], Path(snapshot.config.ckpt_dir)
     preset = snapshot.preset_for(snapshot.prompt(source)) if source is not None else snapshot.preset
-    if spec.output == "zarr" and spec.seeded:  # a latent [C, T, H, W]: a chunk and two folders per latent frame
+    if spec.output == "zarr" and spec.seeded:  # a latent [C, T, H, W]: one shard (c/0/0/0/0) of a chunk per frame
         width, height = _frame_size(preset, stage)
         c, t, h, w = wan_files.vae_config(ckpt_dir).latent_shape(preset.frames, height, width)
-        return [STORE_META, ARRAY_META, *[4 * c * h * w + CHUNK_OVERHEAD] * t, *[0] * (4 + 2 * t)]
+        return [STORE_META, ARRAY_META, (4 * c * h * w + CHUNK_OVERHEAD) * t, *[0] * 7]
     if spec.output == "zarr":  # an embedding [L, dim]
         t5 = wan_files.t5_config(ckpt_dir)
         tokens = min(t5.text_len, 2 * characters + 2)
