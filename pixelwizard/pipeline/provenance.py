@@ -33,6 +33,8 @@ from pixelwizard.sampling.seeds import prompt_seed
 
 DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
 HELD = "held"  # not made by the run's own choice (--until, --only): status and the report show it so
+_LISTED = {name: SUFFIXES["zarr"] if spec.output == "zarr" else ".json" for name, spec in STAGES.items()}  # its
+# store, or its video's JSON (written last): what the stage's folder lists of a finished output
 
 
 def stage_seed(prompt: Prompt, preset: Preset, stage: str) -> int:
@@ -84,7 +86,7 @@ class Provenance:
         self._uncond_ids: dict[str, str] = {}
         self._states: dict[str, dict[str, OutputState]] = {s: {} for s in STAGES}  # stage -> id -> state
         self._recorded: dict[tuple[str, str], dict[str, Any]] = {}
-        self._folders: dict[tuple[str, str | None], tuple[set[str], StampIndex]] = {}
+        self._folders: dict[str, tuple[set[str], StampIndex]] = {}  # stage -> its folder's names, its stamp index
 
     def item(self, stage: str, item_id: str) -> Prompt:
         """An item of the stage, or a prompt that --only holds back from it."""
@@ -235,19 +237,19 @@ class Provenance:
 
     def _folder(self, stage: str) -> tuple[set[str], StampIndex]:
         """The names in the stage's folder (one listing instead of a stat per missing output) and its stamp index."""
-        tag = self.tag(stage)
-        if (stage, tag) not in self._folders:
+        found = self._folders.get(stage)
+        if found is None:
+            tag = self.tag(stage)
             try:
                 names = set(os.listdir(self.layout.folder(stage, tag)))
             except (FileNotFoundError, NotADirectoryError):
                 names = set()
-            self._folders[(stage, tag)] = (names, StampIndex(self.layout, stage, tag))
-        return self._folders[(stage, tag)]
+            found = self._folders[stage] = (names, StampIndex(self.layout, stage, tag))
+        return found
 
     def _on_disk(self, stage: str, item_id: str) -> bool:
         """Whether the stage's folder lists the output (its store, or its video's JSON, written last)."""
-        zarr = STAGES[stage].output == "zarr"
-        return item_id + (SUFFIXES["zarr"] if zarr else ".json") in self._folder(stage)[0]
+        return item_id + _LISTED[stage] in self._folder(stage)[0]
 
     def read_attrs(self, stage: str, item_id: str, full: bool = False) -> dict[str, Any]:
         """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError. From

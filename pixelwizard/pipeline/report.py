@@ -91,19 +91,17 @@ class ReportData:
             for tag, provenance in self.variants.items() if stage.name == "decode" else [(None, self.main)]:
                 outputs[label(stage.name, tag)] = entries = {}
                 for state in output_states(provenance, stage.name, chosen):
-                    entries[state.id] = self.output(provenance, state)
+                    entries[state.id], timing = self.output(provenance, state)
                     if provenance is self.main and "seconds" in entries[state.id]:  # the run, not a re-decode
-                        timing = self.timing(provenance, state.stage, state.id)
                         intervals.append((timing["time"] - timing["seconds"], timing["time"]))
         return outputs, intervals
 
-    def timing(self, provenance: Provenance, stage: str, item_id: str) -> dict[str, Any]:
-        """seconds and time of the output's computation: from its job's index, else from its computed event."""
-        attrs = provenance.recorded(stage, item_id) or {}
-        return attrs if "seconds" in attrs else self.computed(stage, item_id, provenance.digest(stage, item_id))
-
-    def output(self, provenance: Provenance, state: OutputState) -> dict[str, Any]:
+    def output(self, provenance: Provenance, state: OutputState) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What the page shows of an output, and the seconds and time of its computation (from its job's index,
+        else from its computed event)."""
         stage, item_id = state.stage, state.id
+        attrs = provenance.recorded(stage, item_id) or {}
+        timing = attrs if "seconds" in attrs else self.computed(stage, item_id, provenance.digest(stage, item_id))
         entry: dict[str, Any] = {"state": state.state}
         if state.reasons:
             entry["why"] = "; ".join(state.reasons)
@@ -114,13 +112,11 @@ class ReportData:
             record = provenance.record(stage, item_id)  # its own settings and checkpoints
             entry["settings"] = record["settings"]
             entry["checkpoints"] = list(record["checkpoints"])
-        timing = self.timing(provenance, stage, item_id)
         if state.done and isinstance(timing.get("seconds"), (int, float)):
             entry["seconds"] = timing["seconds"]
-        attrs = provenance.recorded(stage, item_id) or {}
         if STAGES[stage].output == "mp4" and state.state in (DONE, STALE):  # its files are intact
             entry.update(self.media(provenance, stage, item_id, attrs))
-        return entry
+        return entry, timing
 
     def computed(self, stage: str, item_id: str, digest: str) -> dict[str, Any]:
         """The event of the output's computation (read once, and only for outputs whose job's index has none)."""
@@ -131,7 +127,7 @@ class ReportData:
 
     def media(self, provenance: Provenance, stage: str, item_id: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
         """The video and contact sheet that the output lists, and its quality numbers."""
-        folder = self.link(self.layout.folder(stage, provenance.tag(stage)))
+        folder = self.link(stage, provenance.tag(stage))
         listed = attrs.get("files", ())
         found: dict[str, Any] = {key: f"{folder}/{name}" for key, name in (
             ("video", item_id + SUFFIXES["mp4"]), ("sheet", item_id + SHEET)) if name in listed}
@@ -140,9 +136,9 @@ class ReportData:
         return found
 
     @functools.cache
-    def link(self, path: Path) -> str:
-        """`path` as the page links it: relative to OUT/report/, so the run folder can move."""
-        return "../" + path.relative_to(self.layout.out).as_posix()
+    def link(self, stage: str, tag: str | None) -> str:
+        """The stage's folder as the page links it: relative to OUT/report/, so the run folder can move."""
+        return "../" + self.layout.folder(stage, tag).relative_to(self.layout.out).as_posix()
 
     def prompt_stages(self) -> list[str]:
         """The per-prompt stages shown in a prompt's row (decode has a column per decode setting instead)."""
