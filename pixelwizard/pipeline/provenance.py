@@ -254,9 +254,8 @@ class Provenance:
     def read_attrs(self, stage: str, item_id: str, full: bool = False) -> dict[str, Any]:
         """The attributes of the intact output on disk; raises FileNotFoundError, StoreError or SidecarError. From
         the stamp index while every file of the output is unchanged (its digest, files and the index entry that
-        holds what else its job recorded; no provenance record), else (and with `full`) read and checked."""
-        if not self._on_disk(stage, item_id):
-            raise FileNotFoundError(f"{stage} {item_id}")
+        holds what else its job recorded; no provenance record), else (and with `full`) read and checked. The caller
+        found it listed (_on_disk)."""
         if not full and (indexed := self._folder(stage)[1].lookup(item_id)) is not None:
             return indexed
         tag = self.tag(stage)

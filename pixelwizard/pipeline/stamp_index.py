@@ -108,8 +108,8 @@ class StampIndex:
         shard = self.where.get(item_id)
         if shard is None:
             return None
-        head = self.prefix + item_id
-        for k in (shard, *self.also.get(item_id, ())):
+        head, also = self.prefix + item_id, self.also.get(item_id)
+        for k in (shard,) if also is None else (shard, *also):
             path, shapes, outputs = self.shards[k]
             try:
                 digest, shape, sig = outputs[item_id]
