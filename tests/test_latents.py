@@ -7,6 +7,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import google_crc32c
+import numpy as np
 import pytest
 import torch
 import zarr
@@ -73,6 +75,7 @@ def test_layout_chunks_and_bf16_bits(tmp_path):
     assert group["ctx"].chunks == (9, 4) and group["ctx"].shards is None and group["ctx"].dtype == "float32"
     [sharding] = json.loads((path / "lat" / "zarr.json").read_text())["codecs"]
     assert {"name": "zstd", "configuration": {"level": 3, "checksum": False}} in sharding["configuration"]["codecs"]
+    assert {"name": "crc32c"} in sharding["configuration"]["index_codecs"]
     files = sorted(f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file())
     assert files == ["ctx/c/0/0", "ctx/zarr.json", "lat/c/0/0/0/0", "lat/zarr.json", "zarr.json"]  # 5 frames, 1 shard
 
@@ -255,13 +258,22 @@ def test_a_format_2_store_with_a_file_per_frame_is_still_read_and_checked(tmp_pa
         verify_store(path)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "uncomplete"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "empty", "unwritten", "uncomplete", "format"])
 def test_truncated_deleted_or_uncompleted_stores_are_not_accepted(latent_store, damage):
     chunk = _chunk(latent_store)
     if damage == "truncate":
         chunk.write_bytes(chunk.read_bytes()[:-7])
     elif damage == "delete":
         chunk.unlink()
+    elif damage == "empty":  # zarr reads an empty shard as zeros
+        chunk.write_bytes(b"")
+    elif damage == "unwritten":  # an index (with its right crc32c) marking the chunks unwritten: zeros too
+        index = b"\xff" * 16 * 3
+        chunk.write_bytes(index + np.uint32(google_crc32c.value(index)).tobytes())
+    elif damage == "format":
+        meta = json.loads((latent_store / "zarr.json").read_text())
+        meta["attributes"]["format_version"] = 1
+        (latent_store / "zarr.json").write_text(json.dumps(meta))
     else:
         meta = json.loads((latent_store / "zarr.json").read_text())
         del meta["attributes"]["complete"]
@@ -269,6 +281,9 @@ def test_truncated_deleted_or_uncompleted_stores_are_not_accepted(latent_store, 
     error = IncompleteStoreError if damage == "uncomplete" else CorruptStoreError
     with pytest.raises(error):
         verify_store(latent_store)
+    if damage in ("truncate", "empty", "unwritten"):  # a reader refuses it too, whatever its stamps say
+        with pytest.raises(CorruptStoreError):
+            read_store(latent_store)
     if damage == "uncomplete":
         assert store_attrs(latent_store) is None
 

@@ -36,6 +36,7 @@ from pixelwizard.io.files import OutputPathError, file_stamp, staged, unchanged,
 FORMAT_VERSION = 3  # 2: crc32c per chunk, every chunk written, file stamps; 3: a latent in one shard
 READABLE = (2, 3)  # a format-2 store (a chunk file per latent frame) is still read and checked as it is
 RESERVED_ATTRS = ("complete", "format_version", "files")
+UNWRITTEN = 2**64 - 1  # a shard index entry's offset for a chunk that was never written
 METADATA = "zarr.json"
 
 
@@ -161,6 +162,34 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _files(path: Path, name: str, array: zarr.Array) -> list[tuple[tuple[int, ...], Path]]:
+    """Each file of an array (a chunk, or a shard of chunks) with its index in the grid of files."""
+    import numpy as np
+
+    per_file = array.shards or array.chunks
+    return [(index, path / name / "c" / "/".join(map(str, index)) if index else path / name / "c")
+            for index in np.ndindex(*(math.ceil(s / c) for s, c in zip(array.shape, per_file)))]
+
+
+def _check_shard_index(path: Path, shard: Path, array: zarr.Array) -> None:
+    """A shard's index (at its end: the offset and size of each chunk, then its crc32c) intact and listing every
+    chunk; raises CorruptStoreError. zarr itself reads an empty shard, or an entry marked unwritten, as zeros."""
+    import numpy as np
+
+    chunks = math.prod(s // c for s, c in zip(array.shards, array.chunks))
+    size = 16 * chunks + 4
+    try:
+        with open(shard, "rb") as file:
+            file.seek(-size, os.SEEK_END)  # OSError when the file is shorter than its index
+            index = file.read(size)
+    except OSError:
+        raise CorruptStoreError(path, f"shard {shard.relative_to(path)} is missing or cut short") from None
+    if np.uint32(google_crc32c.value(index[:-4])).tobytes() != index[-4:]:
+        raise CorruptStoreError(path, f"shard {shard.relative_to(path)} fails its checksum")
+    if (np.frombuffer(index[:-4], dtype="<u8")[0::2] == UNWRITTEN).any():
+        raise CorruptStoreError(path, f"shard {shard.relative_to(path)} lacks a chunk")
+
+
 def _check_chunks(path: Path) -> None:
     """Every chunk file (or shard) of every array present and matching its crc32c(s); raises CorruptStoreError."""
     import numpy as np
@@ -169,23 +198,20 @@ def _check_chunks(path: Path) -> None:
     group = zarr.open_group(path, mode="r", zarr_format=3)
     for name in group.array_keys():
         array = group[name]
-        per_file = array.shards or array.chunks
-        for index in np.ndindex(*(math.ceil(s / c) for s, c in zip(array.shape, per_file))):
-            chunk = path / name / "c" / "/".join(map(str, index)) if index else path / name / "c"
-            kind = "shard" if array.shards else "chunk"
+        for index, chunk in _files(path, name, array):
+            if array.shards:  # its index and every chunk in it carry a crc32c, which zarr checks as it decodes
+                _check_shard_index(path, chunk, array)
+                try:
+                    array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, array.shards))]
+                    continue
+                except ValueError:
+                    raise CorruptStoreError(path, f"shard {chunk.relative_to(path)} fails its checksum") from None
             try:
                 data = chunk.read_bytes()
             except OSError:
-                raise CorruptStoreError(path, f"{kind} {chunk.relative_to(path)} is missing") from None
-            if array.shards:  # its index and every chunk in it carry a crc32c, which zarr checks as it decodes
-                try:
-                    array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, per_file))]
-                    continue
-                except ValueError:
-                    pass
-            elif len(data) >= 4 and np.uint32(google_crc32c.value(data[:-4])).tobytes() == data[-4:]:
-                continue
-            raise CorruptStoreError(path, f"{kind} {chunk.relative_to(path)} fails its checksum")
+                raise CorruptStoreError(path, f"chunk {chunk.relative_to(path)} is missing") from None
+            if len(data) < 4 or np.uint32(google_crc32c.value(data[:-4])).tobytes() != data[-4:]:
+                raise CorruptStoreError(path, f"chunk {chunk.relative_to(path)} fails its checksum")
 
 
 def verify_store(path: Path, renew_in: Path | None = None) -> dict[str, Any]:
@@ -230,6 +256,8 @@ def read_store(path: Path, names: Sequence[str] | None = None) -> tuple[dict[str
         if name not in group:
             raise KeyError(f"{path}: no array {name!r}")
         array = group[name]
+        for _, shard in _files(path, name, array) if array.shards else ():
+            _check_shard_index(path, shard, array)
         try:
             data = np.asarray(array[...])  # np.asarray: 0-d arrays come back as numpy scalars
         except ValueError as err:  # zarr's crc32c codec, or a truncated chunk

@@ -175,7 +175,7 @@ def output_files(snapshot: RunSnapshot, stage: str, characters: int, source: str
     if spec.output == "zarr" and spec.seeded:  # a latent [C, T, H, W]: one shard (c/0/0/0/0) of a chunk per frame
         width, height = _frame_size(preset, stage)
         c, t, h, w = wan_files.vae_config(ckpt_dir).latent_shape(preset.frames, height, width)
-        return [STORE_META, ARRAY_META, (4 * c * h * w + CHUNK_OVERHEAD) * t, *[0] * 7]
+        return [STORE_META, ARRAY_META, (4 * c * h * w + CHUNK_OVERHEAD) * t, *[0] * 6]
     if spec.output == "zarr":  # an embedding [L, dim]
         t5 = wan_files.t5_config(ckpt_dir)
         tokens = min(t5.text_len, 2 * characters + 2)
