@@ -191,8 +191,7 @@ def make_prompt(*, folder: Path | None = None, **values: Any) -> Prompt:
     if not FIELDS.keys() >= values.keys():
         unknown = sorted(values.keys() - FIELDS.keys())
         raise TypeError(f"unknown prompt setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
-    source = next((key for key in SOURCE_KEYS if values.get(key) is not None), "text") \
-        if not values.keys().isdisjoint(SOURCE_KEYS) else "text"
+    source = next((key for key in SOURCE_KEYS if values.get(key) is not None), "text")
     kept = dict.fromkeys(FIELDS)
     untexted = source in UNTEXTED_SOURCES
     for name, field in FIELDS.items():

@@ -33,8 +33,8 @@ from pixelwizard.sampling.seeds import prompt_seed
 
 DONE, STALE, MISSING, CORRUPT, FAILED, BLOCKED = "done", "stale", "missing", "corrupt", "failed", "blocked"
 HELD = "held"  # not made by the run's own choice (--until, --only): status and the report show it so
-_LISTED = {name: SUFFIXES["zarr"] if spec.output == "zarr" else ".json" for name, spec in STAGES.items()}  # its
-# store, or its video's JSON (written last): what the stage's folder lists of a finished output
+# What a stage's folder lists of a finished output: its store, or its video's JSON (written last)
+_LISTED = {name: SUFFIXES["zarr"] if spec.output == "zarr" else ".json" for name, spec in STAGES.items()}
 
 
 def stage_seed(prompt: Prompt, preset: Preset, stage: str) -> int:
